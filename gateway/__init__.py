@@ -1,0 +1,1 @@
+"""order-gateway: a resilient gateway in front of the order, payment and availability backends."""

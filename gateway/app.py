@@ -1,0 +1,198 @@
+"""The HTTP surface: the app factory, the edge middleware and the operational routes.
+
+One middleware wraps every request (a layer costs microseconds, so there is
+only one): it assigns the request id, turns every exception into a
+problem+json answer (never a traceback, never an HTML page), and records the
+metrics and the access-log line. Proxied routes come from the route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from gateway import errors, identity, openapi, status
+from gateway.errors import GatewayError
+from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
+from gateway.problem import negotiate_language, render
+from gateway.proxy import REQUEST_ID, Handler, make_handler
+from gateway.routes import ROUTES
+from gateway.settings import BACKENDS, Settings
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway")
+
+ACCESS_LOG_FLUSH_S = 0.5
+_MAX_ECHOED_PATH = 200
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Readiness: not ready while starting, and not ready again once draining."""
+
+    started: bool = False
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+
+SETTINGS = web.AppKey("settings", Settings)
+UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", Metrics)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
+
+
+def build_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
+    access_log = AccessLog(settings.server.access_log)
+    upstreams = {
+        name: Upstream(name, settings.upstreams.get(name), metrics.observe_upstream)
+        for name in BACKENDS
+    }
+    app = web.Application(
+        middlewares=[_edge_middleware(metrics, access_log)],
+        client_max_size=settings.server.max_body_bytes,
+        # Do not read on after answering a request early (a body too large, a
+        # wrong content type): close the connection instead.
+        handler_args={"lingering_time": 0},
+    )
+    app[SETTINGS] = settings
+    app[UPSTREAMS] = upstreams
+    app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = metrics
+    app[ACCESS_LOG] = access_log
+    for policy in ROUTES:
+        app.router.add_route(policy.method, policy.path,
+                             make_handler(policy, upstreams[policy.backend],
+                                          settings.server.max_body_bytes))
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi(openapi.document_bytes()))
+    app.cleanup_ctx.append(_upstream_sessions)
+    app.cleanup_ctx.append(_access_log_flusher)
+    return app
+
+
+async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
+    for upstream in app[UPSTREAMS].values():
+        await upstream.start()
+    app[LIFECYCLE].started = True
+    yield
+    # Cleanup runs after in-flight requests have finished (or the drain timed out).
+    for upstream in app[UPSTREAMS].values():
+        await upstream.close()
+
+
+async def _access_log_flusher(app: web.Application) -> AsyncIterator[None]:
+    access_log = app[ACCESS_LOG]
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(ACCESS_LOG_FLUSH_S)
+            access_log.flush()
+
+    task = asyncio.create_task(flush_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    access_log.flush()
+
+
+def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:  # type: ignore[valid-type]
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = identity.request_id(request.headers.get("X-Request-ID"))
+        request[REQUEST_ID] = rid
+        code = "none"
+        try:
+            response = await handler(request)
+        except GatewayError as err:
+            code = err.spec.code
+            response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+        except web.HTTPException as exc:
+            err = _translate_http_exception(exc, request)
+            code = err.spec.code
+            response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": rid}})
+            code = errors.INTERNAL_ERROR.code
+            response = render(GatewayError(errors.INTERNAL_ERROR), rid,
+                              negotiate_language(request.headers.get("Accept-Language")))
+        response.headers["X-Request-ID"] = rid
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.observe_request(route, response.status, code, elapsed)
+        access_log.write({
+            "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
+            "route": route, "path": request.path[:_MAX_ECHOED_PATH], "status": response.status,
+            "code": code, "ms": round(elapsed * 1000, 2),
+        })
+        return response
+
+    return edge
+
+
+def _translate_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    """aiohttp's own refusals (no route, wrong method, body too large) as catalog errors."""
+    path = request.path[:_MAX_ECHOED_PATH]
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return GatewayError(errors.METHOD_NOT_ALLOWED,
+                            params={"method": request.method, "path": path},
+                            headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return GatewayError(errors.PAYLOAD_TOO_LARGE,
+                            params={"limit": request.app[SETTINGS].server.max_body_bytes})
+    if isinstance(exc, web.HTTPNotFound):
+        return GatewayError(errors.NOT_FOUND, params={"path": path})
+    log.error("unexpected HTTP exception %s", exc.status)
+    return GatewayError(errors.INTERNAL_ERROR)
+
+
+def _json(data: object, status_code: int = 200, **headers: str) -> web.Response:
+    return web.Response(status=status_code, body=orjson.dumps(data),
+                        content_type="application/json", headers=headers)
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.ready:
+        return _json({"status": "ready"})
+    return _json({"status": "draining" if lifecycle.draining else "starting"}, 503,
+                 **{"Retry-After": "1"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def _status(request: web.Request) -> web.Response:
+    snapshot = status.snapshot(request.app[UPSTREAMS])
+    return _json(snapshot, **{"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
+
+
+def _openapi(document: bytes) -> Handler:
+    async def serve_document(_request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    return serve_document

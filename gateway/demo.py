@@ -1,0 +1,45 @@
+"""`order-gateway demo`: the three simulators and the gateway in one process, in memory.
+
+Nothing to install or configure: the simulators listen on free loopback ports,
+the gateway on `--port`, and an admin token is generated and printed.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from gateway.observability import configure_logging
+from gateway.server import run, serve, stop_event_on_signals
+from gateway.settings import load_settings
+from upstreams.runner import start_simulators
+
+DEMO_HOST = "127.0.0.1"
+
+
+async def _demo(port: int) -> None:
+    sims = await start_simulators(DEMO_HOST, {}, seed=None)
+    token = secrets.token_urlsafe(24)
+    overrides = {("server", "host"): DEMO_HOST, ("server", "port"): port,
+                 ("admin", "token"): token}
+    overrides |= {("upstreams", name, "url"): url for name, url in sims.urls.items()}
+    # The demo ignores GATEWAY_* variables and config files: it is always the same embedded setup.
+    settings = load_settings(None, env={}, overrides=overrides)
+    stop = stop_event_on_signals()
+
+    def announce(bound_port: int) -> None:
+        print(f"order-gateway demo listening on http://{DEMO_HOST}:{bound_port}", flush=True)
+        print(f"admin token: {token}", flush=True)
+        for name, url in sims.urls.items():
+            print(f"simulator {name}: {url}", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+
+    try:
+        await serve(settings, stop, on_listening=announce)
+    finally:
+        await sims.stop()
+
+
+def run_demo(port: int) -> int:
+    configure_logging("info")
+    run(_demo(port))
+    return 0

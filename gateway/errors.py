@@ -1,0 +1,250 @@
+"""The catalog of every error the gateway itself produces.
+
+Each error is a value (`ErrorSpec`) with a stable code, an HTTP status, whether
+a client may retry, and its human text in English and Simplified Chinese. Code
+anywhere in the gateway raises `GatewayError(SPEC, ...)`; one place
+(`gateway/problem.py`) renders it as `application/problem+json`.
+
+    GatewayError                 raised with one of the specs below
+      edge refusals              VALIDATION_FAILED, MALFORMED_JSON, PAYLOAD_TOO_LARGE,
+                                 UNSUPPORTED_MEDIA_TYPE, IDEMPOTENCY_KEY_MISSING,
+                                 IDEMPOTENCY_KEY_REUSED, UNAUTHORIZED, NOT_FOUND,
+                                 METHOD_NOT_ALLOWED
+      protective answers         MAINTENANCE, CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED,
+                                 IDEMPOTENCY_IN_PROGRESS, STATE_UNAVAILABLE
+      backend failures           UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
+                                 PAYMENT_OUTCOME_UNKNOWN
+      our own bug                INTERNAL_ERROR
+
+This module imports nothing of the gateway, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TYPE_BASE = "https://errors.order-gateway.dev/"
+LANGUAGES = ("en", "zh-CN")
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """One message in both supported languages."""
+
+    en: str
+    zh: str
+
+    def get(self, lang: str) -> str:
+        return self.zh if lang == "zh-CN" else self.en
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    code: str
+    status: int
+    retryable: bool
+    title: Text
+    detail: Text
+    hint: Text
+    # Seconds a client should wait before retrying, when nothing more precise is known.
+    retry_after_s: int | None = None
+
+    @property
+    def type_uri(self) -> str:
+        return TYPE_BASE + self.code.lower().replace("_", "-")
+
+
+@dataclass
+class GatewayError(Exception):
+    """An answer the gateway gives instead of (or after) calling a backend.
+
+    `params` fill the `{placeholders}` of the detail text; `extra` adds
+    members to the problem body (field `errors`, `announcement`, ...);
+    `headers` adds response headers (`Allow`).
+    """
+
+    spec: ErrorSpec
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    retry_after_s: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.spec.code}: {self.spec.detail.en.format_map(_Lenient(self.params))}"
+
+    @property
+    def retry_after(self) -> int | None:
+        if not self.spec.retryable:
+            return None
+        value = self.retry_after_s if self.retry_after_s is not None else self.spec.retry_after_s
+        return max(1, int(value)) if value is not None else 1
+
+
+class _Lenient(dict[str, Any]):
+    """Leaves an unknown placeholder visible instead of failing to render an error."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render_detail(err: GatewayError, lang: str) -> str:
+    return err.spec.detail.get(lang).format_map(_Lenient(err.params))
+
+
+def _spec(code: str, status: int, retryable: bool, retry_after_s: int | None = None, *,
+          title: tuple[str, str], detail: tuple[str, str], hint: tuple[str, str]) -> ErrorSpec:
+    return ErrorSpec(code, status, retryable, Text(*title), Text(*detail), Text(*hint),
+                     retry_after_s)
+
+
+VALIDATION_FAILED = _spec(
+    "VALIDATION_FAILED", 422, False,
+    title=("Request is not valid", "请求内容不合法"),
+    detail=("{count} field(s) failed validation.", "有 {count} 个字段未通过校验。"),
+    hint=("Correct the fields listed in `errors` and send the request again.",
+          "请按 errors 中列出的字段修改后重新提交。"),
+)
+MALFORMED_JSON = _spec(
+    "MALFORMED_JSON", 400, False,
+    title=("Body is not valid JSON", "请求体不是合法的 JSON"),
+    detail=("The request body could not be parsed as JSON: {reason}.",
+            "请求体无法按 JSON 解析：{reason}。"),
+    hint=("Send a UTF-8 JSON object.", "请发送 UTF-8 编码的 JSON 对象。"),
+)
+PAYLOAD_TOO_LARGE = _spec(
+    "PAYLOAD_TOO_LARGE", 413, False,
+    title=("Request body too large", "请求体过大"),
+    detail=("The body exceeds the limit of {limit} bytes.", "请求体超过 {limit} 字节的上限。"),
+    hint=("Send a smaller request.", "请缩小请求内容后重试。"),
+)
+UNSUPPORTED_MEDIA_TYPE = _spec(
+    "UNSUPPORTED_MEDIA_TYPE", 415, False,
+    title=("Unsupported content type", "不支持的内容类型"),
+    detail=("This route accepts only application/json, not '{content_type}'.",
+            "此接口只接受 application/json，而不是“{content_type}”。"),
+    hint=("Set the header Content-Type: application/json.",
+          "请设置请求头 Content-Type: application/json。"),
+)
+IDEMPOTENCY_KEY_MISSING = _spec(
+    "IDEMPOTENCY_KEY_MISSING", 400, False,
+    title=("Idempotency-Key header required", "缺少 Idempotency-Key 请求头"),
+    detail=("Orders and payments must carry an Idempotency-Key header.",
+            "下单和支付请求必须携带 Idempotency-Key 请求头。"),
+    hint=("Generate a unique key (a UUID) per order or payment and reuse it on every resubmission.",
+          "请为每笔订单或支付生成唯一的键（如 UUID），重新提交时使用同一个键。"),
+)
+IDEMPOTENCY_KEY_REUSED = _spec(
+    "IDEMPOTENCY_KEY_REUSED", 422, False,
+    title=("Idempotency-Key reused with a different request", "幂等键被用于不同的请求"),
+    detail=("This Idempotency-Key was first used with a different request body.",
+            "该幂等键此前已用于内容不同的请求。"),
+    hint=("Use a new key for a new request; resubmit the original body to get its result.",
+          "新请求请使用新的键；如需原结果，请提交与原请求相同的内容。"),
+)
+IDEMPOTENCY_IN_PROGRESS = _spec(
+    "IDEMPOTENCY_IN_PROGRESS", 409, True, 1,
+    title=("Request with this key still in progress", "相同幂等键的请求仍在处理中"),
+    detail=("The first request with this Idempotency-Key has not finished yet.",
+            "使用该幂等键的第一个请求尚未完成。"),
+    hint=("Wait a moment, then resubmit with the same key to get the result.",
+          "请稍候，再用同一个键重新提交以获取结果。"),
+)
+MAINTENANCE = _spec(
+    "MAINTENANCE", 503, True, 300,
+    title=("Under maintenance", "系统维护中"),
+    detail=("This service is under planned maintenance.", "该服务正在进行计划内维护。"),
+    hint=("Try again after the time in Retry-After; the announcement says more.",
+          "请在 Retry-After 指定的时间后重试，详情见维护公告。"),
+)
+CIRCUIT_OPEN = _spec(
+    "CIRCUIT_OPEN", 503, True, 5,
+    title=("Service temporarily unavailable", "服务暂时不可用"),
+    detail=("The {backend} service is failing and calls to it are paused.",
+            "{backend} 服务出现故障，已暂停对其调用。"),
+    hint=("Try again after the time in Retry-After.", "请在 Retry-After 指定的时间后重试。"),
+)
+OVERLOADED = _spec(
+    "OVERLOADED", 503, True, 1,
+    title=("Too busy right now", "系统繁忙"),
+    detail=("The gateway is at capacity and could not take this request.",
+            "网关当前负载已满，无法处理此请求。"),
+    hint=("Try again after the time in Retry-After.", "请在 Retry-After 指定的时间后重试。"),
+)
+RATE_LIMITED = _spec(
+    "RATE_LIMITED", 429, True, 1,
+    title=("Too many requests", "请求过于频繁"),
+    detail=("This client has sent more requests than its rate limit allows.",
+            "该客户端的请求数超过了限额。"),
+    hint=("Slow down and retry after the time in Retry-After.",
+          "请降低请求频率，并在 Retry-After 指定的时间后重试。"),
+)
+UPSTREAM_UNAVAILABLE = _spec(
+    "UPSTREAM_UNAVAILABLE", 502, True, 1,
+    title=("Service unavailable", "后端服务不可用"),
+    detail=("The {backend} service could not be reached or gave an invalid answer.",
+            "无法连接 {backend} 服务，或其返回了无效应答。"),
+    hint=("Try again shortly; if it persists, contact support with the request id.",
+          "请稍后重试；如持续出现，请携带请求编号联系客服。"),
+)
+UPSTREAM_TIMEOUT = _spec(
+    "UPSTREAM_TIMEOUT", 504, True, 1,
+    title=("Service did not answer in time", "后端服务响应超时"),
+    detail=("The {backend} service did not answer within {timeout_s} seconds.",
+            "{backend} 服务未在 {timeout_s} 秒内响应。"),
+    hint=("Try again shortly; if it persists, contact support with the request id.",
+          "请稍后重试；如持续出现，请携带请求编号联系客服。"),
+)
+PAYMENT_OUTCOME_UNKNOWN = _spec(
+    "PAYMENT_OUTCOME_UNKNOWN", 502, True, 2,
+    title=("Payment outcome not yet known", "支付结果暂未确认"),
+    detail=("The payment was sent but its result could not be confirmed.",
+            "支付请求已发出，但暂时无法确认结果。"),
+    hint=("Do not pay again with a new key: resubmit with the same Idempotency-Key to "
+          "get the confirmed result.",
+          "请勿使用新键重新支付：请用同一个 Idempotency-Key 重新提交以获取确认结果。"),
+)
+STATE_UNAVAILABLE = _spec(
+    "STATE_UNAVAILABLE", 503, True, 2,
+    title=("Temporarily unable to process safely", "暂时无法安全处理"),
+    detail=("The gateway's shared state store is unreachable.", "网关的共享状态存储暂时不可用。"),
+    hint=("Try again after the time in Retry-After with the same Idempotency-Key.",
+          "请在 Retry-After 指定的时间后使用同一个 Idempotency-Key 重试。"),
+)
+UNAUTHORIZED = _spec(
+    "UNAUTHORIZED", 401, False,
+    title=("Authentication required", "需要身份认证"),
+    detail=("A valid credential is required for this resource.", "访问该资源需要有效的凭证。"),
+    hint=("Send the header Authorization: Bearer <token>.",
+          "请发送请求头 Authorization: Bearer <token>。"),
+)
+NOT_FOUND = _spec(
+    "NOT_FOUND", 404, False,
+    title=("Not found", "未找到"),
+    detail=("There is no resource at {path}.", "路径 {path} 不存在。"),
+    hint=("Check the path against /openapi.json.", "请对照 /openapi.json 检查请求路径。"),
+)
+METHOD_NOT_ALLOWED = _spec(
+    "METHOD_NOT_ALLOWED", 405, False,
+    title=("Method not allowed", "不支持该请求方法"),
+    detail=("{method} is not allowed on {path}.", "路径 {path} 不支持 {method} 方法。"),
+    hint=("Use one of the methods in the Allow header.", "请使用 Allow 响应头中列出的方法。"),
+)
+INTERNAL_ERROR = _spec(
+    "INTERNAL_ERROR", 500, True, 1,
+    title=("Internal error", "内部错误"),
+    detail=("The gateway failed to handle this request.", "网关处理该请求时出错。"),
+    hint=("Try again; if it persists, contact support with the request id.",
+          "请重试；如持续出现，请携带请求编号联系客服。"),
+)
+
+CATALOG: dict[str, ErrorSpec] = {
+    spec.code: spec
+    for spec in (
+        VALIDATION_FAILED, MALFORMED_JSON, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
+        IDEMPOTENCY_KEY_MISSING, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_IN_PROGRESS, MAINTENANCE,
+        CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED, UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
+        PAYMENT_OUTCOME_UNKNOWN, STATE_UNAVAILABLE, UNAUTHORIZED, NOT_FOUND,
+        METHOD_NOT_ALLOWED, INTERNAL_ERROR,
+    )
+}

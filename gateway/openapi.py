@@ -1,0 +1,129 @@
+"""The OpenAPI 3.1 document, generated from the route table and the schemas.
+
+Built once at start-up; because requests are validated by the same pydantic
+models, the published document cannot drift from what the gateway enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway import errors
+from gateway.routes import ROUTES, RoutePolicy
+from gateway.schemas import ID_PATTERN, Problem, StatusResponse
+
+_REF = "#/components/schemas/{model}"
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
+_COMMON_ERRORS = ("UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "OVERLOADED",
+                  "RATE_LIMITED", "MAINTENANCE")
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _error_responses(policy: RoutePolicy) -> dict[str, Any]:
+    codes = ["VALIDATION_FAILED", *_COMMON_ERRORS]
+    if policy.body_schema is not None:
+        codes += ["MALFORMED_JSON", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE"]
+    if policy.requires_idempotency_key:
+        codes += ["IDEMPOTENCY_KEY_MISSING", "IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_IN_PROGRESS",
+                  "STATE_UNAVAILABLE"]
+    if policy.backend == "payment" and policy.method == "POST":
+        codes.append("PAYMENT_OUTCOME_UNKNOWN")
+    by_status: dict[str, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(str(errors.CATALOG[code].status), []).append(code)
+    return {
+        status: {"description": "Problem: " + ", ".join(sorted(names)), "content": _PROBLEM}
+        for status, names in sorted(by_status.items())
+    }
+
+
+def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": ID_PATTERN}}
+        for name in policy.path_params
+    ]
+    if policy.query_schema is not None:
+        schema = policy.query_schema.model_json_schema()
+        required = set(schema.get("required", ()))
+        params += [
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in schema["properties"].items()
+        ]
+    if policy.requires_idempotency_key:
+        params.append({"name": "Idempotency-Key", "in": "header", "required": True,
+                       "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+    params += [
+        {"name": "X-Request-ID", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+        {"name": "X-Client-ID", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+        {"name": "Accept-Language", "in": "header", "required": False,
+         "schema": {"type": "string", "examples": ["zh-CN", "en"]}},
+    ]
+    return params
+
+
+def _operation(policy: RoutePolicy) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": policy.operation_id,
+        "summary": policy.summary,
+        "tags": [policy.backend],
+        "parameters": _parameters(policy),
+        "responses": {
+            str(policy.success_status): {
+                "description": "The backend's answer, passed through",
+                "content": {"application/json": {"schema": _ref(policy.response_schema)}},
+            },
+            "4XX": {"description": "A business error of the backend, passed through "
+                                   "(status and JSON body with a `code`)"},
+            **_error_responses(policy),
+        },
+    }
+    if policy.body_schema is not None:
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref(policy.body_schema)}}}
+    return op
+
+
+def _plain(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = {"application/json": {"schema": schema or {"type": "object"}}}
+    return {"get": {"summary": description, "responses": {"200": {
+        "description": description, "content": content}}}}
+
+
+def build_document() -> dict[str, Any]:
+    models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
+    models |= {policy.response_schema for policy in ROUTES}
+    models |= {Problem, StatusResponse}
+    _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=str)],
+                                 ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for policy in ROUTES:
+        paths.setdefault(policy.path, {})[policy.method.lower()] = _operation(policy)
+    paths["/v1/status"] = _plain("Current and scheduled maintenance, and backend health",
+                                 _ref(StatusResponse))
+    paths["/healthz"] = _plain("Liveness: 200 while the process can serve")
+    paths["/readyz"] = _plain("Readiness: 200 when ready, 503 while starting or draining")
+    paths["/readyz"]["get"]["responses"]["503"] = {"description": "Starting or draining"}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+        "description": "Prometheus text format", "content": {"text/plain": {}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "order-gateway", "version": "0.1.0",
+                 "description": "Resilient self-service order gateway. Every gateway-made "
+                                "error is application/problem+json with a stable `code`."},
+        "paths": paths,
+        "components": {"schemas": defs["$defs"]},
+    }
+
+
+def document_bytes() -> bytes:
+    return orjson.dumps(build_document())

@@ -1,0 +1,164 @@
+"""The published request and response schemas of the public API.
+
+These pydantic models validate requests at the edge and generate the schemas
+in `/openapi.json`, so the document and the code cannot drift apart. Input is
+normalised before it is checked: full-width digits and letters become
+half-width (NFKC), stray spaces go, so `１３８ ００１３ ８０００` is a phone number.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_MOBILE = re.compile(r"1[3-9]\d{9}")
+_RESIDENT_ID = re.compile(r"\d{17}[\dX]")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK_CHARS = "10X98765432"
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_text(value: Any) -> Any:
+    """Full-width to half-width and outer spaces removed; non-strings pass to the type check."""
+    if isinstance(value, str):
+        return _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip()
+    return value
+
+
+def _compact(value: Any) -> Any:
+    """As normalise_text, and no spaces or dashes inside (phone and ID numbers)."""
+    value = normalise_text(value)
+    if isinstance(value, str):
+        return value.replace(" ", "").replace("-", "")
+    return value
+
+
+def resident_id_check_char(first17: str) -> str:
+    """The check character of a mainland resident ID (GB 11643-1999, ISO 7064 MOD 11-2)."""
+    total = sum(int(digit) * weight for digit, weight in zip(first17, _ID_WEIGHTS, strict=True))
+    return _ID_CHECK_CHARS[total % 11]
+
+
+def _check_mobile(value: str) -> str:
+    if value.startswith("+86"):
+        value = value[3:]
+    if not _MOBILE.fullmatch(value):
+        raise ValueError("must be an 11-digit mainland mobile number starting with 13-19")
+    return value
+
+
+def _check_resident_id(value: str) -> str:
+    value = value.upper()
+    if not _RESIDENT_ID.fullmatch(value):
+        raise ValueError("must be 18 characters: 17 digits and a digit or X")
+    try:
+        date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+    except ValueError:
+        raise ValueError("contains an impossible date of birth") from None
+    if resident_id_check_char(value[:17]) != value[17]:
+        raise ValueError("has a wrong check digit")
+    return value
+
+
+Mobile = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_mobile),
+                   Field(examples=["13800138000"])]
+ResidentId = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_resident_id),
+                       Field(examples=["11010519491231002X"])]
+ResourceId = Annotated[str, BeforeValidator(normalise_text), Field(pattern=ID_PATTERN)]
+
+
+# Lengths are checked on the normalised text.
+Name = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text)]
+Product = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text)]
+Address = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(normalise_text)]
+
+
+class _Schema(BaseModel):
+    # Unknown fields are refused rather than silently dropped before forwarding.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Customer(_Schema):
+    name: Name
+    phone: Mobile
+    id_number: ResidentId
+
+
+class OrderRequest(_Schema):
+    customer: Customer
+    product: Product
+    address: Address
+
+
+class PaymentRequest(_Schema):
+    order_id: ResourceId
+    amount: Annotated[int, Field(gt=0, le=10**12, description="minor units (fen)")]
+    currency: Literal["CNY"]
+    method: Literal["alipay", "wechat", "card", "balance"]
+
+
+class AvailabilityQuery(_Schema):
+    # Unknown query parameters (cache busters, tracking) are ignored, not forwarded.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    address: Address
+    product: Product
+
+
+class AvailabilityResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    available: bool
+    address: str
+    product: str
+
+
+class OrderResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    order_id: str
+    status: str
+    product: str | None = None
+    address: str | None = None
+
+
+class PaymentResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    payment_id: str
+    status: Literal["succeeded"] | str
+    order_id: str
+    amount: int
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every gateway-made error is answered."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str
+    retryable: bool
+    hint: str
+    errors: list[FieldError] | None = None
+    announcement: str | None = None
+
+
+class BackendHealth(BaseModel):
+    health: Literal["up", "degraded", "down"]
+
+
+class StatusResponse(BaseModel):
+    status: Literal["ok", "degraded", "maintenance"]
+    maintenance: dict[str, list[dict[str, Any]]]
+    backends: dict[str, BackendHealth]

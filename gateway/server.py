@@ -1,0 +1,153 @@
+"""Running the gateway: one process, N worker processes, and graceful drain.
+
+Drain on SIGTERM or SIGINT, in order:
+1. `/readyz` turns 503 while the listener stays open for `drain_delay_s`, so a
+   load balancer stops routing here before connections are refused;
+2. the listener closes; in-flight requests finish, bounded by `drain_timeout_s`;
+3. backend pools close and the process exits 0.
+
+With `--workers N` a small supervisor starts N processes that share the port
+through SO_REUSEPORT, forwards signals to them, and restarts one that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import multiprocess as prom_multiprocess
+
+from gateway.app import LIFECYCLE, build_app
+from gateway.observability import MULTIPROC_ENV, configure_logging
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.server")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A worker that keeps dying right after start is not restarted forever.
+_RESTART_WINDOW_S = 10.0
+_MAX_RESTARTS_IN_WINDOW = 5
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop where it is installed, else the default loop."""
+    try:
+        import uvloop
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(settings: Settings, stop: asyncio.Event,
+                on_listening: Callable[[int], None] | None = None) -> None:
+    """Serve until `stop` is set, then drain as described above."""
+    server = settings.server
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=server.drain_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port, backlog=1024,
+                       reuse_port=server.workers > 1 or None)
+    await site.start()
+    port = runner.addresses[0][1]
+    log.info("listening", extra={"fields": {"host": server.host, "port": port,
+                                            "pid": os.getpid()}})
+    if on_listening is not None:
+        on_listening(port)
+    await stop.wait()
+    app[LIFECYCLE].draining = True
+    log.info("draining", extra={"fields": {"delay_s": server.drain_delay_s,
+                                           "timeout_s": server.drain_timeout_s}})
+    await asyncio.sleep(server.drain_delay_s)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def _serve_until_signal(settings: Settings) -> None:
+    await serve(settings, stop_event_on_signals())
+
+
+def _worker_main(settings_data: dict[str, Any]) -> None:
+    settings = Settings.model_validate(settings_data)
+    configure_logging(settings.server.log_level)
+    run(_serve_until_signal(settings))
+
+
+def serve_forever(settings: Settings) -> int:
+    """The `serve` command: one process, or a supervisor of N workers."""
+    configure_logging(settings.server.log_level)
+    if settings.server.workers == 1:
+        run(_serve_until_signal(settings))
+        return 0
+    return _supervise(settings)
+
+
+def _supervise(settings: Settings) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="order-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    ctx = multiprocessing.get_context("spawn")
+    data = settings.model_dump()
+    stopping = False
+
+    def start_worker() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=_worker_main, args=(data,), daemon=False)
+        proc.start()
+        return proc
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    workers = [start_worker() for _ in range(settings.server.workers)]
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    restarts: list[float] = []
+    failed = False
+    try:
+        while any(proc.is_alive() for proc in workers) or (not stopping and not failed):
+            time.sleep(0.2)
+            for i, proc in enumerate(workers):
+                if proc.is_alive() or stopping or failed:
+                    continue
+                _mark_dead(proc.pid)
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < _RESTART_WINDOW_S] + [now]
+                if len(restarts) > _MAX_RESTARTS_IN_WINDOW:
+                    log.error("workers keep dying; stopping")
+                    failed = True
+                    on_signal(signal.SIGTERM, None)
+                    break
+                log.warning("worker died, restarting", extra={"fields": {
+                    "pid": proc.pid, "exitcode": proc.exitcode}})
+                workers[i] = start_worker()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    bad = [proc.exitcode for proc in workers if proc.exitcode not in (0, None)]
+    return 1 if failed or bad else 0
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is not None:
+        prom_multiprocess.mark_process_dead(pid)

@@ -1,0 +1,209 @@
+"""Typed, validated, frozen settings: the only place configuration is read.
+
+Sources, later ones winning: built-in defaults, the YAML file, `GATEWAY_*`
+environment variables, then command-line flags. Everything is checked once at
+start-up; a problem is reported as one line naming its key path, e.g.
+`upstreams.payment.breaker.failure_rate_threshold: ...`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BACKENDS = ("order", "payment", "availability")
+Backend = Literal["order", "payment", "availability"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BreakerSettings(_Model):
+    """When a backend's circuit breaker trips and how it recovers (see docs/operations.md)."""
+
+    failure_rate_threshold: float = Field(0.5, ge=0, le=1)
+    slow_call_duration_ms: int = Field(2000, gt=0)
+    slow_call_rate_threshold: float = Field(0.8, ge=0, le=1)
+    minimum_calls: int = Field(10, ge=1)
+    window_seconds: int = Field(30, ge=1, le=3600)
+    consecutive_failures: int = Field(5, ge=1)
+    open_seconds: float = Field(10.0, gt=0)
+    half_open_calls: int = Field(2, ge=1)
+
+
+class UpstreamSettings(_Model):
+    url: str
+    connect_timeout_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    pool_size: int = Field(100, ge=1, le=10_000)
+    # Connections idle this long are closed; below the backends' own keep-alive
+    # timeout, so the gateway never reuses a connection the backend is closing.
+    keepalive_s: float = Field(15.0, gt=0)
+    breaker: BreakerSettings = BreakerSettings()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+
+def _default_upstreams() -> dict[str, UpstreamSettings]:
+    return {
+        name: UpstreamSettings(url=f"http://127.0.0.1:{port}")
+        for name, port in zip(BACKENDS, (9101, 9102, 9103), strict=True)
+    }
+
+
+class UpstreamsSettings(_Model):
+    order: UpstreamSettings = Field(default_factory=lambda: _default_upstreams()["order"])
+    payment: UpstreamSettings = Field(default_factory=lambda: _default_upstreams()["payment"])
+    availability: UpstreamSettings = Field(
+        default_factory=lambda: _default_upstreams()["availability"])
+
+    def get(self, backend: str) -> UpstreamSettings:
+        value: UpstreamSettings = getattr(self, backend)
+        return value
+
+
+class ServerSettings(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # After SIGTERM the gateway keeps serving with /readyz at 503 for this long,
+    # so load balancers stop routing to it before it closes its listener.
+    drain_delay_s: float = Field(0.0, ge=0, le=120)
+    # Upper bound on how long in-flight requests may take to finish after that.
+    drain_timeout_s: float = Field(20.0, ge=0, le=600)
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AdminSettings(_Model):
+    # None disables the admin API (it answers 404), as the contract asks for `serve`.
+    token: str | None = Field(None, min_length=16)
+
+
+class RedisSettings(_Model):
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class IdempotencySettings(_Model):
+    ttl_s: int = Field(24 * 3600, ge=60)
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    upstreams: UpstreamsSettings = UpstreamsSettings()
+    admin: AdminSettings = AdminSettings()
+    redis: RedisSettings = RedisSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+
+    @model_validator(mode="after")
+    def _workers_need_fixed_port(self) -> Settings:
+        if self.server.workers > 1 and self.server.port == 0:
+            raise ValueError("server.port: must be fixed (not 0) when server.workers > 1")
+        return self
+
+
+class SettingsError(Exception):
+    """Configuration problems, one line each, ready to print."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# Environment variable -> key path in the settings tree.
+ENV_KEYS: dict[str, tuple[str, ...]] = {
+    "GATEWAY_HOST": ("server", "host"),
+    "GATEWAY_PORT": ("server", "port"),
+    "GATEWAY_WORKERS": ("server", "workers"),
+    "GATEWAY_ORDER_URL": ("upstreams", "order", "url"),
+    "GATEWAY_PAYMENT_URL": ("upstreams", "payment", "url"),
+    "GATEWAY_AVAILABILITY_URL": ("upstreams", "availability", "url"),
+    "GATEWAY_REDIS_URL": ("redis", "url"),
+    "GATEWAY_ADMIN_TOKEN": ("admin", "token"),
+}
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read file ({exc.strerror})"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SettingsError([f"{path}: not valid YAML{where}"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError([f"{path}: the top level must be a mapping of sections"])
+    return data
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(part) for part in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+            message = f"{message} (got {err['input']!r})"
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+) -> Settings:
+    """Build the settings from file, environment and flags, or raise SettingsError."""
+    env = os.environ if env is None else env
+    path = path or env.get("GATEWAY_CONFIG") or None
+    tree = _read_yaml(path) if path else {}
+    for var, key_path in ENV_KEYS.items():
+        if env.get(var):
+            _set_path(tree, key_path, env[var])
+    for key_path, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, key_path, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc)) from exc

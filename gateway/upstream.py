@@ -1,0 +1,186 @@
+"""Calls to the backends: the only module that makes outgoing HTTP requests.
+
+One pooled keep-alive `aiohttp.ClientSession` per backend. Every way a call can
+fail is translated here, at exactly one boundary, into a catalog error:
+
+- connection refused or connect timeout: the backend certainly did nothing,
+  `UPSTREAM_UNAVAILABLE`;
+- reset, 5xx, or an answer that is not JSON: `UPSTREAM_UNAVAILABLE`;
+- no answer within `timeout_s`: `UPSTREAM_TIMEOUT`;
+- for a call that may have had an effect and whose outcome is unknown (sent,
+  then timed out or reset), the route's own error (`PAYMENT_OUTCOME_UNKNOWN`).
+
+A backend's 2xx and 4xx JSON answers pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from gateway import errors
+from gateway.errors import ErrorSpec, GatewayError
+from gateway.settings import UpstreamSettings
+
+# Response headers of a backend that mean something to the client; all others
+# (hop-by-hop, server internals) stay behind the gateway.
+PASSTHROUGH_RESPONSE_HEADERS = ("Location", "ETag", "Last-Modified", "Cache-Control",
+                                "Content-Language", "Retry-After")
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+# Told of every finished call: backend name, seconds taken, outcome ("ok" or an error code).
+CallObserver = Callable[[str, float, str], None]
+
+
+def _ignore(_backend: str, _seconds: float, _outcome: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class CallStats:
+    """Plain counters the status page and metrics read; no locking needed on one loop."""
+
+    calls: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_failure_at: float | None = None
+
+
+class Upstream:
+    """One backend: its pool, its timeouts, its failure translation."""
+
+    def __init__(self, name: str, settings: UpstreamSettings,
+                 observer: CallObserver = _ignore) -> None:
+        self.name = name
+        self._observer = observer
+        self.settings = settings
+        self.stats = CallStats()
+        self._base = settings.url
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout_error_params = {"backend": name, "timeout_s": settings.timeout_s}
+        self._backend_params = {"backend": name}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.pool_size,
+            keepalive_timeout=self.settings.keepalive_s,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),
+            # Bodies pass through as bytes; ask for identity so none needs re-encoding.
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        unknown_outcome: ErrorSpec | None = None,
+    ) -> UpstreamResponse:
+        """Send one request and return a pass-through answer, or raise a GatewayError.
+
+        `unknown_outcome` is the error for a call that may have changed state at
+        the backend but whose answer was lost; None means the route is a read
+        and a lost answer is a plain timeout or unavailability.
+        """
+        assert self._session is not None, "Upstream.start() was not awaited"
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                async with self._session.request(
+                    method, self._base + path, params=query, data=body, headers=headers,
+                    allow_redirects=False,
+                ) as resp:
+                    payload = await _read_limited(resp)
+                    result = UpstreamResponse(
+                        status=resp.status,
+                        body=payload,
+                        content_type=resp.content_type,
+                        headers=_passthrough_headers(resp.headers),
+                    )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started) from None
+        except TimeoutError:
+            raise self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
+                               self._timeout_error_params) from None
+        except (aiohttp.ClientError, ValueError):
+            # Reset, disconnect or a malformed HTTP answer once the request was sent.
+            raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started) from None
+        if result.status >= 500 or not _is_json(result):
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started)
+        self._record(started, "ok")
+        return result
+
+    def _failed(self, spec: ErrorSpec, started: float,
+                params: dict[str, object] | None = None) -> GatewayError:
+        self._record(started, spec.code)
+        return GatewayError(spec, params=params or self._backend_params)
+
+    def _record(self, started: float, outcome: str) -> None:
+        now = time.monotonic()
+        stats = self.stats
+        stats.calls += 1
+        if outcome == "ok":
+            stats.consecutive_failures = 0
+        else:
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            stats.last_failure_at = now
+        self._observer(self.name, now - started, outcome)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or ValueError past MAX_RESPONSE_BYTES (a backend gone wrong)."""
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        raise ValueError("response too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise ValueError("response too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(result: UpstreamResponse) -> bool:
+    ctype = result.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        return False
+    try:
+        orjson.loads(result.body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _passthrough_headers(headers: CIMultiDict[str] | Mapping[str, str]) -> tuple[
+        tuple[str, str], ...]:
+    return tuple((name, headers[name]) for name in PASSTHROUGH_RESPONSE_HEADERS if name in headers)

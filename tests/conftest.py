@@ -1,0 +1,66 @@
+"""Shared fixtures: one simulator process and one gateway for the suite, helpers for more.
+
+Tests that change simulator faults use `upstreams` through `healthy`, which heals
+every simulator afterwards, so tests never leak faults into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.procs import RUNNING, Gateway, Upstreams
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+GOOD_ORDER: dict[str, Any] = {
+    "customer": {"name": "张三", "phone": "13800138000", "id_number": "11010519491231002X"},
+    "product": "fiber-500",
+    "address": "北京市朝阳区建国路 1 号",
+}
+GOOD_PAYMENT: dict[str, Any] = {"order_id": "ord_1", "amount": 9900, "currency": "CNY",
+                                "method": "alipay"}
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def upstreams(log_dir: Path) -> Iterator[Upstreams]:
+    sims = Upstreams(log_dir)
+    yield sims
+    sims.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
+    gw = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def healthy(upstreams: Upstreams) -> Iterator[Upstreams]:
+    upstreams.heal()
+    yield upstreams
+    upstreams.heal()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for proc in list(RUNNING):
+            report.sections.append((f"log of {proc.name} (pid {proc.pid})", proc.log_tail()))

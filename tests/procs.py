@@ -1,0 +1,173 @@
+"""Real processes for tests: simulators, gateways (and later redis-server) on free ports.
+
+Every process writes its output to a log file kept for failure messages; each is
+stopped by its own PID. `RUNNING` lists live processes so a failing test's
+report carries their recent logs (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+BIN = Path(sys.executable).parent
+RUNNING: list[Proc] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Proc:
+    """One child process with its log file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env=full_env, start_new_session=True)
+        RUNNING.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_http(self, url: str, timeout: float = 15.0) -> None:
+        """Wait until `url` answers 200, or fail with the process's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not answer {url} in {timeout}s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
+        if self in RUNNING:
+            RUNNING.remove(self)
+        self._log.close()
+
+
+class Upstreams:
+    """The three simulators in one `order-upstreams` process."""
+
+    def __init__(self, log_dir: Path, seed: int = 7) -> None:
+        self.ports = {name: free_port() for name in ("order", "payment", "availability")}
+        self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+        self.proc = Proc("upstreams", [
+            str(BIN / "order-upstreams"), "--seed", str(seed),
+            "--order-port", str(self.ports["order"]),
+            "--payment-port", str(self.ports["payment"]),
+            "--availability-port", str(self.ports["availability"]),
+        ], log_dir)
+        for url in self.urls.values():
+            self.proc.wait_http(url + "/_stats")
+
+    def _call(self, backend: str, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        req = urllib.request.Request(self.urls[backend] + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return orjson.loads(resp.read())
+
+    def set_faults(self, backend: str, **faults: Any) -> None:
+        self._call(backend, "PUT", "/_faults", faults)
+
+    def heal(self) -> None:
+        for backend in self.urls:
+            self._call(backend, "DELETE", "/_faults")
+
+    def stats(self, backend: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(backend, "GET", "/_stats")
+        return result
+
+
+class Gateway:
+    """One `order-gateway serve` process with a YAML config written for it."""
+
+    def __init__(self, log_dir: Path, upstream_urls: dict[str, str],
+                 config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        tree: dict[str, Any] = {"server": {"host": "127.0.0.1", "port": self.port}}
+        tree["upstreams"] = {name: {"url": url, "timeout_s": 1.0, "connect_timeout_s": 0.5}
+                             for name, url in upstream_urls.items()}
+        _merge(tree, config or {})
+        self.config_path = log_dir / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(tree))
+        argv = [str(BIN / "order-gateway"), "serve", "--config", str(self.config_path)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        self.proc = Proc(f"gateway-{self.port}", argv, log_dir, env)
+        self.proc.wait_http(self.url + "/readyz")
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

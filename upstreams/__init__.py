@@ -1,0 +1,1 @@
+"""Simulators of the order, payment and availability backends, with fault injection."""
