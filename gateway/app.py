@@ -62,9 +62,7 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[_edge_middleware(metrics, access_log)],
         client_max_size=settings.server.max_body_bytes,
-        # Do not read on after answering a request early (a body too large, a
-        # wrong content type): close the connection instead.
-        handler_args={"lingering_time": 0},
+        handler_args={"lingering_time": settings.server.lingering_s},
     )
     app[SETTINGS] = settings
     app[UPSTREAMS] = upstreams
@@ -121,17 +119,12 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
         try:
             response = await handler(request)
         except GatewayError as err:
-            code = err.spec.code
-            response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+            code, response = _problem(err, request, rid)
         except web.HTTPException as exc:
-            err = _translate_http_exception(exc, request)
-            code = err.spec.code
-            response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+            code, response = _problem(_translate_http_exception(exc, request), request, rid)
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})
-            code = errors.INTERNAL_ERROR.code
-            response = render(GatewayError(errors.INTERNAL_ERROR), rid,
-                              negotiate_language(request.headers.get("Accept-Language")))
+            code, response = _problem(GatewayError(errors.INTERNAL_ERROR), request, rid)
         response.headers["X-Request-ID"] = rid
         elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
@@ -145,6 +138,14 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
         return response
 
     return edge
+
+
+def _problem(err: GatewayError, request: web.Request, rid: str) -> tuple[str, web.Response]:
+    response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+    if err.spec is errors.PAYLOAD_TOO_LARGE:
+        # The rest of that body is not worth keeping the connection for.
+        response.force_close()
+    return err.spec.code, response
 
 
 def _translate_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:

@@ -37,7 +37,8 @@ def negotiate_language(header: str | None) -> str:
                 q = 0.0
         lang = "zh-CN" if tag == "zh" or tag.startswith("zh-") else (
             "en" if tag == "en" or tag.startswith("en-") or tag == "*" else None)
-        if lang is not None and q > best_q:
+        # q=0 (or an unreadable q) means "not acceptable".
+        if lang is not None and q > 0 and q > best_q:
             best_lang, best_q = lang, q
     return best_lang
 

@@ -59,18 +59,26 @@ class UpstreamSettings(_Model):
         return value.rstrip("/")
 
 
-def _default_upstreams() -> dict[str, UpstreamSettings]:
-    return {
-        name: UpstreamSettings(url=f"http://127.0.0.1:{port}")
-        for name, port in zip(BACKENDS, (9101, 9102, 9103), strict=True)
-    }
+# Where each backend is when nothing says otherwise: the local simulators' ports.
+DEFAULT_URLS = {"order": "http://127.0.0.1:9101", "payment": "http://127.0.0.1:9102",
+                "availability": "http://127.0.0.1:9103"}
 
 
 class UpstreamsSettings(_Model):
-    order: UpstreamSettings = Field(default_factory=lambda: _default_upstreams()["order"])
-    payment: UpstreamSettings = Field(default_factory=lambda: _default_upstreams()["payment"])
-    availability: UpstreamSettings = Field(
-        default_factory=lambda: _default_upstreams()["availability"])
+    order: UpstreamSettings = UpstreamSettings(url=DEFAULT_URLS["order"])
+    payment: UpstreamSettings = UpstreamSettings(url=DEFAULT_URLS["payment"])
+    availability: UpstreamSettings = UpstreamSettings(url=DEFAULT_URLS["availability"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_urls(cls, data: Any) -> Any:
+        """A backend section given without `url` keeps that backend's default URL."""
+        if isinstance(data, dict):
+            for name, url in DEFAULT_URLS.items():
+                section = data.get(name)
+                if isinstance(section, dict) and "url" not in section:
+                    data[name] = {**section, "url": url}
+        return data
 
     def get(self, backend: str) -> UpstreamSettings:
         value: UpstreamSettings = getattr(self, backend)
@@ -87,6 +95,11 @@ class ServerSettings(_Model):
     drain_delay_s: float = Field(0.0, ge=0, le=120)
     # Upper bound on how long in-flight requests may take to finish after that.
     drain_timeout_s: float = Field(20.0, ge=0, le=600)
+    # After answering a request early (body too large, wrong content type), the
+    # rest of its body is read and dropped for at most this long before the
+    # connection closes, so the client reliably receives the answer instead of
+    # a reset. The answer itself is sent at once, before any of that reading.
+    lingering_s: float = Field(1.0, ge=0, le=30)
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

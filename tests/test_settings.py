@@ -1,0 +1,123 @@
+"""Settings: file, environment and flags, and `order-gateway check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+from tests.procs import BIN
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_EXAMPLE = """
+upstreams:
+  order:        {url: "http://127.0.0.1:9101"}
+  payment:      {url: "http://127.0.0.1:9102", timeout_s: 3.0,
+                 breaker: {failure_rate_threshold: 0.5}}
+  availability: {url: "http://127.0.0.1:9103"}
+"""
+BROKEN = """
+server:
+  port: 70000
+  workers: zero
+upstreams:
+  payment:
+    url: "ftp://example"
+    breaker: {failure_rate_threshold: 1.5, minimum_calls: 0}
+  availability: {timeout_s: -1, colour: blue}
+redis: {url: "http://not-redis"}
+"""
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "order-gateway"), "check-config", str(path)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_contract_example_and_shipped_example_are_valid(tmp_path: Path) -> None:
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(CONTRACT_EXAMPLE)
+    for path in (contract, ROOT / "config" / "gateway.example.yaml"):
+        result = _check(path)
+        assert result.returncode == 0, result.stderr
+        assert "valid" in result.stdout
+
+
+def test_every_mistake_gets_one_line_with_its_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    result = _check(path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    expected = [
+        "server.port:", "server.workers:", "upstreams.payment.url:",
+        "upstreams.payment.breaker.failure_rate_threshold:",
+        "upstreams.payment.breaker.minimum_calls:", "upstreams.availability.timeout_s:",
+        "upstreams.availability.colour: unknown key", "redis.url:",
+    ]
+    for prefix in expected:
+        assert sum(line.startswith(prefix) for line in lines) == 1, (prefix, lines)
+    assert len(lines) == len(expected)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("server: [1, 2", "not valid YAML"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+])
+def test_unreadable_files_get_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = _check(path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = _check(tmp_path / "nope.yaml")
+    assert result.returncode == 2
+    assert "cannot read file" in result.stderr
+
+
+def test_environment_overrides_file_and_flags_override_both(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("server: {port: 9000}\nupstreams: {order: {url: 'http://a:1', timeout_s: 2}}")
+    env = {"GATEWAY_PORT": "9100", "GATEWAY_ORDER_URL": "http://b:2/",
+           "GATEWAY_ADMIN_TOKEN": "t" * 20, "GATEWAY_REDIS_URL": "redis://127.0.0.1:6390/0"}
+    settings = load_settings(path, env=env)
+    assert settings.server.port == 9100
+    assert settings.upstreams.order.url == "http://b:2"
+    assert settings.upstreams.order.timeout_s == 2  # the file's value survives beside the env's
+    assert settings.admin.token == "t" * 20
+    assert settings.redis.url == "redis://127.0.0.1:6390/0"
+    flagged = load_settings(path, env=env, overrides={("server", "port"): 9200})
+    assert flagged.server.port == 9200
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("server: {port: 9001}")
+    assert load_settings(None, env={"GATEWAY_CONFIG": str(path)}).server.port == 9001
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings(None, env={})
+    assert settings.server.port == 8080
+    assert settings.server.max_body_bytes == 65536
+    assert settings.admin.token is None
+    assert settings.upstreams.payment.breaker.failure_rate_threshold == 0.5
+
+
+def test_bad_environment_value_names_the_key() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, env={"GATEWAY_PORT": "eighty"})
+    assert caught.value.problems[0].startswith("server.port:")
+
+
+def test_several_workers_need_a_fixed_port() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, env={}, overrides={("server", "port"): 0, ("server", "workers"): 2})
+    assert "server.port" in caught.value.problems[0]
