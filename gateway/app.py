@@ -12,19 +12,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway import errors, identity, openapi, status
+from gateway import admin, errors, identity, openapi, status
+from gateway.breaker import Breaker
+from gateway.breaker_control import BreakerBoard
+from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.problem import negotiate_language, render
-from gateway.proxy import REQUEST_ID, Handler, make_handler
+from gateway.proxy import Handler, make_handler
 from gateway.routes import ROUTES
 from gateway.settings import BACKENDS, Settings
+from gateway.store import MemoryStore, Store
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -50,15 +55,33 @@ UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+STORE = web.AppKey("store", Store)
 
 
-def build_app(settings: Settings) -> web.Application:
+def _make_store(settings: Settings) -> Store:
+    if settings.redis.url is None:
+        return MemoryStore()
+    from gateway.redis_store import RedisStore
+
+    return RedisStore(settings.redis.url, settings.redis.timeout_s)
+
+
+def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+    clock = clock or SystemClock()
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
-    upstreams = {
-        name: Upstream(name, settings.upstreams.get(name), metrics.observe_upstream)
+    store = _make_store(settings)
+    breakers = {
+        name: Breaker(name, settings.upstreams.get(name).breaker, clock,
+                      metrics.breaker_transition)
         for name in BACKENDS
     }
+    upstreams = {
+        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics)
+        for name in BACKENDS
+    }
+    for name in BACKENDS:
+        metrics.breaker_state.labels(name).set(0)
     app = web.Application(
         middlewares=[_edge_middleware(metrics, access_log)],
         client_max_size=settings.server.max_body_bytes,
@@ -69,6 +92,10 @@ def build_app(settings: Settings) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = metrics
     app[ACCESS_LOG] = access_log
+    app[STORE] = store
+    app[admin.BOARD] = BreakerBoard(breakers, store)
+    if settings.admin.token:
+        admin.add_routes(app, settings.admin.token)
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path,
                              make_handler(policy, upstreams[policy.backend],
@@ -80,6 +107,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/openapi.json", _openapi(openapi.document_bytes()))
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_access_log_flusher)
+    app.cleanup_ctx.append(_control_sync)
     return app
 
 
@@ -93,6 +121,18 @@ async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
         await upstream.close()
 
 
+@contextlib.asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `coro` for as long as the block lasts."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _access_log_flusher(app: web.Application) -> AsyncIterator[None]:
     access_log = app[ACCESS_LOG]
 
@@ -101,12 +141,22 @@ async def _access_log_flusher(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(ACCESS_LOG_FLUSH_S)
             access_log.flush()
 
-    task = asyncio.create_task(flush_forever())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _background(flush_forever()):
+        yield
     access_log.flush()
+
+
+async def _control_sync(app: web.Application) -> AsyncIterator[None]:
+    """With a shared store, follow SRE changes made through other processes."""
+    store = app[STORE]
+    if not store.shared:
+        yield
+        await store.close()
+        return
+    board = app[admin.BOARD]
+    async with _background(board.run_sync_loop(app[SETTINGS].redis.sync_interval_s)):
+        yield
+    await store.close()
 
 
 def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:  # type: ignore[valid-type]
@@ -114,7 +164,7 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = identity.request_id(request.headers.get("X-Request-ID"))
-        request[REQUEST_ID] = rid
+        request[identity.REQUEST_ID] = rid
         code = "none"
         try:
             response = await handler(request)

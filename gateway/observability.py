@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import (
@@ -28,8 +28,12 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+if TYPE_CHECKING:
+    from gateway.breaker import Transition
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -51,6 +55,15 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Requests being handled", registry=reg,
             multiprocess_mode="livesum")
+        self.breaker_state = Gauge(
+            "gateway_breaker_state", "Breaker state per backend: 0 closed, 1 half-open, 2 open",
+            ("backend",), registry=reg, multiprocess_mode="liveall")
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions", "Breaker state changes, by backend, states and reason",
+            ("backend", "from_state", "to_state", "reason"), registry=reg)
+        self.breaker_rejections = Counter(
+            "gateway_breaker_rejected_calls", "Calls refused at once by an open breaker",
+            ("backend",), registry=reg)
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[tuple[str, str], Any] = {}
@@ -72,6 +85,15 @@ class Metrics:
         if child is None:
             child = self._upstream_children[key] = self.upstream_seconds.labels(backend, outcome)
         child.observe(seconds)
+
+    def breaker_transition(self, transition: Transition) -> None:
+        """Off the hot path: transitions are rare, so labels are looked up each time."""
+        self.breaker_state.labels(transition.breaker).set(_STATE_VALUES[transition.new])
+        self.breaker_transitions.labels(transition.breaker, transition.old, transition.new,
+                                        transition.reason).inc()
+
+    def breaker_rejected(self, backend: str) -> None:
+        self.breaker_rejections.labels(backend).inc()
 
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

@@ -25,7 +25,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Client headers the backends are told about; everything else stays at the edge.
 FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
-REQUEST_ID = "request_id"  # key in the aiohttp request's mapping, set by the edge middleware
 
 
 def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int) -> Handler:
@@ -71,7 +70,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 def _backend_headers(request: web.Request, key: str | None, *, has_body: bool) -> dict[str, str]:
     sent = request.headers
     headers = {
-        "X-Request-ID": request[REQUEST_ID],
+        "X-Request-ID": request[identity.REQUEST_ID],
         "X-Client-ID": identity.client_scope(sent.get("X-Client-ID")),
     }
     for name in FORWARDED_HEADERS:

@@ -111,6 +111,10 @@ class AdminSettings(_Model):
 
 class RedisSettings(_Model):
     url: str | None = None
+    # Each Redis call's own budget: a slow Redis must not hold requests hostage.
+    timeout_s: float = Field(0.25, gt=0, le=10)
+    # How often each process picks up SRE changes (breakers) made on another one.
+    sync_interval_s: float = Field(0.5, gt=0, le=10)
 
     @field_validator("url")
     @classmethod

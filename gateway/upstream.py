@@ -10,14 +10,17 @@ fail is translated here, at exactly one boundary, into a catalog error:
 - for a call that may have had an effect and whose outcome is unknown (sent,
   then timed out or reset), the route's own error (`PAYMENT_OUTCOME_UNKNOWN`).
 
-A backend's 2xx and 4xx JSON answers pass through untouched.
+A backend's 2xx and 4xx JSON answers pass through untouched. Every call goes
+through the backend's circuit breaker: an open breaker answers `CIRCUIT_OPEN`
+without touching the pool; the failures above count against the backend,
+business answers and cancellations do not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,7 +28,9 @@ import orjson
 from multidict import CIMultiDict
 
 from gateway import errors
+from gateway.breaker import Breaker, Outcome
 from gateway.errors import ErrorSpec, GatewayError
+from gateway.observability import Metrics
 from gateway.settings import UpstreamSettings
 
 # Response headers of a backend that mean something to the client; all others
@@ -33,13 +38,6 @@ from gateway.settings import UpstreamSettings
 PASSTHROUGH_RESPONSE_HEADERS = ("Location", "ETag", "Last-Modified", "Cache-Control",
                                 "Content-Language", "Retry-After")
 MAX_RESPONSE_BYTES = 1024 * 1024
-
-# Told of every finished call: backend name, seconds taken, outcome ("ok" or an error code).
-CallObserver = Callable[[str, float, str], None]
-
-
-def _ignore(_backend: str, _seconds: float, _outcome: str) -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +48,15 @@ class UpstreamResponse:
     headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(slots=True)
-class CallStats:
-    """Plain counters the status page and metrics read; no locking needed on one loop."""
-
-    calls: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    last_failure_at: float | None = None
-
-
 class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
-    def __init__(self, name: str, settings: UpstreamSettings,
-                 observer: CallObserver = _ignore) -> None:
+    def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
+                 metrics: Metrics) -> None:
         self.name = name
-        self._observer = observer
+        self.breaker = breaker
+        self._metrics = metrics
         self.settings = settings
-        self.stats = CallStats()
         self._base = settings.url
         self._session: aiohttp.ClientSession | None = None
         self._timeout_error_params = {"backend": name, "timeout_s": settings.timeout_s}
@@ -110,6 +98,26 @@ class Upstream:
         the backend but whose answer was lost; None means the route is a read
         and a lost answer is a plain timeout or unavailability.
         """
+        try:
+            permit = self.breaker.acquire()
+        except GatewayError:
+            self._metrics.breaker_rejected(self.name)
+            raise
+        try:
+            result = await self._send(method, path, headers, query, body, unknown_outcome)
+        except GatewayError:
+            self.breaker.release(permit, Outcome.FAILURE)
+            raise
+        except BaseException:
+            # Cancelled (the client went away, shutdown): says nothing about the backend.
+            self.breaker.release(permit, Outcome.IGNORED)
+            raise
+        self.breaker.release(permit, Outcome.SUCCESS)
+        return result
+
+    async def _send(self, method: str, path: str, headers: Mapping[str, str],
+                    query: Mapping[str, str] | None, body: bytes | None,
+                    unknown_outcome: ErrorSpec | None) -> UpstreamResponse:
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
         try:
@@ -144,16 +152,7 @@ class Upstream:
         return GatewayError(spec, params=params or self._backend_params)
 
     def _record(self, started: float, outcome: str) -> None:
-        now = time.monotonic()
-        stats = self.stats
-        stats.calls += 1
-        if outcome == "ok":
-            stats.consecutive_failures = 0
-        else:
-            stats.failures += 1
-            stats.consecutive_failures += 1
-            stats.last_failure_at = now
-        self._observer(self.name, now - started, outcome)
+        self._metrics.observe_upstream(self.name, time.monotonic() - started, outcome)
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:

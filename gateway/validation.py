@@ -76,14 +76,14 @@ def localise(items: list[dict[str, Any]], lang: str) -> list[dict[str, str]]:
     return result
 
 
-def _failed(items: list[dict[str, Any]]) -> GatewayError:
+def failed(items: list[dict[str, Any]]) -> GatewayError:
     return GatewayError(errors.VALIDATION_FAILED, params={"count": len(items)},
                         extra={"errors": items})
 
 
 def invalid_field(field: str, message: str) -> GatewayError:
     """A validation failure of one field the schema does not cover (a header, a path id)."""
-    return _failed([{"field": field, "message": message, "type": "string_pattern_mismatch",
+    return failed([{"field": field, "message": message, "type": "string_pattern_mismatch",
                      "_ctx": {}}])
 
 
@@ -110,7 +110,7 @@ def parse_body(schema: type[BaseModel], raw: bytes) -> bytes:
         if first["type"] == "json_invalid":
             reason = first.get("ctx", {}).get("error", "invalid JSON")
             raise GatewayError(errors.MALFORMED_JSON, params={"reason": reason}) from None
-        raise _failed(field_errors(exc)) from None
+        raise failed(field_errors(exc)) from None
     return model.model_dump_json().encode()
 
 
@@ -118,7 +118,7 @@ def parse_query(schema: type[BaseModel], query: Mapping[str, str]) -> BaseModel:
     try:
         return schema.model_validate(dict(query))
     except ValidationError as exc:
-        raise _failed(field_errors(exc)) from None
+        raise failed(field_errors(exc)) from None
 
 
 def check_path_ids(params: Mapping[str, str]) -> None:

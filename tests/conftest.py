@@ -1,7 +1,8 @@
 """Shared fixtures: one simulator process and one gateway for the suite, helpers for more.
 
 Tests that change simulator faults use `upstreams` through `healthy`, which heals
-every simulator afterwards, so tests never leak faults into each other.
+every simulator and resets the shared gateway's breakers afterwards, so tests
+never leak faults or open breakers into each other.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def healthy(upstreams: Upstreams) -> Iterator[Upstreams]:
+def healthy(upstreams: Upstreams, gateway: Gateway) -> Iterator[Upstreams]:
+    """Healthy simulators and closed breakers on the shared gateway, before and after."""
     upstreams.heal()
+    gateway.reset_breakers(ADMIN_TOKEN)
     yield upstreams
     upstreams.heal()
+    gateway.reset_breakers(ADMIN_TOKEN)
 
 
 @pytest.fixture

@@ -161,6 +161,17 @@ class Gateway:
         self.proc = Proc(f"gateway-{self.port}", argv, log_dir, env)
         self.proc.wait_http(self.url + "/readyz")
 
+    def admin(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return orjson.loads(resp.read())
+
+    def reset_breakers(self, token: str) -> None:
+        for name in ("order", "payment", "availability"):
+            self.admin("POST", f"/admin/breakers/{name}/reset", token)
+
     def stop(self) -> int | None:
         return self.proc.stop()
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import GOOD_PAYMENT
+from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT
 from tests.procs import Gateway, Upstreams
 
 TIMEOUT_S = 1.0  # the suite's gateway timeout (tests/procs.py)
@@ -102,14 +102,20 @@ async def test_one_failing_backend_leaves_the_others_alone(gateway: Gateway, hea
 async def test_status_page_reports_a_failing_backend(gateway: Gateway, healthy: Upstreams,
                                                      http: aiohttp.ClientSession) -> None:
     healthy.set_faults("availability", error_rate=1.0)
-    for _ in range(5):
+    async with http.get(gateway.url + AVAILABILITY) as resp:
+        assert resp.status == 502
+    async with http.get(gateway.url + "/v1/status") as resp:
+        assert (await resp.json())["backends"]["availability"]["health"] == "degraded"
+    for _ in range(4):  # five failures in a row open the breaker (the default)
         async with http.get(gateway.url + AVAILABILITY) as resp:
             assert resp.status == 502
     async with http.get(gateway.url + "/v1/status") as resp:
         status = await resp.json()
+    assert status["status"] == "degraded"
     assert status["backends"]["availability"]["health"] == "down"
     assert status["backends"]["order"]["health"] == "up"
     healthy.heal()
+    gateway.reset_breakers(ADMIN_TOKEN)
     async with http.get(gateway.url + AVAILABILITY) as resp:
         assert resp.status == 200
     async with http.get(gateway.url + "/v1/status") as resp:

@@ -1,0 +1,98 @@
+"""The SRE's hand on the breakers: runtime settings and forced states, on every process.
+
+An admin action is written to the store as one atomic field update; every
+process (the one that took the action included) applies the store's control
+records to its own breakers, at once after a local action and otherwise on a
+short timer. With Redis that reaches every process and replica within
+`sync_interval_s`; with the memory store it is this process only.
+
+A control record holds `setting:<name>` overrides (JSON values), `forced`
+(`open`, `closed` or empty) and `reset_seq` (bumped by each reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from gateway.breaker import Breaker, Forced
+from gateway.settings import BreakerSettings
+from gateway.store import Store, StoreUnavailable
+
+log = logging.getLogger("gateway.breaker_control")
+_SETTING = "setting:"
+
+
+class BreakerBoard:
+    def __init__(self, breakers: Mapping[str, Breaker], store: Store) -> None:
+        self.breakers = dict(breakers)
+        self._base = {name: b.settings for name, b in breakers.items()}
+        self._store = store
+        self._applied: dict[str, dict[str, str]] = {}
+
+    # -- reading the store ---------------------------------------------------
+
+    async def sync(self, names: list[str] | None = None) -> None:
+        records = await self._store.breaker_controls(names or list(self.breakers))
+        for name, record in records.items():
+            self._apply(name, record)
+
+    def _apply(self, name: str, record: dict[str, str]) -> None:
+        previous = self._applied.get(name, {})
+        if record == previous:
+            return
+        breaker = self.breakers[name]
+        overrides = {key.removeprefix(_SETTING): orjson.loads(value)
+                     for key, value in record.items() if key.startswith(_SETTING)}
+        try:
+            breaker.update(BreakerSettings.model_validate(
+                self._base[name].model_dump() | overrides))
+        except ValidationError:
+            log.error("ignoring invalid breaker settings from the store",
+                      extra={"fields": {"breaker": name}})
+        if record.get("reset_seq") != previous.get("reset_seq"):
+            breaker.force(None)
+        forced: Forced = record.get("forced") or None  # type: ignore[assignment]
+        if forced != breaker.forced:
+            breaker.force(forced)
+        self._applied[name] = record
+
+    async def run_sync_loop(self, interval_s: float) -> None:
+        """Pick up other processes' changes; a store outage keeps the last known intent."""
+        failing = False
+        while True:
+            try:
+                await self.sync()
+                if failing:
+                    log.info("breaker control store reachable again")
+                failing = False
+            except StoreUnavailable as exc:
+                if not failing:
+                    log.warning("breaker control store unreachable: %s", exc)
+                failing = True
+            await asyncio.sleep(interval_s)
+
+    # -- admin actions -------------------------------------------------------
+
+    def validate_changes(self, name: str, changes: dict[str, Any]) -> BreakerSettings:
+        """The breaker's settings with `changes` applied; ValidationError if they do not fit."""
+        return BreakerSettings.model_validate(self.breakers[name].settings.model_dump() | changes)
+
+    async def change_settings(self, name: str, changes: dict[str, Any]) -> None:
+        self.validate_changes(name, changes)
+        await self._store.set_breaker_fields(
+            name, {_SETTING + key: orjson.dumps(value).decode() for key, value in changes.items()})
+        await self.sync([name])
+
+    async def force(self, name: str, forced: Forced) -> None:
+        await self._store.set_breaker_fields(name, {"forced": forced or ""})
+        await self.sync([name])
+
+    async def reset(self, name: str) -> None:
+        await self._store.reset_breaker(name)
+        await self.sync([name])

@@ -1,0 +1,38 @@
+"""Time, injected: production reads the system clocks, tests move a fake one."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back: for durations and deadlines."""
+
+    def wall(self) -> float:
+        """Unix time: for timestamps shown to people."""
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = start
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
