@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.procs import RUNNING, Gateway, Upstreams
+from tests.procs import RUNNING, Gateway, RedisServer, Upstreams
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -68,3 +68,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         for proc in list(RUNNING):
             report.sections.append((f"log of {proc.name} (pid {proc.pid})", proc.log_tail()))
+
+
+@pytest.fixture(scope="session")
+def redis_server(log_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(log_dir)
+    yield server
+    server.stop()
