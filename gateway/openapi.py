@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from gateway import errors
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.schemas import ID_PATTERN, Problem, StatusResponse
+from gateway.settings import BreakerSettings
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
@@ -99,10 +100,40 @@ def _plain(description: str, schema: dict[str, Any] | None = None) -> dict[str, 
         "description": description, "content": content}}}}
 
 
+def _admin_paths() -> dict[str, Any]:
+    secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
+    name = {"name": "name", "in": "path", "required": True,
+            "schema": {"enum": ["order", "payment", "availability"]}}
+    snapshot = {"description": "The breaker: name, state, forced, settings, window figures",
+                "content": {"application/json": {"schema": {"type": "object"}}}}
+    problems = {"401": {"description": "UNAUTHORIZED", "content": _PROBLEM},
+                "404": {"description": "NOT_FOUND (unknown breaker)", "content": _PROBLEM}}
+    paths: dict[str, Any] = {
+        "/admin/breakers": {"get": {**secured, "summary": "Every breaker with its state, "
+                                    "settings and window figures",
+                                    "responses": {"200": snapshot, **problems}}},
+        "/admin/breakers/{name}": {"put": {
+            **secured, "summary": "Change settings at runtime (partial), on every process",
+            "parameters": [name],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {**_ref(BreakerSettings), "description": "any subset of the fields"}}}},
+            "responses": {"200": {"description": "The new settings", "content": {
+                "application/json": {"schema": _ref(BreakerSettings)}}},
+                "422": {"description": "VALIDATION_FAILED", "content": _PROBLEM}, **problems}}},
+    }
+    for action, summary in (("open", "Force open (sticky until reset)"),
+                            ("close", "Force closed (sticky until reset)"),
+                            ("reset", "Back to automatic with an empty window")):
+        paths[f"/admin/breakers/{{name}}/{action}"] = {"post": {
+            **secured, "summary": summary, "parameters": [name],
+            "responses": {"200": snapshot, **problems}}}
+    return paths
+
+
 def build_document() -> dict[str, Any]:
     models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
     models |= {policy.response_schema for policy in ROUTES}
-    models |= {Problem, StatusResponse}
+    models |= {Problem, StatusResponse, BreakerSettings}
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=str)],
                                  ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
@@ -120,8 +151,11 @@ def build_document() -> dict[str, Any]:
         "info": {"title": "order-gateway", "version": "0.1.0",
                  "description": "Resilient self-service order gateway. Every gateway-made "
                                 "error is application/problem+json with a stable `code`."},
-        "paths": paths,
-        "components": {"schemas": defs["$defs"]},
+        "paths": paths | _admin_paths(),
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 

@@ -182,7 +182,10 @@ async def test_openapi_document_describes_every_public_route(
     for path, method in [("/v1/availability", "get"), ("/v1/orders", "post"),
                          ("/v1/orders/{order_id}", "get"), ("/v1/payments", "post"),
                          ("/v1/payments/{payment_id}", "get"), ("/v1/status", "get"),
-                         ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")]:
+                         ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+                         ("/admin/breakers", "get"), ("/admin/breakers/{name}", "put"),
+                         ("/admin/breakers/{name}/open", "post"),
+                         ("/admin/breakers/{name}/reset", "post")]:
         assert method in doc["paths"][path], path
     order_schema = doc["components"]["schemas"]["OrderRequest"]
     assert set(order_schema["required"]) == {"customer", "product", "address"}
