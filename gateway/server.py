@@ -33,6 +33,7 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.server")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STRONG_TOKEN_LENGTH = 16
 # A worker that keeps dying right after start is not restarted forever.
 _RESTART_WINDOW_S = 10.0
 _MAX_RESTARTS_IN_WINDOW = 5
@@ -61,6 +62,9 @@ async def serve(settings: Settings, stop: asyncio.Event,
                 on_listening: Callable[[int], None] | None = None) -> None:
     """Serve until `stop` is set, then drain as described above."""
     server = settings.server
+    if settings.admin.token is not None and len(settings.admin.token) < _STRONG_TOKEN_LENGTH:
+        log.warning("the admin token is short; use at least %d random characters",
+                    _STRONG_TOKEN_LENGTH)
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=server.drain_timeout_s)
