@@ -205,3 +205,62 @@ def test_settings_change_takes_effect_on_the_next_call() -> None:
     breaker.update(breaker.settings.model_copy(update={"consecutive_failures": 4}))
     call(breaker, clock, F)
     assert breaker.state == "open"
+
+
+class TestPybreakerTrapsTheWrapperAvoids:
+    """pybreaker 1.4 behaviours that shaped gateway/breaker.py; if one changes, revisit it."""
+
+    async def test_decorating_an_async_function_records_success_before_it_runs(self) -> None:
+        import pybreaker
+
+        cb = pybreaker.CircuitBreaker(fail_max=1)
+
+        @cb
+        async def failing() -> None:
+            raise RuntimeError
+
+        coro = failing()  # the breaker saw a successful call returning a coroutine
+        assert cb.current_state == "closed"
+        with pytest.raises(RuntimeError):
+            await coro
+        assert cb.current_state == "closed" and cb.fail_counter == 0
+
+    def test_call_async_needs_tornado(self) -> None:
+        import pybreaker
+
+        with pytest.raises(NameError):
+            pybreaker.CircuitBreaker().call_async(lambda: None)
+
+    async def test_calling_around_an_await_records_the_awaited_outcome(self) -> None:
+        import asyncio
+
+        import pybreaker
+
+        cb = pybreaker.CircuitBreaker(fail_max=1, throw_new_error_on_trip=False)
+        with pytest.raises(RuntimeError), cb.calling():
+            await asyncio.sleep(0)
+            raise RuntimeError
+        assert cb.current_state == "open"
+
+    def test_an_excluded_exception_counts_as_a_success(self) -> None:
+        import pybreaker
+
+        cb = pybreaker.CircuitBreaker(fail_max=2, exclude=[KeyError])
+        with pytest.raises(ValueError), cb.calling():
+            raise ValueError
+        assert cb.fail_counter == 1
+        with pytest.raises(KeyError), cb.calling():
+            raise KeyError
+        assert cb.fail_counter == 0  # the run of failures was reset by an "ignored" error
+
+    def test_half_open_lets_every_concurrent_call_through(self) -> None:
+        import pybreaker
+
+        cb = pybreaker.CircuitBreaker(success_threshold=5)
+        cb.half_open()
+        entered = []
+        with cb.calling():
+            entered.append(1)
+            with cb.calling():  # a second caller while the first probe is in flight
+                entered.append(2)
+        assert entered == [1, 2]
