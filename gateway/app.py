@@ -180,11 +180,12 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         metrics.observe_request(route, response.status, code, elapsed)
-        access_log.write({
-            "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-            "route": route, "path": request.path[:_MAX_ECHOED_PATH], "status": response.status,
-            "code": code, "ms": round(elapsed * 1000, 2),
-        })
+        if access_log.enabled:
+            access_log.write({
+                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
+                "route": route, "path": request.path[:_MAX_ECHOED_PATH],
+                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
+            })
         return response
 
     return edge
