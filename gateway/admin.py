@@ -19,15 +19,12 @@ from pydantic import ValidationError
 from gateway import errors, identity, validation
 from gateway.breaker_control import BreakerBoard
 from gateway.errors import GatewayError
+from gateway.problem import json_response
 from gateway.store import StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BOARD = web.AppKey("breaker_board", BreakerBoard)
-
-
-def _json(data: object) -> web.Response:
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
 def _guarded(token: str, handler: Handler) -> Handler:
@@ -61,7 +58,7 @@ def _audit(request: web.Request, action: str, **fields: Any) -> None:
 async def list_breakers(request: web.Request) -> web.Response:
     board = request.app[BOARD]
     await board.sync()
-    return _json({"breakers": [b.snapshot() for b in board.breakers.values()]})
+    return json_response({"breakers": [b.snapshot() for b in board.breakers.values()]})
 
 
 async def change_breaker(request: web.Request) -> web.Response:
@@ -82,7 +79,7 @@ async def change_breaker(request: web.Request) -> web.Response:
     await board.change_settings(name, changes)
     after = board.breakers[name].settings.model_dump()
     _audit(request, "breaker.settings", breaker=name, before=before, after=after)
-    return _json(after)
+    return json_response(after)
 
 
 def _force_action(action: str) -> Handler:
@@ -97,7 +94,7 @@ def _force_action(action: str) -> Handler:
         snapshot = board.breakers[name].snapshot()
         _audit(request, f"breaker.{action}", breaker=name, before=before,
                after=snapshot["state"])
-        return _json(snapshot)
+        return json_response(snapshot)
 
     return act
 

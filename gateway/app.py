@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway import admin, errors, identity, openapi, status
@@ -25,7 +24,7 @@ from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
-from gateway.problem import negotiate_language, render
+from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, make_handler
 from gateway.routes import ROUTES
 from gateway.settings import BACKENDS, Settings
@@ -216,20 +215,15 @@ def _translate_http_exception(exc: web.HTTPException, request: web.Request) -> G
     return GatewayError(errors.INTERNAL_ERROR)
 
 
-def _json(data: object, status_code: int = 200, **headers: str) -> web.Response:
-    return web.Response(status=status_code, body=orjson.dumps(data),
-                        content_type="application/json", headers=headers)
-
-
 async def _healthz(_request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     lifecycle = request.app[LIFECYCLE]
     if lifecycle.ready:
-        return _json({"status": "ready"})
-    return _json({"status": "draining" if lifecycle.draining else "starting"}, 503,
+        return json_response({"status": "ready"})
+    return json_response({"status": "draining" if lifecycle.draining else "starting"}, 503,
                  **{"Retry-After": "1"})
 
 
@@ -240,7 +234,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     snapshot = status.snapshot(request.app[UPSTREAMS])
-    return _json(snapshot, **{"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
+    return json_response(snapshot, **{"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
 
 
 def _openapi(document: bytes) -> Handler:

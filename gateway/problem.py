@@ -1,4 +1,5 @@
-"""Renders catalog errors as RFC 9457 `application/problem+json`: the only place that does.
+"""Renders the gateway's own answers: catalog errors as RFC 9457
+`application/problem+json` (the only place that does), and plain JSON.
 
 Also negotiates the client's language (`en` or `zh-CN`) from `Accept-Language`.
 """
@@ -41,6 +42,12 @@ def negotiate_language(header: str | None) -> str:
         if lang is not None and q > 0 and q > best_q:
             best_lang, best_q = lang, q
     return best_lang
+
+
+def json_response(data: object, status_code: int = 200, **headers: str) -> web.Response:
+    """A plain JSON answer of the gateway's own (status, health, admin)."""
+    return web.Response(status=status_code, body=orjson.dumps(data),
+                        content_type="application/json", headers=headers)
 
 
 def problem_body(err: GatewayError, request_id: str, lang: str) -> dict[str, object]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import aiohttp
+import orjson
 
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT
 from tests.procs import Gateway, Upstreams
@@ -99,8 +101,6 @@ async def test_full_width_input_is_normalised_before_forwarding(
              "product": "ｆｉｂｅｒ－５００", "address": "上海市　徐汇区"}
     async with http.post(gateway.url + "/v1/orders", json=order, headers=_key()) as resp:
         assert resp.status == 201, await resp.text()
-    import orjson
-
     forwarded = orjson.loads(healthy.stats("order")["last_request"]["body"])
     assert forwarded["customer"] == {"name": "李四", "phone": "13800138000",
                                      "id_number": "11010519491231002X"}
@@ -199,10 +199,6 @@ async def test_access_log_has_one_line_per_request_without_bodies(
     async with http.post(gateway.url + "/v1/orders", json=GOOD_ORDER,
                          headers={**_key(), "X-Request-ID": rid}) as resp:
         assert resp.status == 201
-    import asyncio
-
-    import orjson
-
     for _ in range(40):  # the access log is flushed on a short timer
         lines = [line for line in gateway.proc.log_text().splitlines() if rid in line]
         if lines:
