@@ -18,15 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import admin, errors, identity, openapi, status
+from gateway import admin, errors, idempotency, identity, openapi, status
 from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
+from gateway.idempotency import REPLAY_HEADER, Idempotency
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, make_handler
-from gateway.routes import ROUTES
+from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import BACKENDS, Settings
 from gateway.store import MemoryStore, Store
 from gateway.upstream import Upstream
@@ -57,9 +58,9 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 
 
-def _make_store(settings: Settings) -> Store:
+def _make_store(settings: Settings, clock: Clock) -> Store:
     if settings.redis.url is None:
-        return MemoryStore()
+        return MemoryStore(clock, settings.idempotency.memory_max_records)
     from gateway.redis_store import RedisStore
 
     return RedisStore(settings.redis.url, settings.redis.timeout_s)
@@ -69,7 +70,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     clock = clock or SystemClock()
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
-    store = _make_store(settings)
+    store = _make_store(settings, clock)
     breakers = {
         name: Breaker(name, settings.upstreams.get(name).breaker, clock,
                       metrics.breaker_transition)
@@ -98,7 +99,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path,
                              make_handler(policy, upstreams[policy.backend],
-                                          settings.server.max_body_bytes))
+                                          settings.server.max_body_bytes,
+                                          _idempotency(policy, store, settings, metrics)))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -108,6 +110,17 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(_access_log_flusher)
     app.cleanup_ctx.append(_control_sync)
     return app
+
+
+def _idempotency(policy: RoutePolicy, store: Store, settings: Settings,
+                 metrics: Metrics) -> Idempotency | None:
+    if not policy.requires_idempotency_key:
+        return None
+    return Idempotency(
+        policy.route_key, store, settings.idempotency,
+        metrics.idempotency_counter(policy.route_key, idempotency.EVENTS),
+        success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
+        fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open)
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -184,6 +197,7 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
                 "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
                 "route": route, "path": request.path[:_MAX_ECHOED_PATH],
                 "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
+                "replayed": REPLAY_HEADER in response.headers,
             })
         return response
 

@@ -61,7 +61,9 @@ class GatewayError(Exception):
 
     `params` fill the `{placeholders}` of the detail text; `extra` adds
     members to the problem body (field `errors`, `announcement`, ...);
-    `headers` adds response headers (`Allow`).
+    `headers` adds response headers (`Allow`). `reached_backend` says the
+    request may have been received by a backend before this error, so its
+    effect there is unknown (idempotency keeps such a record for reconciling).
     """
 
     spec: ErrorSpec
@@ -69,6 +71,7 @@ class GatewayError(Exception):
     extra: dict[str, Any] = field(default_factory=dict)
     retry_after_s: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    reached_backend: bool = False
 
     def __str__(self) -> str:
         return f"{self.spec.code}: {self.spec.detail.en.format_map(_Lenient(self.params))}"

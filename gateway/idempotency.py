@@ -1,18 +1,57 @@
-"""Idempotent resubmission of orders and payments.
+"""Idempotent resubmission of orders and payments: nothing created or charged twice.
 
-Today: the `Idempotency-Key` header is required on the routes whose policy says
-so, checked for sanity, and forwarded unchanged to the backend, which
-deduplicates by (client scope, key). Records, replays and reconciliation of
-unknown payment outcomes build on this.
+Each (client scope, route, Idempotency-Key) has one record in the store. A
+request walks it like this (`Idempotency.run`):
+
+    claim the record (one atomic store step)
+      completed        -> the stored answer, byte for byte, marked as a replay
+      different body   -> 422 IDEMPOTENCY_KEY_REUSED
+      held by another  -> 409 IDEMPOTENCY_IN_PROGRESS, or wait for it when configured
+      new              -> forward once
+      outcome unknown  -> ask the backend what it did with the key first, then
+                          return what it found, or forward if it certainly has nothing
+    settle the record
+      backend answered (2xx, 4xx)          -> store the answer
+      backend certainly not reached        -> forget the record: the client may retry
+      request may have reached the backend -> outcome unknown: the next claim reconciles
+
+A claim carries a lease: if the process holding it dies, the record is taken
+over once the lease has run out, and the taker reconciles first, exactly as for
+an unknown outcome. With the shared store down, payments are refused (503
+STATE_UNAVAILABLE) rather than forwarded without a record; orders too unless
+configured to fail open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
 from gateway import errors
-from gateway.errors import GatewayError
+from gateway.errors import ErrorSpec, GatewayError
+from gateway.reply import Reply
+from gateway.settings import IdempotencySettings
+from gateway.store import Claim, ClaimStatus, Store, StoreUnavailable
 from gateway.validation import invalid_field
 
+log = logging.getLogger("gateway.idempotency")
+
 MAX_KEY_LENGTH = 255
+REPLAY_HEADER = "Idempotent-Replayed"
+# Polling a record held by another request while waiting for it: starts fast
+# (most writes finish within tens of milliseconds), backs off to bound the load.
+FIRST_POLL_S = 0.01
+MAX_POLL_S = 0.1
+
+EVENTS = ("claimed", "replayed", "in_progress", "reused", "released", "outcome_unknown",
+          "taken_over", "reconciled_found", "reconciled_absent", "reconcile_failed",
+          "store_unavailable", "lease_lost")
+
+Call = Callable[[], Awaitable[Reply]]
+Count = Callable[[str], None]
 
 
 def require_key(sent: str | None) -> str:
@@ -21,3 +60,154 @@ def require_key(sent: str | None) -> str:
     if not 0 < len(sent) <= MAX_KEY_LENGTH or not sent.isprintable():
         raise invalid_field("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable characters")
     return sent
+
+
+def record_id(scope: str, route: str, key: str) -> str:
+    """A fixed-size store key: no client text reaches the store's key space as such."""
+    raw = f"{scope}\x00{route}\x00{key}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def fingerprint(route: str, body: bytes) -> str:
+    """Of the normalised body, so full-width and half-width digits are the same request."""
+    return hashlib.blake2b(route.encode() + b"\n" + body, digest_size=16).hexdigest()
+
+
+class Idempotency:
+    """The idempotency guard of one route, built once at start-up."""
+
+    def __init__(self, route: str, store: Store, settings: IdempotencySettings, count: Count,
+                 *, success_status: int, unknown_outcome: ErrorSpec | None,
+                 fail_open: bool) -> None:
+        self._route = route
+        self._store = store
+        self._count = count
+        self._lease_s = settings.lease_s
+        self._ttl_s = settings.ttl_s
+        self._wait_s = settings.wait_for_in_flight_ms / 1000
+        self._success_status = success_status
+        self._unknown_outcome = unknown_outcome
+        self._fail_open = fail_open
+
+    async def run(self, scope: str, key: str, body: bytes, forward: Call,
+                  lookup: Call) -> tuple[Reply, bool]:
+        """The answer for this submission, and whether it is a replay (not forwarded)."""
+        record = record_id(scope, self._route, key)
+        owner = secrets.token_hex(8)
+        try:
+            claim = await self._claim(record, fingerprint(self._route, body), owner)
+        except StoreUnavailable as exc:
+            self._count("store_unavailable")
+            if self._fail_open:
+                log.warning("idempotency store unavailable, forwarding without a record",
+                            extra={"fields": {"route": self._route, "error": str(exc)}})
+                return await forward(), False
+            raise GatewayError(errors.STATE_UNAVAILABLE) from None
+        if claim.status is ClaimStatus.COMPLETED:
+            assert claim.reply is not None
+            self._count("replayed")
+            return claim.reply, True
+        reconcile = claim.status is ClaimStatus.RECONCILE
+        self._count("taken_over" if reconcile else "claimed")
+        return await self._settle(record, owner, reconcile, forward, lookup)
+
+    async def _claim(self, record: str, fp: str, owner: str) -> Claim:
+        """Claim the record; while another holds it, wait up to the configured time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        pause = FIRST_POLL_S
+        while True:
+            claim = await self._store.claim(record, fp, owner, self._lease_s, self._ttl_s)
+            if claim.status is ClaimStatus.REUSED:
+                self._count("reused")
+                raise GatewayError(errors.IDEMPOTENCY_KEY_REUSED)
+            if claim.status is not ClaimStatus.IN_FLIGHT:
+                return claim
+            left = deadline - loop.time()
+            if left <= 0:
+                self._count("in_progress")
+                raise GatewayError(errors.IDEMPOTENCY_IN_PROGRESS)
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, MAX_POLL_S)
+
+    async def _settle(self, record: str, owner: str, reconcile: bool, forward: Call,
+                      lookup: Call) -> tuple[Reply, bool]:
+        # True once nothing done earlier with this key can have had an effect.
+        clean = not reconcile
+        try:
+            if reconcile:
+                found = await self._reconcile(lookup)
+                if found is not None:
+                    await self._complete(record, owner, found)
+                    return found, True
+                clean = True
+            reply = await forward()
+        except GatewayError as err:
+            if err.reached_backend or not clean:
+                await self._keep_unknown(record, owner)
+            else:
+                await self._forget(record, owner)
+            raise
+        except asyncio.CancelledError:
+            # The client went away or the gateway is stopping, perhaps mid-request.
+            await self._keep_unknown(record, owner)
+            raise
+        await self._complete(record, owner, reply)
+        return reply, False
+
+    async def _reconcile(self, lookup: Call) -> Reply | None:
+        """What the backend did with this key: its answer, None if nothing, else raise."""
+        try:
+            answer = await lookup()
+        except GatewayError as err:
+            self._count("reconcile_failed")
+            raise self._still_unknown(err) from None
+        if answer.status == 200:
+            self._count("reconciled_found")
+            # The lookup returns the body the original request was answered with.
+            return Reply(self._success_status, answer.body, answer.content_type)
+        if answer.status == 404:
+            self._count("reconciled_absent")
+            return None
+        self._count("reconcile_failed")
+        raise self._still_unknown(None)
+
+    def _still_unknown(self, cause: GatewayError | None) -> GatewayError:
+        if self._unknown_outcome is not None:
+            return GatewayError(self._unknown_outcome, reached_backend=True)
+        if cause is not None:
+            return cause
+        return GatewayError(errors.UPSTREAM_UNAVAILABLE, reached_backend=True)
+
+    async def _complete(self, record: str, owner: str, reply: Reply) -> None:
+        try:
+            stored = await self._store.complete(record, owner, reply)
+        except StoreUnavailable as exc:
+            # The client still gets the answer; the record stays claimed until its
+            # lease runs out, and the next submission then finds it by reconciling.
+            self._store_failed("complete", exc)
+            return
+        if not stored:
+            self._count("lease_lost")
+            log.warning("idempotency claim was taken over before completion; "
+                        "idempotency.lease_s is too short", extra={"fields": {
+                            "route": self._route}})
+
+    async def _forget(self, record: str, owner: str) -> None:
+        self._count("released")
+        try:
+            await self._store.release(record, owner)
+        except StoreUnavailable as exc:
+            self._store_failed("release", exc)
+
+    async def _keep_unknown(self, record: str, owner: str) -> None:
+        self._count("outcome_unknown")
+        try:
+            await self._store.abandon(record, owner)
+        except StoreUnavailable as exc:
+            self._store_failed("abandon", exc)
+
+    def _store_failed(self, step: str, exc: StoreUnavailable) -> None:
+        self._count("store_unavailable")
+        log.warning("idempotency store unavailable", extra={"fields": {
+            "route": self._route, "step": step, "error": str(exc)}})

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -68,6 +69,11 @@ class Metrics:
         self.breaker_rejections = Counter(
             "gateway_breaker_rejected_calls", "Calls refused at once by an open breaker",
             ("backend",), registry=reg)
+        self.idempotency = Counter(
+            "gateway_idempotency_events", "Idempotency decisions, by route and event "
+            "(claimed, replayed, in_progress, reused, released, outcome_unknown, taken_over, "
+            "reconciled_found, reconciled_absent, reconcile_failed, store_unavailable, "
+            "lease_lost)", ("route", "event"), registry=reg)
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[tuple[str, str], Any] = {}
@@ -89,6 +95,15 @@ class Metrics:
         if child is None:
             child = self._upstream_children[key] = self.upstream_seconds.labels(backend, outcome)
         child.observe(seconds)
+
+    def idempotency_counter(self, route: str, events: tuple[str, ...]) -> Callable[[str], None]:
+        """A counting function for one route, its children made now rather than per request."""
+        children = {event: self.idempotency.labels(route, event) for event in events}
+
+        def count(event: str) -> None:
+            children[event].inc()
+
+        return count
 
     def breaker_transition(self, transition: Transition) -> None:
         """Off the hot path: transitions are rare, so labels are looked up each time."""

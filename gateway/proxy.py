@@ -6,6 +6,7 @@ no per-request work decides what a route needs. Each step either answers
 
     path ids, query, content type, body size, idempotency key, body schema   (validation)
     -> client scope                                                             (identity)
+    -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call                                                             (upstream)
     -> pass-through answer
 """
@@ -18,6 +19,8 @@ from aiohttp import web
 
 from gateway import errors, idempotency, identity, validation
 from gateway.errors import GatewayError
+from gateway.idempotency import Idempotency
+from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.upstream import Upstream
 
@@ -27,10 +30,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 
 
-def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int) -> Handler:
-    unknown_outcome = errors.PAYMENT_OUTCOME_UNKNOWN if policy.backend == "payment" and (
-        policy.method == "POST") else None
+def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
+                 guard: Idempotency | None = None) -> Handler:
+    unknown_outcome = policy.unknown_outcome
     templated = bool(policy.path_params)
+    lookup_path = policy.lookup_path or ""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if templated:
@@ -50,13 +54,33 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int) -
                 key = idempotency.require_key(request.headers.get("Idempotency-Key"))
             body = validation.parse_body(policy.body_schema, await _read_body(request,
                                                                                 max_body_bytes))
-        headers = _backend_headers(request, key, has_body=body is not None)
-        result = await upstream.call(policy.method, path, headers=headers, query=query,
-                                     body=body, unknown_outcome=unknown_outcome)
-        return web.Response(status=result.status, body=result.body,
-                            content_type=result.content_type, headers=result.headers)
+        scope = identity.client_scope(request.headers.get("X-Client-ID"))
+        headers = _backend_headers(request, scope, key, has_body=body is not None)
+        if guard is None or key is None or body is None:
+            reply = await upstream.call(policy.method, path, headers=headers, query=query,
+                                        body=body, unknown_outcome=unknown_outcome)
+            return _respond(reply)
+
+        async def forward() -> Reply:
+            return await upstream.call(policy.method, path, headers=headers, body=body,
+                                       unknown_outcome=unknown_outcome)
+
+        async def lookup() -> Reply:
+            return await upstream.call("GET", lookup_path, headers=_lookup_headers(headers),
+                                       query={"idempotency_key": key})
+
+        reply, replayed = await guard.run(scope, key, body, forward, lookup)
+        response = _respond(reply)
+        if replayed:
+            response.headers[idempotency.REPLAY_HEADER] = "true"
+        return response
 
     return handle
+
+
+def _respond(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type,
+                        headers=reply.headers)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -67,12 +91,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise GatewayError(errors.PAYLOAD_TOO_LARGE, params={"limit": limit}) from None
 
 
-def _backend_headers(request: web.Request, key: str | None, *, has_body: bool) -> dict[str, str]:
+def _backend_headers(request: web.Request, scope: str, key: str | None, *,
+                     has_body: bool) -> dict[str, str]:
     sent = request.headers
-    headers = {
-        "X-Request-ID": request[identity.REQUEST_ID],
-        "X-Client-ID": identity.client_scope(sent.get("X-Client-ID")),
-    }
+    headers = {"X-Request-ID": request[identity.REQUEST_ID], "X-Client-ID": scope}
     for name in FORWARDED_HEADERS:
         value = sent.get(name)
         if value is not None:
@@ -82,3 +104,8 @@ def _backend_headers(request: web.Request, key: str | None, *, has_body: bool) -
     if has_body:
         headers["Content-Type"] = "application/json"
     return headers
+
+
+def _lookup_headers(headers: dict[str, str]) -> dict[str, str]:
+    """A reconciling lookup asks as the same client, about the same request id."""
+    return {"X-Request-ID": headers["X-Request-ID"], "X-Client-ID": headers["X-Client-ID"]}

@@ -1,7 +1,15 @@
 """The Redis implementation of the store: the only module that imports redis.
 
-Calls have their own short timeout; any Redis error surfaces as
-`StoreUnavailable`, and each concern decides what that means for it.
+Calls have their own short timeout and one immediate retry (a pooled
+connection may be dead after a Redis restart; the retry reconnects). Any Redis
+error surfaces as `StoreUnavailable`, and each concern decides what that means
+for it. Every idempotency operation is one Lua script: atomic, one round trip,
+and safe to repeat (each checks the claim's owner token), which is what makes
+the retry harmless. Each record is one hash under one key, so the scripts touch
+a single key and run unchanged on Redis Cluster.
+
+Lease deadlines are Redis's own clock (`TIME`), so gateways on different
+machines agree on when a lease has run out however their clocks drift.
 """
 
 from __future__ import annotations
@@ -9,12 +17,72 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.store import StoreUnavailable
+from gateway.reply import Reply
+from gateway.store import Claim, ClaimStatus, StoreUnavailable
 
 BREAKER_KEY = "og:breaker:{name}"
+IDEMPOTENCY_KEY = "og:idem:{record}"
+
+# KEYS[1] record; ARGV fingerprint, owner, lease_ms, ttl_ms.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'state', 'fp', 'owner', 'lease', 'reconcile',
+                     'status', 'ctype', 'headers', 'body')
+local lease = string.format('%d', now + tonumber(ARGV[3]))
+if not r[1] then
+  redis.call('HSET', KEYS[1], 'state', 'in_flight', 'fp', ARGV[1], 'owner', ARGV[2],
+             'lease', lease, 'reconcile', '0')
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {'claimed'}
+end
+if r[2] ~= ARGV[1] then return {'reused'} end
+if r[1] == 'completed' then return {'completed', r[6], r[7], r[8], r[9]} end
+if r[1] == 'in_flight' then
+  if r[3] == ARGV[2] then
+    if r[5] == '1' then return {'reconcile'} end
+    return {'claimed'}
+  end
+  local left = tonumber(r[4]) - now
+  if left > 0 then return {'in_flight', tostring(left)} end
+end
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'owner', ARGV[2], 'lease', lease,
+           'reconcile', '1')
+return {'reconcile'}
+"""
+
+# KEYS[1] record; ARGV owner, status, content type, headers (JSON), body.
+# The owner stays on the record so that a repeated call answers 1 again.
+_COMPLETE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'status', ARGV[2], 'ctype', ARGV[3],
+           'headers', ARGV[4], 'body', ARGV[5])
+redis.call('HDEL', KEYS[1], 'lease', 'reconcile')
+return 1
+"""
+
+# KEYS[1] record; ARGV owner.
+_RELEASE = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if r[1] == 'in_flight' and r[2] == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS[1] record; ARGV owner.
+_ABANDON = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if r[1] == 'in_flight' and r[2] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'unknown')
+  redis.call('HDEL', KEYS[1], 'owner', 'lease', 'reconcile')
+end
+return 1
+"""
 
 
 @asynccontextmanager
@@ -31,11 +99,15 @@ class RedisStore:
     def __init__(self, url: str, timeout_s: float) -> None:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            decode_responses=True, health_check_interval=30)
+            retry=Retry(NoBackoff(), 1), health_check_interval=30)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._complete = self._redis.register_script(_COMPLETE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._abandon = self._redis.register_script(_ABANDON)
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
         async with _translated():
-            await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)
+            await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)  # type: ignore[arg-type]
 
     async def reset_breaker(self, name: str) -> None:
         key = BREAKER_KEY.format(name=name)
@@ -49,7 +121,41 @@ class RedisStore:
             for name in names:
                 pipe.hgetall(BREAKER_KEY.format(name=name))
             records = await pipe.execute()
-        return dict(zip(names, records, strict=True))
+        return {name: {k.decode(): v.decode() for k, v in record.items()}
+                for name, record in zip(names, records, strict=True)}
+
+    async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
+                    ttl_s: int) -> Claim:
+        async with _translated():
+            answer = await self._claim(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[
+                fingerprint, owner, int(lease_s * 1000), ttl_s * 1000])
+        status = ClaimStatus(answer[0].decode())
+        if status is ClaimStatus.COMPLETED:
+            return Claim(status, _decode_reply(answer[1:]))
+        if status is ClaimStatus.IN_FLIGHT:
+            return Claim(status, lease_left_s=int(answer[1]) / 1000)
+        return Claim(status)
+
+    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+        async with _translated():
+            done = await self._complete(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[
+                owner, reply.status, reply.content_type, orjson.dumps(reply.headers),
+                reply.body])
+        return bool(done)
+
+    async def release(self, record: str, owner: str) -> None:
+        async with _translated():
+            await self._release(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[owner])
+
+    async def abandon(self, record: str, owner: str) -> None:
+        async with _translated():
+            await self._abandon(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[owner])
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _decode_reply(fields: list[bytes]) -> Reply:
+    status, ctype, headers, body = fields
+    return Reply(int(status), body, ctype.decode(),
+                 tuple((name, value) for name, value in orjson.loads(headers)))

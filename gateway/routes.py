@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from gateway import errors
+from gateway.errors import ErrorSpec
 from gateway.schemas import (
     AvailabilityQuery,
     AvailabilityResponse,
@@ -40,6 +42,11 @@ class RoutePolicy:
     query_schema: type[BaseModel] | None = None
     path_params: tuple[str, ...] = ()
     requires_idempotency_key: bool = False
+    # Where the backend answers "what did you do with key K?" (`?idempotency_key=K`).
+    lookup_path: str | None = None
+    # The error for a call that may have changed state but whose answer was lost;
+    # None: a lost answer is reported as the plain timeout or unavailability.
+    unknown_outcome: ErrorSpec | None = None
     safe_to_retry: bool = False  # repeating it can change nothing at the backend
     cacheable: bool = False
     priority: int = PRIORITY_READ
@@ -63,7 +70,7 @@ ROUTES: tuple[RoutePolicy, ...] = (
         backend="order", upstream_path="/orders",
         summary="Create an order (broadband install, top-up, shop order)",
         response_schema=OrderResponse, success_status=201, body_schema=OrderRequest,
-        requires_idempotency_key=True, priority=PRIORITY_WRITE,
+        requires_idempotency_key=True, lookup_path="/orders", priority=PRIORITY_WRITE,
     ),
     RoutePolicy(
         operation_id="getOrder", method="GET", path="/v1/orders/{order_id}",
@@ -76,7 +83,8 @@ ROUTES: tuple[RoutePolicy, ...] = (
         backend="payment", upstream_path="/payments",
         summary="Charge a payment method for an order",
         response_schema=PaymentResponse, success_status=201, body_schema=PaymentRequest,
-        requires_idempotency_key=True, priority=PRIORITY_WRITE,
+        requires_idempotency_key=True, lookup_path="/payments",
+        unknown_outcome=errors.PAYMENT_OUTCOME_UNKNOWN, priority=PRIORITY_WRITE,
     ),
     RoutePolicy(
         operation_id="getPayment", method="GET", path="/v1/payments/{payment_id}",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 BACKENDS = ("order", "payment", "availability")
 Backend = Literal["order", "payment", "availability"]
+IDEMPOTENT_BACKENDS = ("order", "payment")  # backends of the POST routes that take a key
 
 
 class _Model(BaseModel):
@@ -126,7 +127,21 @@ class RedisSettings(_Model):
 
 
 class IdempotencySettings(_Model):
-    ttl_s: int = Field(24 * 3600, ge=60)
+    # How long a key's record (and its stored answer) is kept after first use.
+    ttl_s: int = Field(24 * 3600, ge=1, le=30 * 24 * 3600)
+    # How long a claim protects a request in flight. If the claiming process
+    # dies, another takes the key over only after this, and asks the backend
+    # first. Must outlast the longest a claim is held (see Settings below).
+    lease_s: float = Field(30.0, gt=0, le=3600)
+    # 0: a duplicate of a request still in flight is answered 409 at once; else
+    # it waits up to this long for the first to finish and returns its answer.
+    wait_for_in_flight_ms: int = Field(0, ge=0, le=60_000)
+    # With the shared store down, payments are always refused (503); orders are
+    # too unless this is true, when they are forwarded without a record and
+    # only the order backend's own key deduplication protects them.
+    orders_fail_open: bool = False
+    # Bound of the in-memory store (single process); the oldest records go first.
+    memory_max_records: int = Field(100_000, ge=100)
 
 
 class Settings(_Model):
@@ -140,6 +155,18 @@ class Settings(_Model):
     def _workers_need_fixed_port(self) -> Settings:
         if self.server.workers > 1 and self.server.port == 0:
             raise ValueError("server.port: must be fixed (not 0) when server.workers > 1")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_claim(self) -> Settings:
+        """A claim is held for a lookup plus a forward, each bounded by the backend timeout."""
+        for name in IDEMPOTENT_BACKENDS:
+            held = 2 * self.upstreams.get(name).timeout_s + 2 * self.redis.timeout_s
+            if self.idempotency.lease_s <= held:
+                raise ValueError(
+                    f"idempotency.lease_s: must be more than {held:g} s (twice "
+                    f"upstreams.{name}.timeout_s plus two Redis timeouts), so a claim "
+                    f"cannot run out while its request is still in flight")
         return self
 
 

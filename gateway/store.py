@@ -1,21 +1,51 @@
 """Shared state behind one small async interface, in memory or in Redis.
 
-What is shared today: the SRE's intent for each breaker (setting overrides,
-forced state, reset count). Each operation is one atomic step of the backing
-store (a hash field set, a counter increment), never read-then-write, so two
-operators acting at once cannot undo each other's change.
+What is shared:
+- the SRE's intent for each breaker (setting overrides, forced state, reset
+  count);
+- idempotency records, one per (client scope, route, key): who holds the claim
+  and until when (its lease), the request's fingerprint, and once completed the
+  stored answer.
+
+Each operation is one atomic step of the backing store (a hash field set, a
+counter increment, one script), never read-then-write across round trips, so
+two gateway processes acting at once cannot undo each other's change.
 
 `MemoryStore` serves one process (the demo); `gateway.redis_store.RedisStore`
-serves every process and replica that shares the Redis.
+serves every process and replica that shares the Redis. Both pass the same
+behaviour suite (tests/test_store.py).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
+
+from gateway.clock import Clock, SystemClock
+from gateway.reply import Reply
 
 
 class StoreUnavailable(Exception):
     """The shared store could not be reached in time."""
+
+
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"  # no record yet: this claim owns a new one, forward the request
+    # An earlier attempt's outcome is unknown (or its owner's lease ran out): this
+    # claim owns the record now and must ask the backend before forwarding.
+    RECONCILE = "reconcile"
+    COMPLETED = "completed"  # the stored answer is in `reply`
+    IN_FLIGHT = "in_flight"  # another claim holds the record for `lease_left_s` more
+    REUSED = "reused"  # the key was first used with a different request
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: ClaimStatus
+    reply: Reply | None = None
+    lease_left_s: float = 0.0
 
 
 class Store(Protocol):
@@ -30,14 +60,46 @@ class Store(Protocol):
     async def breaker_controls(self, names: list[str]) -> dict[str, dict[str, str]]:
         """The control record of each named breaker (empty when never set)."""
 
+    async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
+                    ttl_s: int) -> Claim:
+        """Claim an idempotency record for `owner`, or say why not, in one step.
+
+        A repeated claim by the same owner (a retried command) answers as the
+        first did. The record expires `ttl_s` after it was created.
+        """
+
+    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+        """Store the final answer; False when `owner` no longer holds the claim."""
+
+    async def release(self, record: str, owner: str) -> None:
+        """Forget an in-flight record `owner` holds: the backend was certainly not reached."""
+
+    async def abandon(self, record: str, owner: str) -> None:
+        """Mark the outcome of `owner`'s attempt unknown: the next claim reconciles."""
+
     async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Record:
+    state: str  # "in_flight", "unknown" or "completed"
+    fingerprint: str
+    owner: str
+    lease_until: float
+    expires: float
+    reconcile: bool = False
+    reply: Reply | None = None
 
 
 class MemoryStore:
     shared = False
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None, max_records: int = 100_000) -> None:
+        self._clock = clock or SystemClock()
+        self._max_records = max_records
         self._breakers: dict[str, dict[str, str]] = {}
+        # Insertion order is expiry order: every record lives the same ttl from creation.
+        self._records: OrderedDict[str, _Record] = OrderedDict()
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
         self._breakers.setdefault(name, {}).update(fields)
@@ -49,6 +111,52 @@ class MemoryStore:
 
     async def breaker_controls(self, names: list[str]) -> dict[str, dict[str, str]]:
         return {name: dict(self._breakers.get(name, {})) for name in names}
+
+    async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
+                    ttl_s: int) -> Claim:
+        now = self._clock.monotonic()
+        self._expire(now)
+        found = self._records.get(record)
+        if found is None:
+            self._records[record] = _Record("in_flight", fingerprint, owner, now + lease_s,
+                                            now + ttl_s)
+            return Claim(ClaimStatus.CLAIMED)
+        if found.fingerprint != fingerprint:
+            return Claim(ClaimStatus.REUSED)
+        if found.state == "completed":
+            return Claim(ClaimStatus.COMPLETED, found.reply)
+        if found.state == "in_flight" and found.owner == owner:
+            return Claim(ClaimStatus.RECONCILE if found.reconcile else ClaimStatus.CLAIMED)
+        if found.state == "in_flight" and found.lease_until > now:
+            return Claim(ClaimStatus.IN_FLIGHT, lease_left_s=found.lease_until - now)
+        found.state, found.owner, found.lease_until = "in_flight", owner, now + lease_s
+        found.reconcile = True
+        return Claim(ClaimStatus.RECONCILE)
+
+    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+        found = self._records.get(record)
+        if found is None or found.owner != owner:
+            return False
+        found.state, found.reply = "completed", reply
+        return True
+
+    async def release(self, record: str, owner: str) -> None:
+        found = self._records.get(record)
+        if found is not None and found.owner == owner and found.state == "in_flight":
+            del self._records[record]
+
+    async def abandon(self, record: str, owner: str) -> None:
+        found = self._records.get(record)
+        if found is not None and found.owner == owner and found.state == "in_flight":
+            found.state, found.owner = "unknown", ""
+
+    def _expire(self, now: float) -> None:
+        records = self._records
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest.expires > now and len(records) < self._max_records:
+                return
+            records.popitem(last=False)
 
     async def close(self) -> None:
         return None

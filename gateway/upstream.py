@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -31,6 +30,7 @@ from gateway import errors
 from gateway.breaker import Breaker, Outcome
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.observability import Metrics
+from gateway.reply import Reply
 from gateway.settings import UpstreamSettings
 
 # Response headers of a backend that mean something to the client; all others
@@ -38,14 +38,6 @@ from gateway.settings import UpstreamSettings
 PASSTHROUGH_RESPONSE_HEADERS = ("Location", "ETag", "Last-Modified", "Cache-Control",
                                 "Content-Language", "Retry-After")
 MAX_RESPONSE_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    body: bytes
-    content_type: str
-    headers: tuple[tuple[str, str], ...]
 
 
 class Upstream:
@@ -91,7 +83,7 @@ class Upstream:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
         unknown_outcome: ErrorSpec | None = None,
-    ) -> UpstreamResponse:
+    ) -> Reply:
         """Send one request and return a pass-through answer, or raise a GatewayError.
 
         `unknown_outcome` is the error for a call that may have changed state at
@@ -117,7 +109,7 @@ class Upstream:
 
     async def _send(self, method: str, path: str, headers: Mapping[str, str],
                     query: Mapping[str, str] | None, body: bytes | None,
-                    unknown_outcome: ErrorSpec | None) -> UpstreamResponse:
+                    unknown_outcome: ErrorSpec | None) -> Reply:
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
         try:
@@ -127,14 +119,15 @@ class Upstream:
                     allow_redirects=False,
                 ) as resp:
                     payload = await _read_limited(resp)
-                    result = UpstreamResponse(
+                    result = Reply(
                         status=resp.status,
                         body=payload,
                         content_type=resp.content_type,
                         headers=_passthrough_headers(resp.headers),
                     )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
-            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started) from None
+            # No connection, so the backend certainly never saw the request.
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False) from None
         except TimeoutError:
             raise self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
                                self._timeout_error_params) from None
@@ -142,14 +135,15 @@ class Upstream:
             # Reset, disconnect or a malformed HTTP answer once the request was sent.
             raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started) from None
         if result.status >= 500 or not _is_json(result):
+            # A 5xx does not promise the backend did nothing: treated as reached.
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started)
         self._record(started, "ok")
         return result
 
     def _failed(self, spec: ErrorSpec, started: float,
-                params: dict[str, object] | None = None) -> GatewayError:
+                params: dict[str, object] | None = None, *, reached: bool = True) -> GatewayError:
         self._record(started, spec.code)
-        return GatewayError(spec, params=params or self._backend_params)
+        return GatewayError(spec, params=params or self._backend_params, reached_backend=reached)
 
     def _record(self, started: float, outcome: str) -> None:
         self._metrics.observe_upstream(self.name, time.monotonic() - started, outcome)
@@ -169,7 +163,7 @@ async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _is_json(result: UpstreamResponse) -> bool:
+def _is_json(result: Reply) -> bool:
     ctype = result.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         return False

@@ -185,18 +185,26 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port; tests may kill and restart it."""
+    """A real redis-server on a free loopback port; tests may kill and restart it.
 
-    def __init__(self, log_dir: Path) -> None:
+    `persistent` turns on the append-only file as deployed Redis runs it
+    (`appendfsync everysec`), so a restart on the same port keeps the data.
+    """
+
+    def __init__(self, log_dir: Path, persistent: bool = False) -> None:
         self.log_dir = log_dir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = log_dir / f"redis-{self.port}"
+        self.data_dir.mkdir()
+        self.persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if persistent
+                            else ["--appendonly", "no"])
         self.proc = self._start()
 
     def _start(self) -> Proc:
         proc = Proc(f"redis-{self.port}", [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.log_dir),
+            "--save", "", *self.persistence, "--dir", str(self.data_dir),
         ], self.log_dir)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -211,6 +219,13 @@ class RedisServer:
 
     def restart(self) -> None:
         self.proc.kill()
+        self.proc = self._start()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def start(self) -> None:
+        """Start again on the same port after `kill`."""
         self.proc = self._start()
 
     def stop(self) -> None:

@@ -1,12 +1,14 @@
 """Idempotency as a real backend does it: answers remembered by (client, key).
 
 Shared by the order and payment simulators. `replay` returns the first answer
-for a key; `lookup` serves `GET /...?idempotency_key=K` with the body of a
+for a key; `received_by_key` counts the POSTs that reached processing per key
+(`requests_by_key` in `_stats`); `lookup` serves `GET /...?idempotency_key=K` with the body of a
 request that actually created something.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +31,8 @@ class Ledger:
     def __init__(self) -> None:
         self._answers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._created: dict[tuple[str, str], bytes] = {}
+        # POSTs that reached processing, per key: what tests count forwards by.
+        self.received_by_key: Counter[str] = Counter()
 
     def replay(self, client: str, key: str | None) -> tuple[int, bytes] | None:
         return self._answers.get((client, key)) if key else None
@@ -73,6 +77,8 @@ def create_handler(
 
     async def handle(request: web.Request) -> web.Response:
         client, key = caller(request)
+        if key:
+            ledger.received_by_key[key] += 1
         if state.faults.dedup and (replay := ledger.replay(client, key)) is not None:
             return _raw(*replay)
         data = await read_object(request)

@@ -36,7 +36,8 @@ def _check(data: dict[str, Any]) -> web.Response | None:
 def build_app(state: SimulatorState) -> web.Application:
     ledger = Ledger()
     orders: dict[str, bytes] = {}
-    state.extra_stats = lambda: {"orders": len(orders)}
+    state.extra_stats = lambda: {
+        "requests_by_key": dict(ledger.received_by_key), "orders": len(orders)}
 
     def place(data: dict[str, Any], _key: str | None) -> bytes:
         order_id = f"ord_{state.rng.getrandbits(64):016x}"

@@ -41,7 +41,9 @@ def build_app(state: SimulatorState) -> web.Application:
     ledger = Ledger()
     payments: dict[str, bytes] = {}
     charges_by_key: Counter[str] = Counter()
-    state.extra_stats = lambda: {"charges": len(payments), "charges_by_key": dict(charges_by_key)}
+    state.extra_stats = lambda: {
+        "requests_by_key": dict(ledger.received_by_key), "charges": len(payments),
+        "charges_by_key": dict(charges_by_key)}
 
     def charge(data: dict[str, Any], key: str | None) -> bytes:
         payment_id = f"pay_{state.rng.getrandbits(64):016x}"
