@@ -187,8 +187,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
 class RedisServer:
     """A real redis-server on a free loopback port; tests may kill and restart it.
 
-    `persistent` turns on the append-only file as deployed Redis runs it
-    (`appendfsync everysec`), so a restart on the same port keeps the data.
+    `persistent` turns on the append-only file, so a restart on the same port
+    keeps the data. It syncs every write (`appendfsync always`) so that no test
+    depends on the disk being quick; deployed Redis runs `everysec`.
     """
 
     def __init__(self, log_dir: Path, persistent: bool = False) -> None:
@@ -197,7 +198,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.data_dir = log_dir / f"redis-{self.port}"
         self.data_dir.mkdir()
-        self.persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if persistent
+        self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
                             else ["--appendonly", "no"])
         self.proc = self._start()
 
