@@ -82,6 +82,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     }
     for name in BACKENDS:
         metrics.breaker_state.labels(name).set(0)
+    if not settings.idempotency.enabled:
+        log.warning("idempotency records are off: resubmitted orders and payments are "
+                    "protected only by the backends' own key deduplication")
     app = web.Application(
         middlewares=[_edge_middleware(metrics, access_log)],
         client_max_size=settings.server.max_body_bytes,
@@ -114,7 +117,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
 
 def _idempotency(policy: RoutePolicy, store: Store, settings: Settings,
                  metrics: Metrics) -> Idempotency | None:
-    if not policy.requires_idempotency_key:
+    if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
     return Idempotency(
         policy.route_key, store, settings.idempotency,

@@ -1,12 +1,15 @@
-"""The Redis implementation of the store: the only module that imports redis.
+"""The Redis implementation of the store (with `redis_wire`, the only code that imports redis).
 
-Calls have their own short timeout and one immediate retry (a pooled
-connection may be dead after a Redis restart; the retry reconnects). Any Redis
-error surfaces as `StoreUnavailable`, and each concern decides what that means
+Calls have their own short timeout and one immediate retry on a connection
+found dead (after a Redis restart; the retry reconnects). Any Redis error
+surfaces as `StoreUnavailable`, and each concern decides what that means
 for it. Every idempotency operation is one Lua script: atomic, one round trip,
 and safe to repeat (each checks the claim's owner token), which is what makes
-the retry harmless. Each record is one hash under one key, so the scripts touch
-a single key and run unchanged on Redis Cluster.
+the retry harmless. They go over the hot path's own pipelined connection
+(`gateway/redis_wire.py`), so the scripts that concurrent requests call in the
+same turn of the event loop travel in one write. Each record is
+one hash under one key, so every script touches a single key (one hash slot on
+Redis Cluster).
 
 Lease deadlines are Redis's own clock (`TIME`), so gateways on different
 machines agree on when a lease has run out however their clocks drift.
@@ -14,23 +17,41 @@ machines agree on when a lease has run out however their clocks drift.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from hiredis import ReplyError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.redis_wire import Wire, WireError
 from gateway.reply import Reply
 from gateway.store import Claim, ClaimStatus, StoreUnavailable
 
 BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
 
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A Lua script, known to Redis by its SHA-1 once loaded."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+
+
 # KEYS[1] record; ARGV fingerprint, owner, lease_ms, ttl_ms.
-_CLAIM = """
+_CLAIM = _Script.of("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local r = redis.call('HMGET', KEYS[1], 'state', 'fp', 'owner', 'lease', 'reconcile',
@@ -55,34 +76,34 @@ end
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'owner', ARGV[2], 'lease', lease,
            'reconcile', '1')
 return {'reconcile'}
-"""
+""")
 
 # KEYS[1] record; ARGV owner, status, content type, headers (JSON), body.
 # The owner stays on the record so that a repeated call answers 1 again.
-_COMPLETE = """
+_COMPLETE = _Script.of("""
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'completed', 'status', ARGV[2], 'ctype', ARGV[3],
            'headers', ARGV[4], 'body', ARGV[5])
 redis.call('HDEL', KEYS[1], 'lease', 'reconcile')
 return 1
-"""
+""")
 
 # KEYS[1] record; ARGV owner.
-_RELEASE = """
+_RELEASE = _Script.of("""
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if r[1] == 'in_flight' and r[2] == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
-"""
+""")
 
 # KEYS[1] record; ARGV owner.
-_ABANDON = """
+_ABANDON = _Script.of("""
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if r[1] == 'in_flight' and r[2] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'unknown')
   redis.call('HDEL', KEYS[1], 'owner', 'lease', 'reconcile')
 end
 return 1
-"""
+""")
 
 
 @asynccontextmanager
@@ -100,10 +121,7 @@ class RedisStore:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1), health_check_interval=30)
-        self._claim = self._redis.register_script(_CLAIM)
-        self._complete = self._redis.register_script(_COMPLETE)
-        self._release = self._redis.register_script(_RELEASE)
-        self._abandon = self._redis.register_script(_ABANDON)
+        self._wire = Wire(url, timeout_s)
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
         async with _translated():
@@ -124,11 +142,25 @@ class RedisStore:
         return {name: {k.decode(): v.decode() for k, v in record.items()}
                 for name, record in zip(names, records, strict=True)}
 
+    async def _eval(self, script: _Script, record: str, *args: str | bytes | int) -> Any:
+        """Run one script on one record: one round trip, shared with concurrent callers."""
+        key = IDEMPOTENCY_KEY.format(record=record)
+        try:
+            reply = await self._wire.call("EVALSHA", script.sha, 1, key, *args)
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                # A restarted Redis has forgotten its scripts: load this one, run it again.
+                await self._wire.call("SCRIPT", "LOAD", script.source)
+                reply = await self._wire.call("EVALSHA", script.sha, 1, key, *args)
+        except WireError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if isinstance(reply, ReplyError):
+            raise StoreUnavailable(f"Redis refused a script: {reply}")
+        return reply
+
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
-        async with _translated():
-            answer = await self._claim(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[
-                fingerprint, owner, int(lease_s * 1000), ttl_s * 1000])
+        answer = await self._eval(_CLAIM, record, fingerprint, owner, int(lease_s * 1000),
+                                  ttl_s * 1000)
         status = ClaimStatus(answer[0].decode())
         if status is ClaimStatus.COMPLETED:
             return Claim(status, _decode_reply(answer[1:]))
@@ -137,21 +169,18 @@ class RedisStore:
         return Claim(status)
 
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
-        async with _translated():
-            done = await self._complete(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[
-                owner, reply.status, reply.content_type, orjson.dumps(reply.headers),
-                reply.body])
+        done = await self._eval(_COMPLETE, record, owner, reply.status, reply.content_type,
+                                orjson.dumps(reply.headers), reply.body)
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
-        async with _translated():
-            await self._release(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[owner])
+        await self._eval(_RELEASE, record, owner)
 
     async def abandon(self, record: str, owner: str) -> None:
-        async with _translated():
-            await self._abandon(keys=[IDEMPOTENCY_KEY.format(record=record)], args=[owner])
+        await self._eval(_ABANDON, record, owner)
 
     async def close(self) -> None:
+        self._wire.close()
         await self._redis.aclose()
 
 

@@ -127,6 +127,10 @@ class RedisSettings(_Model):
 
 
 class IdempotencySettings(_Model):
+    # False turns records off: keys are still required and passed on, and only the
+    # backends' own deduplication protects resubmissions. For measuring the cost
+    # of idempotency and for emergencies; logged as a warning at start.
+    enabled: bool = True
     # How long a key's record (and its stored answer) is kept after first use.
     ttl_s: int = Field(24 * 3600, ge=1, le=30 * 24 * 3600)
     # How long a claim protects a request in flight. If the claiming process

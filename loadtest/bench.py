@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -31,8 +32,26 @@ from tests.procs import Gateway, Proc, Upstreams, free_port
 PATH = "/availability?address=Beijing%201&product=fiber"
 
 
+# One request of a round: sends it on the session and answers whether it succeeded.
+Send = Callable[[aiohttp.ClientSession], Awaitable[bool]]
+
+
+def get_ok(url: str) -> Send:
+    async def send(session: aiohttp.ClientSession) -> bool:
+        async with session.get(url) as resp:
+            await resp.read()
+            return resp.status == 200
+
+    return send
+
+
 async def _round(url: str, seconds: float, concurrency: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, non-200 count) of one timed round."""
+    return await timed_round(get_ok(url), seconds, concurrency)
+
+
+async def timed_round(send: Send, seconds: float,
+                      concurrency: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, failed count) of one timed round."""
     latencies: list[float] = []
     failures = 0
     deadline = time.monotonic() + seconds
@@ -43,10 +62,8 @@ async def _round(url: str, seconds: float, concurrency: int) -> tuple[float, flo
             nonlocal failures
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                async with session.get(url) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        failures += 1
+                if not await send(session):
+                    failures += 1
                 latencies.append(time.perf_counter() - started)
 
         started = time.monotonic()
@@ -98,12 +115,18 @@ async def _run(args: argparse.Namespace, targets: dict[str, tuple[str, int | Non
         raise SystemExit("some requests failed")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def rounds_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every interleaved-rounds benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    return parser
+
+
+def main() -> None:
+    parser = rounds_parser(__doc__)
     parser.add_argument("--access-log", action="store_true",
                         help="keep the gateway's access log on (off: measure the pipeline)")
     args = parser.parse_args()

@@ -18,7 +18,8 @@ from gateway.reply import Reply
 from gateway.store import ClaimStatus, MemoryStore, Store, StoreUnavailable
 from tests.procs import RedisServer, free_port
 
-LEASE_S = 0.3
+LEASE_S = 10.0  # long enough that a busy machine never lets it run out by accident
+SHORT_LEASE_S = 1.0  # for the one test that watches a lease run out
 TTL_S = 60
 REPLY = Reply(201, '{"payment_id":"pay_1","note":"支付成功"}'.encode(), "application/json",
               (("Location", "/v1/payments/pay_1"),))
@@ -98,10 +99,10 @@ async def test_unknown_outcome_is_taken_over_for_reconciling(store: Store) -> No
 
 async def test_a_lease_that_runs_out_is_taken_over_not_before(store: Store) -> None:
     record = _record()
-    await store.claim(record, "fp", "a", LEASE_S, TTL_S)
-    await asyncio.sleep(LEASE_S / 3)
+    await store.claim(record, "fp", "a", SHORT_LEASE_S, TTL_S)
+    await asyncio.sleep(0.1)
     assert (await store.claim(record, "fp", "b", LEASE_S, TTL_S)).status is ClaimStatus.IN_FLIGHT
-    await asyncio.sleep(LEASE_S)
+    await asyncio.sleep(SHORT_LEASE_S)
     assert (await store.claim(record, "fp", "b", LEASE_S, TTL_S)).status is ClaimStatus.RECONCILE
     assert not await store.complete(record, "a", REPLY), "a late owner must not overwrite"
 

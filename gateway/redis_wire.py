@@ -1,0 +1,193 @@
+"""A pipelined Redis connection for the hot path: commands of concurrent requests share writes.
+
+redis-py's asyncio client spends most of a round trip in Python around the
+socket (pool checkout, stream reader, per-command parsing); on the hot path
+that was more than the rest of an order's pipeline. This connection is the
+minimum instead: one socket, commands packed by hiredis, every command issued
+in one turn of the event loop sent in one write, and replies parsed by hiredis
+as they arrive and handed to their callers in order. redis-py still does what
+is not on the hot path (breaker controls, its URL parsing).
+
+Failure handling, all of it surfacing as `WireError`:
+- no connection, or connecting takes longer than the timeout;
+- the connection drops: every command waiting on it fails at once, and the
+  next call connects afresh (a command that failed on a connection that had
+  already gone is retried once on the new one: callers send only commands that
+  are safe to repeat);
+- Redis stops answering: a watchdog sees no reply for `timeout_s` while
+  commands wait, and drops the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+
+class WireError(Exception):
+    """Redis could not be reached, or dropped the connection, or did not answer in time."""
+
+
+class _Gone(WireError):
+    """The connection was already lost: the command may be retried on a new one."""
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, timeout_s: float) -> None:
+        self._reader = hiredis.Reader()
+        self._timeout_s = timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.closed = False
+        self._replies = 0  # answers received so far: the watchdog's sign of progress
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        waiting = self.waiting
+        try:
+            while (reply := self._reader.gets()) is not False:
+                self._replies += 1
+                future = waiting.popleft()
+                if not future.done():  # done: its caller was cancelled meanwhile
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            # Not Redis speaking, or answers nobody asked for: trust nothing more from it.
+            self._fail(WireError(f"Redis protocol error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(_Gone(f"Redis connection lost: {exc or 'closed by the server'}"))
+
+    def send(self, packed: bytes, futures: list[asyncio.Future[Any]]) -> None:
+        if self.closed or self.transport is None:
+            for future in futures:
+                future.set_exception(_Gone("Redis connection lost"))
+            return
+        self.waiting.extend(futures)
+        self.transport.write(packed)
+        if self._watchdog is None:
+            self._arm(self._replies)
+
+    def _arm(self, seen: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self._timeout_s, self._check, seen)
+
+    def _check(self, seen: int) -> None:
+        self._watchdog = None
+        if not self.waiting:
+            return
+        if self._replies == seen:
+            self._fail(WireError(f"Redis did not answer within {self._timeout_s} s"))
+            return
+        self._arm(self._replies)
+
+    def _fail(self, error: WireError) -> None:
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self.transport is not None:
+            self.transport.abort()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        self._fail(WireError("closed"))
+
+
+class Wire:
+    """Pipelined commands on one connection to the Redis at `url`."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._params = parse_url(url)
+        self._timeout_s = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
+        self._batch: list[bytes] = []
+        self._futures: list[asyncio.Future[Any]] = []
+
+    async def call(self, *args: str | bytes | int) -> Any:
+        """One command's reply; a Redis error reply comes back as `hiredis.ReplyError`."""
+        packed = hiredis.pack_command(args)
+        try:
+            return await self._send(packed)
+        except _Gone:
+            return await self._send(packed)
+
+    async def _send(self, packed: bytes) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connected()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush, protocol)
+        self._batch.append(packed)
+        self._futures.append(future)
+        return await future
+
+    def _flush(self, protocol: _Protocol) -> None:
+        batch, futures = self._batch, self._futures
+        self._batch, self._futures = [], []
+        protocol.send(b"".join(batch), futures)
+
+    async def _connected(self) -> _Protocol:
+        """The live connection, made by one caller while the others wait for it."""
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+            # Read the outcome even when every waiting caller was cancelled.
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            return await asyncio.shield(self._connecting)
+        except (OSError, TimeoutError, WireError) as exc:
+            raise WireError(f"cannot connect to Redis: {exc}") from exc
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        params = self._params
+        cls = params.get("connection_class")
+        async with asyncio.timeout(self._timeout_s):
+            if cls is UnixDomainSocketConnection:
+                _, protocol = await loop.create_unix_connection(
+                    lambda: _Protocol(self._timeout_s), params["path"])
+            else:
+                context = ssl.create_default_context() if cls is SSLConnection else None
+                _, protocol = await loop.create_connection(
+                    lambda: _Protocol(self._timeout_s), params.get("host", "localhost"),
+                    int(params.get("port", 6379)), ssl=context)
+            self._protocol = protocol
+            await self._handshake(protocol)
+        return protocol
+
+    async def _handshake(self, protocol: _Protocol) -> None:
+        commands: list[tuple[str | int, ...]] = []
+        if params_password := self._params.get("password"):
+            user = self._params.get("username")
+            commands.append(("AUTH", user, params_password) if user else ("AUTH", params_password))
+        if db := int(self._params.get("db") or 0):
+            commands.append(("SELECT", db))
+        if not commands:
+            return
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        protocol.send(b"".join(hiredis.pack_command(c) for c in commands), futures)
+        for command, reply in zip(commands, await asyncio.gather(*futures), strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                protocol.close()
+                raise WireError(f"Redis refused {command[0]}: {reply}")
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.close()
+            self._protocol = None

@@ -1,0 +1,140 @@
+"""The hot path's pipelined Redis connection, against a real redis-server.
+
+It must answer every caller with its own reply however many share a write, and
+fail fast and clearly (never hang) when Redis is gone, stalled, refuses the
+credentials or is not Redis at all; then recover by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import hiredis
+import pytest
+
+from gateway.redis_wire import Wire, WireError
+from tests.procs import Proc, RedisServer, free_port
+
+
+@pytest.fixture
+def own_redis(log_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(log_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def wire(redis_server: RedisServer) -> AsyncIterator[Wire]:
+    connection = Wire(redis_server.url, timeout_s=1.0)
+    yield connection
+    connection.close()
+
+
+async def test_concurrent_callers_each_get_their_own_reply(wire: Wire) -> None:
+    await asyncio.gather(*(wire.call("SET", f"wire:{n}", n) for n in range(300)))
+    values = await asyncio.gather(*(wire.call("GET", f"wire:{n}") for n in range(300)))
+    assert values == [str(n).encode() for n in range(300)]
+
+
+async def test_an_error_reply_is_returned_not_raised(wire: Wire) -> None:
+    reply = await wire.call("EVALSHA", "0" * 40, 0)
+    assert isinstance(reply, hiredis.ReplyError)
+    assert str(reply).startswith("NOSCRIPT")
+    assert await wire.call("PING") == b"PONG"
+
+
+async def test_a_cancelled_caller_does_not_shift_the_others_replies(wire: Wire) -> None:
+    await wire.call("SET", "wire:a", "a")
+    await wire.call("SET", "wire:b", "b")
+    doomed = asyncio.create_task(wire.call("GET", "wire:a"))
+    kept = asyncio.create_task(wire.call("GET", "wire:b"))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    assert await kept == b"b"
+    assert await wire.call("GET", "wire:a") == b"a"
+
+
+async def test_nothing_listening_fails_at_once() -> None:
+    wire = Wire(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0)
+    with pytest.raises(WireError, match="cannot connect"):
+        await wire.call("PING")
+
+
+async def test_a_killed_redis_fails_fast_and_a_restarted_one_is_used_again(
+        own_redis: RedisServer) -> None:
+    wire = Wire(own_redis.url, timeout_s=1.0)
+    try:
+        assert await wire.call("PING") == b"PONG"
+        own_redis.kill()
+        with pytest.raises(WireError):
+            await asyncio.wait_for(wire.call("PING"), 2)
+        own_redis.start()
+        assert await wire.call("PING") == b"PONG"
+    finally:
+        wire.close()
+
+
+async def test_a_stalled_redis_is_given_up_on_after_the_timeout(own_redis: RedisServer) -> None:
+    wire = Wire(own_redis.url, timeout_s=0.3)
+    try:
+        assert await wire.call("PING") == b"PONG"
+        own_redis.proc.signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(WireError, match="did not answer"):
+                await asyncio.wait_for(wire.call("PING"), 5)
+            assert loop.time() - started < 1.5
+        finally:
+            own_redis.proc.signal(signal.SIGCONT)
+        assert await wire.call("PING") == b"PONG"
+    finally:
+        wire.close()
+
+
+async def test_password_and_database_from_the_url(log_dir: Path) -> None:
+    port = free_port()
+    proc = Proc(f"redis-auth-{port}", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                       "--save", "", "--requirepass", "s3cret"], log_dir)
+    try:
+        good = Wire(f"redis://:s3cret@127.0.0.1:{port}/3", timeout_s=1.0)
+        for _ in range(50):
+            try:
+                await good.call("PING")
+                break
+            except WireError:
+                await asyncio.sleep(0.1)
+        await good.call("SET", "wire:db", "three")
+        assert await good.call("SELECT", 3) == b"OK"
+        assert await good.call("GET", "wire:db") == b"three"
+        assert await good.call("SELECT", 0) == b"OK"
+        assert await good.call("GET", "wire:db") is None
+        good.close()
+        bad = Wire(f"redis://:wrong@127.0.0.1:{port}/0", timeout_s=1.0)
+        with pytest.raises(WireError, match="refused AUTH"):
+            await bad.call("PING")
+    finally:
+        proc.stop()
+
+
+async def test_a_server_that_is_not_redis_is_refused() -> None:
+    async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read(100)  # until the client hangs up
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(babble, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        wire = Wire(f"redis://127.0.0.1:{port}/0", timeout_s=1.0)
+        with pytest.raises(WireError):
+            await asyncio.wait_for(wire.call("PING"), 3)
+    finally:
+        server.close()
+        await server.wait_closed()
