@@ -23,6 +23,12 @@ _COMMON_ERRORS = ("UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "O
                   "RATE_LIMITED", "MAINTENANCE")
 
 
+_REPLAY_HEADER = {"Idempotent-Replayed": {
+    "description": "`true` when this is the stored answer to an earlier submission with the "
+                   "same key (byte-identical body and status), not a new backend call",
+    "schema": {"type": "string", "enum": ["true"]}}}
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
@@ -34,8 +40,8 @@ def _error_responses(policy: RoutePolicy) -> dict[str, Any]:
     if policy.requires_idempotency_key:
         codes += ["IDEMPOTENCY_KEY_MISSING", "IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_IN_PROGRESS",
                   "STATE_UNAVAILABLE"]
-    if policy.backend == "payment" and policy.method == "POST":
-        codes.append("PAYMENT_OUTCOME_UNKNOWN")
+    if policy.unknown_outcome is not None:
+        codes.append(policy.unknown_outcome.code)
     by_status: dict[str, list[str]] = {}
     for code in codes:
         by_status.setdefault(str(errors.CATALOG[code].status), []).append(code)
@@ -59,8 +65,11 @@ def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
             for name, prop in schema["properties"].items()
         ]
     if policy.requires_idempotency_key:
-        params.append({"name": "Idempotency-Key", "in": "header", "required": True,
-                       "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+        params.append({
+            "name": "Idempotency-Key", "in": "header", "required": True,
+            "description": "One unique key (a UUID) per order or payment, reused unchanged on "
+                           "every resubmission; kept per client for 24 h by default",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
     params += [
         {"name": "X-Request-ID", "in": "header", "required": False,
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
@@ -82,6 +91,7 @@ def _operation(policy: RoutePolicy) -> dict[str, Any]:
             str(policy.success_status): {
                 "description": "The backend's answer, passed through",
                 "content": {"application/json": {"schema": _ref(policy.response_schema)}},
+                **({"headers": _REPLAY_HEADER} if policy.requires_idempotency_key else {}),
             },
             "4XX": {"description": "A business error of the backend, passed through "
                                    "(status and JSON body with a `code`)"},

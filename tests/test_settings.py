@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_settings
 from tests.procs import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +124,40 @@ def test_several_workers_need_a_fixed_port() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(None, env={}, overrides={("server", "port"): 0, ("server", "workers"): 2})
     assert "server.port" in caught.value.problems[0]
+
+
+def _keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    found = set()
+    for key, value in tree.items():
+        found.add(prefix + key)
+        if isinstance(value, dict):
+            found |= _keys(value, prefix + key + ".")
+    return found
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    found = set()
+    for name, info in model.model_fields.items():
+        found.add(prefix + name)
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found |= _model_keys(kind, prefix + name + ".")
+    return found
+
+
+def test_the_shipped_example_lists_every_key() -> None:
+    """Every backend takes the same keys, so the example spells them out once, for `order`."""
+    example = yaml.safe_load((ROOT / "config" / "gateway.example.yaml").read_text())
+    other_backends = ("upstreams.payment.", "upstreams.availability.")
+    wanted = {key for key in _model_keys(Settings) if not key.startswith(other_backends)}
+    assert wanted - _keys(example) == set()
+
+
+def test_a_lease_shorter_than_a_claim_can_be_held_is_refused() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={}, overrides={("idempotency", "lease_s"): 5.0,
+                                         ("upstreams", "order", "timeout_s"): 1.0,
+                                         ("upstreams", "payment", "timeout_s"): 3.0})
+    assert caught.value.problems == [
+        "idempotency.lease_s: must be more than 6.5 s (twice upstreams.payment.timeout_s plus "
+        "two Redis timeouts), so a claim cannot run out while its request is still in flight"]

@@ -2,7 +2,8 @@
 
 Business errors as a payment provider gives them: an unsupported method (422),
 and insufficient balance for `balance` payments above 1,000,000 fen (402).
-`GET /_stats` adds `charges` (charges actually made) and `charges_by_key`.
+`GET /_stats` adds `charges` (charges actually made), `charges_by_key`, and
+`requests_by_key` (POSTs that reached processing, per key).
 """
 
 from __future__ import annotations
