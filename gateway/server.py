@@ -106,6 +106,12 @@ def serve_forever(settings: Settings) -> int:
 
 
 def _supervise(settings: Settings) -> int:
+    if settings.redis.url is None:
+        # Each worker would keep its own records: a resubmission landing on another
+        # worker is forwarded again, and admin changes reach one worker only.
+        log.warning("several workers without Redis: idempotency records and admin changes "
+                    "are per worker; set GATEWAY_REDIS_URL", extra={"fields": {
+                        "workers": settings.server.workers}})
     metrics_dir = tempfile.mkdtemp(prefix="order-gateway-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     ctx = multiprocessing.get_context("spawn")

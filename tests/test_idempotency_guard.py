@@ -1,0 +1,128 @@
+"""The idempotency guard's decisions as pure logic: the real in-memory store, backends as
+plain functions. The paths that are hard to reach over HTTP live here: cancellation
+mid-call, a waiter that inherits a released claim, a store that fails after the backend
+answered, a lookup that cannot say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.idempotency import Idempotency, fingerprint, record_id
+from gateway.reply import Reply
+from gateway.settings import IdempotencySettings
+from gateway.store import ClaimStatus, MemoryStore, StoreUnavailable
+
+CREATED = Reply(201, b'{"payment_id":"pay_1"}', "application/json")
+BODY = b'{"amount":1}'
+
+
+class Backend:
+    """What the guard calls: counts calls, answers as told."""
+
+    def __init__(self, answer: Reply | GatewayError = CREATED,
+                 found: Reply | GatewayError | None = None, delay_s: float = 0.0) -> None:
+        self.answer, self.found, self.delay_s = answer, found, delay_s
+        self.forwards = self.lookups = 0
+
+    async def forward(self) -> Reply:
+        self.forwards += 1
+        await asyncio.sleep(self.delay_s)
+        if isinstance(self.answer, GatewayError):
+            raise self.answer
+        return self.answer
+
+    async def lookup(self) -> Reply:
+        self.lookups += 1
+        if isinstance(self.found, GatewayError):
+            raise self.found
+        if self.found is None:
+            return Reply(404, b'{"code":"NOT_FOUND"}', "application/json")
+        return self.found
+
+
+def guard(store: MemoryStore, *, payment: bool = True, wait_ms: int = 0,
+          events: list[str] | None = None) -> Idempotency:
+    seen = events if events is not None else []
+    return Idempotency(
+        "POST /v1/payments", store, IdempotencySettings(wait_for_in_flight_ms=wait_ms),
+        seen.append, success_status=201,
+        unknown_outcome=errors.PAYMENT_OUTCOME_UNKNOWN if payment else None, fail_open=False)
+
+
+async def status_of(store: MemoryStore) -> ClaimStatus:
+    record = record_id("anonymous", "POST /v1/payments", "k")
+    claim = await store.claim(record, fingerprint("POST /v1/payments", BODY), "probe", 30, 60)
+    return claim.status
+
+
+async def test_cancelled_mid_call_leaves_the_outcome_unknown() -> None:
+    store, backend = MemoryStore(), Backend(delay_s=10)
+    task = asyncio.create_task(guard(store).run("anonymous", "k", BODY, backend.forward,
+                                                backend.lookup))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await status_of(store) is ClaimStatus.RECONCILE
+
+
+async def test_a_waiter_takes_over_a_claim_released_by_the_first() -> None:
+    store, events = MemoryStore(), []
+    refused = Backend(answer=GatewayError(errors.CIRCUIT_OPEN), delay_s=0.1)
+    healthy = Backend()
+    gate = guard(store, wait_ms=2000, events=events)
+    first = asyncio.create_task(gate.run("anonymous", "k", BODY, refused.forward, refused.lookup))
+    await asyncio.sleep(0.02)
+    reply, replayed = await gate.run("anonymous", "k", BODY, healthy.forward, healthy.lookup)
+    with pytest.raises(GatewayError):
+        await first
+    assert (reply, replayed, healthy.forwards, healthy.lookups) == (CREATED, False, 1, 0)
+    assert events.count("released") == 1
+
+
+async def test_an_unknown_order_outcome_with_a_failing_lookup_answers_the_lookups_error() -> None:
+    store = MemoryStore()
+    gate = guard(store, payment=False)
+    lost = Backend(answer=GatewayError(errors.UPSTREAM_TIMEOUT, reached_backend=True))
+    with pytest.raises(GatewayError):
+        await gate.run("anonymous", "k", BODY, lost.forward, lost.lookup)
+    down = Backend(found=GatewayError(errors.CIRCUIT_OPEN))
+    with pytest.raises(GatewayError) as caught:
+        await gate.run("anonymous", "k", BODY, down.forward, down.lookup)
+    assert caught.value.spec is errors.CIRCUIT_OPEN
+    assert down.forwards == 0
+    assert await status_of(store) is ClaimStatus.RECONCILE, "still unknown, still reconciled"
+
+
+async def test_a_lookup_answering_neither_found_nor_absent_keeps_the_payment_unknown() -> None:
+    store = MemoryStore()
+    gate = guard(store)
+    lost = Backend(answer=GatewayError(errors.PAYMENT_OUTCOME_UNKNOWN, reached_backend=True))
+    with pytest.raises(GatewayError):
+        await gate.run("anonymous", "k", BODY, lost.forward, lost.lookup)
+    odd = Backend(found=Reply(400, b'{"code":"BAD_REQUEST"}', "application/json"))
+    with pytest.raises(GatewayError) as caught:
+        await gate.run("anonymous", "k", BODY, odd.forward, odd.lookup)
+    assert caught.value.spec is errors.PAYMENT_OUTCOME_UNKNOWN
+    assert odd.forwards == 0
+
+
+class FailingCompletion(MemoryStore):
+    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+        raise StoreUnavailable("down")
+
+
+async def test_the_client_still_gets_the_answer_when_storing_it_fails() -> None:
+    store, events = FailingCompletion(), []
+    backend = Backend()
+    reply, replayed = await guard(store, events=events).run(
+        "anonymous", "k", BODY, backend.forward, backend.lookup)
+    assert (reply, replayed) == (CREATED, False)
+    assert "store_unavailable" in events
+    # The claim stays until its lease runs out; then a resubmission reconciles.
+    assert await status_of(store) is ClaimStatus.IN_FLIGHT
