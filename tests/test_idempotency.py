@@ -188,6 +188,15 @@ async def test_an_open_breaker_releases_the_claim(
     assert sims.stats("payment")["requests"] == before + 1
 
 
+async def test_replays_are_served_even_while_the_backend_is_cut_off(
+        gw: Gateway, sims: Upstreams, http: aiohttp.ClientSession) -> None:
+    k, body = key(), payment()
+    first = await submit(http, gw, "/v1/payments", k, body)
+    gw.admin("POST", "/admin/breakers/payment/open", ADMIN_TOKEN)
+    again = await submit(http, gw, "/v1/payments", k, body)
+    assert (again.status, again.body, again.replayed) == (201, first.body, True)
+
+
 async def test_validation_failure_leaves_no_record(
         gw: Gateway, sims: Upstreams, http: aiohttp.ClientSession) -> None:
     k = key()
