@@ -24,12 +24,14 @@ from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
 from gateway.idempotency import REPLAY_HEADER, Idempotency
+from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, make_handler
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import BACKENDS, Settings
-from gateway.store import MemoryStore, Store
+from gateway.status import StatusPage
+from gateway.store import MemoryStore, Store, StoreUnavailable, follow
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -56,6 +58,8 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
+MAINTENANCE = admin.MAINTENANCE
+STATUS = web.AppKey("status", StatusPage)
 
 
 def _make_store(settings: Settings, clock: Clock) -> Store:
@@ -97,12 +101,16 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[ACCESS_LOG] = access_log
     app[STORE] = store
     app[admin.BOARD] = BreakerBoard(breakers, store)
+    maintenance = Maintenance(ROUTES, store, clock, settings.maintenance.windows,
+                              settings.admin.token)
+    app[MAINTENANCE] = maintenance
+    app[STATUS] = StatusPage(upstreams, maintenance, clock)
     if settings.admin.token:
         admin.add_routes(app, settings.admin.token)
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path,
                              make_handler(policy, upstreams[policy.backend],
-                                          settings.server.max_body_bytes,
+                                          settings.server.max_body_bytes, maintenance,
                                           _idempotency(policy, store, settings, metrics)))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
@@ -168,8 +176,12 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
         yield
         await store.close()
         return
-    board = app[admin.BOARD]
-    async with _background(board.run_sync_loop(app[SETTINGS].redis.sync_interval_s)):
+    interval = app[SETTINGS].redis.sync_interval_s
+    maintenance = app[MAINTENANCE]
+    with contextlib.suppress(StoreUnavailable):
+        await maintenance.sync()  # windows in force before the first request
+    async with (_background(follow("breakers", app[admin.BOARD].sync, interval)),
+                _background(follow("maintenance", maintenance.sync, interval))):
         yield
     await store.close()
 
@@ -250,8 +262,8 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    snapshot = status.snapshot(request.app[UPSTREAMS])
-    return json_response(snapshot, **{"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
+    return web.Response(body=request.app[STATUS].body(), content_type="application/json",
+                        headers={"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
 
 
 def _openapi(document: bytes) -> Handler:

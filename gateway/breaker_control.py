@@ -12,7 +12,6 @@ A control record holds `setting:<name>` overrides (JSON values), `forced`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from gateway.breaker import Breaker, Forced
 from gateway.settings import BreakerSettings
-from gateway.store import Store, StoreUnavailable
+from gateway.store import Store
 
 log = logging.getLogger("gateway.breaker_control")
 _SETTING = "setting:"
@@ -61,21 +60,6 @@ class BreakerBoard:
         if forced != breaker.forced:
             breaker.force(forced)
         self._applied[name] = record
-
-    async def run_sync_loop(self, interval_s: float) -> None:
-        """Pick up other processes' changes; a store outage keeps the last known intent."""
-        failing = False
-        while True:
-            try:
-                await self.sync()
-                if failing:
-                    log.info("breaker control store reachable again")
-                failing = False
-            except StoreUnavailable as exc:
-                if not failing:
-                    log.warning("breaker control store unreachable: %s", exc)
-                failing = True
-            await asyncio.sleep(interval_s)
 
     # -- admin actions -------------------------------------------------------
 

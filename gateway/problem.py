@@ -11,7 +11,7 @@ from functools import lru_cache
 import orjson
 from aiohttp import web
 
-from gateway.errors import GatewayError, render_detail
+from gateway.errors import GatewayError, Text, render_detail
 from gateway.validation import localise
 
 PROBLEM_JSON = "application/problem+json"
@@ -63,7 +63,11 @@ def problem_body(err: GatewayError, request_id: str, lang: str) -> dict[str, obj
         "hint": spec.hint.get(lang),
     }
     for name, value in err.extra.items():
-        body[name] = localise(value, lang) if name == "errors" else value
+        if name == "errors":
+            value = localise(value, lang)
+        elif isinstance(value, Text):
+            value = value.get(lang)
+        body[name] = value
     return body
 
 

@@ -5,6 +5,7 @@ no per-request work decides what a route needs. Each step either answers
 (raises a catalog error) or passes on:
 
     path ids, query, content type, body size, idempotency key, body schema   (validation)
+    -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
     -> client scope                                                             (identity)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call                                                             (upstream)
@@ -13,6 +14,7 @@ no per-request work decides what a route needs. Each step either answers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -20,19 +22,23 @@ from aiohttp import web
 from gateway import errors, idempotency, identity, validation
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
+from gateway.maintenance import Maintenance, Slot
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.upstream import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+audit = logging.getLogger("gateway.audit")
+BYPASS_HEADER = "X-Maintenance-Bypass"
 
 # Client headers the backends are told about; everything else stays at the edge.
 FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 
 
 def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
-                 guard: Idempotency | None = None) -> Handler:
+                 maintenance: Maintenance, guard: Idempotency | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
+    windows = maintenance.slot(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
 
@@ -54,6 +60,8 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
                 key = idempotency.require_key(request.headers.get("Idempotency-Key"))
             body = validation.parse_body(policy.body_schema, await _read_body(request,
                                                                                 max_body_bytes))
+        if windows.windows:
+            _check_maintenance(maintenance, windows, request)
         scope = identity.client_scope(request.headers.get("X-Client-ID"))
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
@@ -76,6 +84,18 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
         return response
 
     return handle
+
+
+def _check_maintenance(maintenance: Maintenance, slot: Slot, request: web.Request) -> None:
+    window = maintenance.refusal(slot, request.method)
+    if window is None:
+        return
+    if not maintenance.bypassed(request.headers.get(BYPASS_HEADER)):
+        raise maintenance.error(window)
+    audit.info("maintenance bypassed", extra={"fields": {
+        "audit": True, "action": "maintenance.bypass", "window": window.id,
+        "route": f"{request.method} {request.path[:200]}",
+        "request_id": request[identity.REQUEST_ID], "remote": request.remote}})
 
 
 def _respond(reply: Reply) -> web.Response:

@@ -36,6 +36,8 @@ from gateway.store import Claim, ClaimStatus, StoreUnavailable
 
 BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
+MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
+ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,25 @@ class RedisStore:
             records = await pipe.execute()
         return {name: {k.decode(): v.decode() for k, v in record.items()}
                 for name, record in zip(names, records, strict=True)}
+
+    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
+        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(MAINTENANCE_KEY)
+            pipe.smembers(ENDED_WINDOWS_KEY)
+            windows, ended = await pipe.execute()
+        return ({k.decode(): v for k, v in windows.items()}, {i.decode() for i in ended})
+
+    async def put_maintenance_window(self, window_id: str, data: bytes) -> None:
+        async with _translated():
+            await self._redis.hset(MAINTENANCE_KEY, window_id, data)
+
+    async def delete_maintenance_window(self, window_id: str) -> bool:
+        async with _translated():
+            return bool(await self._redis.hdel(MAINTENANCE_KEY, window_id))
+
+    async def end_config_windows(self, window_ids: list[str]) -> None:
+        async with _translated():
+            await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
 
     async def _eval(self, script: _Script, record: str, *args: str | bytes | int) -> Any:
         """Run one script on one record: one round trip, shared with concurrent callers."""

@@ -93,3 +93,11 @@ ROUTES: tuple[RoutePolicy, ...] = (
         path_params=("payment_id",), safe_to_retry=True, priority=PRIORITY_READ,
     ),
 )
+
+
+def maintenance_scopes() -> frozenset[str]:
+    """What a maintenance window may cover: all, a backend, a route with or without method."""
+    scopes = {"all", "order", "payment", "availability"}
+    for policy in ROUTES:
+        scopes |= {policy.path, policy.route_key}
+    return frozenset(scopes)

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 BACKENDS = ("order", "payment", "availability")
 Backend = Literal["order", "payment", "availability"]
@@ -148,12 +158,64 @@ class IdempotencySettings(_Model):
     memory_max_records: int = Field(100_000, ge=100)
 
 
+class MaintenanceMessage(_Model):
+    """An announcement in both languages; one given alone stands in for the other."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    en: str | None = Field(None, min_length=1, max_length=1000)
+    zh_cn: str | None = Field(None, alias="zh-CN", min_length=1, max_length=1000)
+
+
+class MaintenanceWindowSettings(_Model):
+    """A maintenance window, as the admin API takes it and as the config file declares it.
+
+    `scope`: `all`, a backend (`order`, `payment`, `availability`), or a route as
+    in /openapi.json, with or without its method (`POST /v1/payments`,
+    `/v1/orders/{order_id}`). Times are ISO-8601; one without a UTC offset is
+    taken as UTC. No `starts_at`: from now. No `ends_at`: until cleared.
+    """
+
+    scope: str = Field(min_length=1, max_length=200)
+    read_only: StrictBool = False
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    message: MaintenanceMessage = MaintenanceMessage()
+
+    @field_validator("scope")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        from gateway.routes import maintenance_scopes  # the route table imports this module
+
+        if value not in maintenance_scopes():
+            raise ValueError("must be all, a backend (order, payment, availability) or a "
+                             "route such as 'POST /v1/payments' or '/v1/orders/{order_id}'")
+        return value
+
+    @field_validator("starts_at", "ends_at")
+    @classmethod
+    def _utc(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        starts_at = info.data.get("starts_at")
+        if info.field_name == "ends_at" and starts_at is not None and value <= starts_at:
+            raise ValueError("must be after starts_at")
+        return value
+
+
+class MaintenanceSettings(_Model):
+    # Windows declared with a deploy; each process enforces them from start-up.
+    # One ended through the admin API stays ended (with Redis, on every process).
+    windows: list[MaintenanceWindowSettings] = []
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     upstreams: UpstreamsSettings = UpstreamsSettings()
     admin: AdminSettings = AdminSettings()
     redis: RedisSettings = RedisSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @model_validator(mode="after")
     def _workers_need_fixed_port(self) -> Settings:

@@ -1,7 +1,10 @@
 """The public status page: maintenance windows and each backend's health.
 
 Health comes from the backend's breaker in this process: `down` while open,
-`degraded` while half-open or with failures in its window, else `up`.
+`degraded` while half-open or with failures in its recent window, else `up`.
+Every client may poll it, so the answer is rebuilt at most once a second,
+except at once when the windows or a backend's health change, and carries
+`Cache-Control`.
 """
 
 from __future__ import annotations
@@ -10,17 +13,58 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
+from gateway.clock import Clock
+from gateway.maintenance import Maintenance
 from gateway.upstream import Upstream
 
-CACHE_SECONDS = 2
+CACHE_SECONDS = 2  # what clients and shared caches may keep it for
+REBUILD_SECONDS = 1.0  # what this process keeps it for
 
 
-def snapshot(upstreams: Mapping[str, Upstream]) -> dict[str, Any]:
-    backends = {name: {"health": up.breaker.health()} for name, up in upstreams.items()}
-    overall = "ok" if all(b["health"] == "up" for b in backends.values()) else "degraded"
-    return {
-        "status": overall,
-        "maintenance": {"current": [], "scheduled": []},
-        "backends": backends,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+class StatusPage:
+    def __init__(self, upstreams: Mapping[str, Upstream], maintenance: Maintenance,
+                 clock: Clock) -> None:
+        self._upstreams = upstreams
+        self._maintenance = maintenance
+        self._clock = clock
+        self._body = b""
+        self._built_at = -1e9
+        self._key: tuple[int, tuple[str, ...]] | None = None
+
+    def body(self) -> bytes:
+        now = self._clock.monotonic()
+        # Health is cheap to read and must show at once; the rest may be a second old.
+        key = (self._maintenance.version, self._health())
+        if now - self._built_at >= REBUILD_SECONDS or key != self._key:
+            self._body = orjson.dumps(self.snapshot(key[1]))
+            self._built_at, self._key = now, key
+        return self._body
+
+    def _health(self) -> tuple[str, ...]:
+        return tuple(upstream.breaker.health() for upstream in self._upstreams.values())
+
+    def snapshot(self, health: tuple[str, ...] | None = None) -> dict[str, Any]:
+        now = self._clock.wall()
+        windows = [w.public(now) for w in self._maintenance.windows()]
+        current = [w for w in windows if w["state"] == "current"]
+        backends: dict[str, dict[str, Any]] = {}
+        for name, state in zip(self._upstreams, health or self._health(), strict=True):
+            backends[name] = {
+                "health": state,
+                "maintenance": any(w["scope"] in ("all", name) for w in current),
+            }
+        if current:
+            overall = "maintenance"
+        elif all(b["health"] == "up" for b in backends.values()):
+            overall = "ok"
+        else:
+            overall = "degraded"
+        return {
+            "status": overall,
+            "maintenance": {"current": current,
+                            "scheduled": [w for w in windows if w["state"] == "scheduled"]},
+            "backends": backends,
+            "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        }

@@ -5,7 +5,9 @@ What is shared:
   count);
 - idempotency records, one per (client scope, route, key): who holds the claim
   and until when (its lease), the request's fingerprint, and once completed the
-  stored answer.
+  stored answer;
+- maintenance windows set through the admin API, and which of the windows
+  declared in the config file an SRE has ended.
 
 Each operation is one atomic step of the backing store (a hash field set, a
 counter increment, one script), never read-then-write across round trips, so
@@ -18,7 +20,10 @@ behaviour suite (tests/test_store.py).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -26,9 +31,28 @@ from typing import Protocol
 from gateway.clock import Clock, SystemClock
 from gateway.reply import Reply
 
+log = logging.getLogger("gateway.store")
+
 
 class StoreUnavailable(Exception):
     """The shared store could not be reached in time."""
+
+
+async def follow(what: str, sync: Callable[[], Awaitable[None]], interval_s: float) -> None:
+    """Run `sync` every `interval_s` for ever; a store outage keeps the last state seen."""
+    failing = False
+    while True:
+        try:
+            await sync()
+            if failing:
+                log.info("store reachable again", extra={"fields": {"following": what}})
+            failing = False
+        except StoreUnavailable as exc:
+            if not failing:
+                log.warning("store unreachable, keeping the last state seen",
+                            extra={"fields": {"following": what, "error": str(exc)}})
+            failing = True
+        await asyncio.sleep(interval_s)
 
 
 class ClaimStatus(StrEnum):
@@ -77,6 +101,17 @@ class Store(Protocol):
     async def abandon(self, record: str, owner: str) -> None:
         """Mark the outcome of `owner`'s attempt unknown: the next claim reconciles."""
 
+    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
+        """Windows set through the admin API (id -> JSON), and ids of config windows ended."""
+
+    async def put_maintenance_window(self, window_id: str, data: bytes) -> None: ...
+
+    async def delete_maintenance_window(self, window_id: str) -> bool:
+        """Forget an admin window; False when there was none with this id."""
+
+    async def end_config_windows(self, window_ids: list[str]) -> None:
+        """Mark windows declared in the config file as ended, for good."""
+
     async def close(self) -> None: ...
 
 
@@ -100,6 +135,8 @@ class MemoryStore:
         self._breakers: dict[str, dict[str, str]] = {}
         # Insertion order is expiry order: every record lives the same ttl from creation.
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._windows: dict[str, bytes] = {}
+        self._ended_windows: set[str] = set()
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
         self._breakers.setdefault(name, {}).update(fields)
@@ -149,6 +186,18 @@ class MemoryStore:
         found = self._records.get(record)
         if found is not None and found.owner == owner and found.state == "in_flight":
             found.state, found.owner = "unknown", ""
+
+    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
+        return dict(self._windows), set(self._ended_windows)
+
+    async def put_maintenance_window(self, window_id: str, data: bytes) -> None:
+        self._windows[window_id] = data
+
+    async def delete_maintenance_window(self, window_id: str) -> bool:
+        return self._windows.pop(window_id, None) is not None
+
+    async def end_config_windows(self, window_ids: list[str]) -> None:
+        self._ended_windows.update(window_ids)
 
     def _expire(self, now: float) -> None:
         records = self._records
