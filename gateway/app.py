@@ -262,8 +262,10 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[STATUS].body(), content_type="application/json",
-                        headers={"Cache-Control": f"public, max-age={status.CACHE_SECONDS}"})
+    lang = negotiate_language(request.headers.get("Accept-Language"))
+    return web.Response(body=request.app[STATUS].body(lang), content_type="application/json",
+                        headers={"Cache-Control": f"public, max-age={status.CACHE_SECONDS}",
+                                 "Vary": "Accept-Language", "Content-Language": lang})
 
 
 def _openapi(document: bytes) -> Handler:

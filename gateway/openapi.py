@@ -14,8 +14,8 @@ from pydantic.json_schema import models_json_schema
 
 from gateway import errors
 from gateway.routes import ROUTES, RoutePolicy
-from gateway.schemas import ID_PATTERN, Problem, StatusResponse
-from gateway.settings import BreakerSettings
+from gateway.schemas import ID_PATTERN, MaintenanceWindowView, Problem, StatusResponse
+from gateway.settings import BreakerSettings, MaintenanceWindowSettings
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
@@ -117,7 +117,8 @@ def _admin_paths() -> dict[str, Any]:
     snapshot = {"description": "The breaker: name, state, forced, settings, window figures",
                 "content": {"application/json": {"schema": {"type": "object"}}}}
     problems = {"401": {"description": "UNAUTHORIZED", "content": _PROBLEM},
-                "404": {"description": "NOT_FOUND (unknown breaker)", "content": _PROBLEM}}
+                "404": {"description": "NOT_FOUND (unknown breaker or window)",
+                        "content": _PROBLEM}}
     paths: dict[str, Any] = {
         "/admin/breakers": {"get": {**secured, "summary": "Every breaker with its state, "
                                     "settings and window figures",
@@ -131,6 +132,31 @@ def _admin_paths() -> dict[str, Any]:
                 "application/json": {"schema": _ref(BreakerSettings)}}},
                 "422": {"description": "VALIDATION_FAILED", "content": _PROBLEM}, **problems}}},
     }
+    windows = {"description": "Current and scheduled windows", "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"windows": {
+            "type": "array", "items": _ref(MaintenanceWindowView)}}}}}}
+    ended = {"description": "Ids of the windows ended", "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"ended": {
+            "type": "array", "items": {"type": "string"}}}}}}}
+    paths["/admin/maintenance"] = {
+        "get": {**secured, "summary": "Current and scheduled maintenance windows",
+                "responses": {"200": windows, **problems}},
+        "put": {**secured, "summary": "Set a window (from now, or scheduled); returns it with "
+                                      "its id",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref(MaintenanceWindowSettings)}}},
+                "responses": {"200": {"description": "The window", "content": {
+                    "application/json": {"schema": _ref(MaintenanceWindowView)}}},
+                    "422": {"description": "VALIDATION_FAILED", "content": _PROBLEM},
+                    **problems}},
+        "delete": {**secured, "summary": "End every window",
+                   "responses": {"200": ended, **problems}},
+    }
+    paths["/admin/maintenance/{id}"] = {"delete": {
+        **secured, "summary": "End one window",
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": ended, **problems}}}
     for action, summary in (("open", "Force open (sticky until reset)"),
                             ("close", "Force closed (sticky until reset)"),
                             ("reset", "Back to automatic with an empty window")):
@@ -143,7 +169,8 @@ def _admin_paths() -> dict[str, Any]:
 def build_document() -> dict[str, Any]:
     models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
     models |= {policy.response_schema for policy in ROUTES}
-    models |= {Problem, StatusResponse, BreakerSettings}
+    models |= {Problem, StatusResponse, BreakerSettings, MaintenanceWindowSettings,
+               MaintenanceWindowView}
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=str)],
                                  ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}

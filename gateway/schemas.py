@@ -151,14 +151,35 @@ class Problem(BaseModel):
     retryable: bool
     hint: str
     errors: list[FieldError] | None = None
-    announcement: str | None = None
+    announcement: str | None = None  # MAINTENANCE: the window's message, in the client's language
+    maintenance: dict[str, Any] | None = None  # MAINTENANCE: id, scope, read_only, ends_at
 
 
 class BackendHealth(BaseModel):
     health: Literal["up", "degraded", "down"]
+    maintenance: bool  # a current window covers the whole backend
+
+
+class MaintenanceWindowView(BaseModel):
+    """A maintenance window as the status page and the admin API show it."""
+
+    id: str
+    scope: str
+    read_only: bool
+    starts_at: str
+    ends_at: str | None
+    message: dict[str, str]  # "en" and "zh-CN"
+    state: Literal["current", "scheduled"]
+    source: Literal["config", "admin"]
+    announcement: str | None = None  # on the status page: the message in the client's language
+
+
+class MaintenanceView(BaseModel):
+    current: list[MaintenanceWindowView]
+    scheduled: list[MaintenanceWindowView]
 
 
 class StatusResponse(BaseModel):
     status: Literal["ok", "degraded", "maintenance"]
-    maintenance: dict[str, list[dict[str, Any]]]
+    maintenance: MaintenanceView
     backends: dict[str, BackendHealth]

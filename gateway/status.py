@@ -29,25 +29,30 @@ class StatusPage:
         self._upstreams = upstreams
         self._maintenance = maintenance
         self._clock = clock
-        self._body = b""
+        self._bodies: dict[str, bytes] = {}
         self._built_at = -1e9
         self._key: tuple[int, tuple[str, ...]] | None = None
 
-    def body(self) -> bytes:
+    def body(self, lang: str) -> bytes:
+        """The page with each window's `announcement` in `lang` (`en` or `zh-CN`)."""
         now = self._clock.monotonic()
         # Health is cheap to read and must show at once; the rest may be a second old.
         key = (self._maintenance.version, self._health())
         if now - self._built_at >= REBUILD_SECONDS or key != self._key:
-            self._body = orjson.dumps(self.snapshot(key[1]))
+            self._bodies.clear()
             self._built_at, self._key = now, key
-        return self._body
+        body = self._bodies.get(lang)
+        if body is None:
+            body = self._bodies[lang] = orjson.dumps(self.snapshot(lang, key[1]))
+        return body
 
     def _health(self) -> tuple[str, ...]:
         return tuple(upstream.breaker.health() for upstream in self._upstreams.values())
 
-    def snapshot(self, health: tuple[str, ...] | None = None) -> dict[str, Any]:
+    def snapshot(self, lang: str = "en", health: tuple[str, ...] | None = None) -> dict[str, Any]:
         now = self._clock.wall()
-        windows = [w.public(now) for w in self._maintenance.windows()]
+        windows = [w.public(now) | {"announcement": w.message.get(lang)}
+                   for w in self._maintenance.windows()]
         current = [w for w in windows if w["state"] == "current"]
         backends: dict[str, dict[str, Any]] = {}
         for name, state in zip(self._upstreams, health or self._health(), strict=True):

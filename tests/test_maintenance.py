@@ -202,6 +202,11 @@ async def test_status_page_shows_current_and_scheduled_windows(
     assert [w["id"] for w in status["maintenance"]["current"]] == [now_window["id"]]
     assert [w["id"] for w in status["maintenance"]["scheduled"]] == [later["id"]]
     assert status["maintenance"]["current"][0]["message"]["zh-CN"] == "支付升级"
+    assert status["maintenance"]["current"][0]["announcement"] == "Payments upgrade"
+    async with http.get(gw.url + "/v1/status", headers={"Accept-Language": "zh-CN"}) as resp:
+        assert resp.headers["Vary"] == "Accept-Language"
+        chinese = await resp.json()
+    assert chinese["maintenance"]["current"][0]["announcement"] == "支付升级"
     assert status["backends"]["payment"] == {"health": "up", "maintenance": True}
     assert status["backends"]["order"] == {"health": "up", "maintenance": False}
 
