@@ -219,8 +219,13 @@ class Maintenance:
     # -- admin actions ---------------------------------------------------------------------
 
     async def put(self, given: MaintenanceWindowSettings) -> Window:
-        window = build_window(given, f"mw-{secrets.token_hex(4)}", self._clock.wall(), "admin")
+        now = self._clock.wall()
+        window = build_window(given, f"mw-{secrets.token_hex(4)}", now, "admin")
         await self._store.put_maintenance_window(window.id, window.dumps())
+        # Windows that have run out are kept only until the next one is set.
+        for old in list(self._windows.values()):
+            if old.source == "admin" and old.ended(now):
+                await self._store.delete_maintenance_window(old.id)
         await self.sync()
         return window
 

@@ -97,6 +97,16 @@ async def test_a_scheduled_window_starts_and_ends_on_time(
     assert maintenance.windows() == []
 
 
+async def test_windows_that_ran_out_are_dropped_from_the_store(clock: FakeClock) -> None:
+    store = MemoryStore(clock)
+    maintenance = Maintenance(ROUTES, store, clock, [])
+    old = await maintenance.put(window(scope="all", ends_at=at(clock, 10)))
+    clock.advance(11)
+    new = await maintenance.put(window(scope="order"))
+    stored, _ = await store.maintenance_windows()
+    assert set(stored) == {new.id} and old.id not in stored
+
+
 async def test_the_announcement_falls_back_to_the_other_language(
         maintenance: Maintenance) -> None:
     only_zh = await maintenance.put(window(scope="all", message={"zh-CN": "维护中"}))
