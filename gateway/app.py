@@ -30,6 +30,7 @@ from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, make_handler
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import BACKENDS, Settings
+from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
 from gateway.store import MemoryStore, Store, StoreUnavailable, follow
 from gateway.upstream import Upstream
@@ -108,10 +109,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     if settings.admin.token:
         admin.add_routes(app, settings.admin.token)
     for policy in ROUTES:
-        app.router.add_route(policy.method, policy.path,
-                             make_handler(policy, upstreams[policy.backend],
-                                          settings.server.max_body_bytes, maintenance,
-                                          _idempotency(policy, store, settings, metrics)))
+        stale, served = None, None
+        if policy.cacheable and settings.stale_cache.max_entries > 0:
+            stale = StaleCache(clock, settings.stale_cache.max_age_s,
+                               settings.stale_cache.max_entries)
+            served = metrics.stale_served.labels(policy.route_key).inc
+        app.router.add_route(policy.method, policy.path, make_handler(
+            policy, upstreams[policy.backend], settings.server.max_body_bytes, maintenance,
+            _idempotency(policy, store, settings, metrics), stale, served))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

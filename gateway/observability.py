@@ -74,6 +74,9 @@ class Metrics:
             "(claimed, replayed, in_progress, reused, released, outcome_unknown, taken_over, "
             "reconciled_found, reconciled_absent, reconcile_failed, store_unavailable, "
             "lease_lost)", ("route", "event"), registry=reg)
+        self.stale_served = Counter(
+            "gateway_stale_served", "Answers served from the stale cache because the backend "
+            "failed or its breaker was open, by route", ("route",), registry=reg)
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[tuple[str, str], Any] = {}

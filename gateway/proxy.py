@@ -9,6 +9,7 @@ no per-request work decides what a route needs. Each step either answers
     -> client scope                                                             (identity)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call                                                             (upstream)
+    -> on failure, a recent answer marked stale (cacheable routes)            (stale_cache)
     -> pass-through answer
 """
 
@@ -25,6 +26,7 @@ from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, Slot
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
+from gateway.stale_cache import StaleCache
 from gateway.upstream import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +38,9 @@ FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 
 
 def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
-                 maintenance: Maintenance, guard: Idempotency | None = None) -> Handler:
+                 maintenance: Maintenance, guard: Idempotency | None = None,
+                 stale: StaleCache | None = None,
+                 stale_served: Callable[[], None] | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
     windows = maintenance.slot(policy)
     templated = bool(policy.path_params)
@@ -65,8 +69,17 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
         scope = identity.client_scope(request.headers.get("X-Client-ID"))
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
-            reply = await upstream.call(policy.method, path, headers=headers, query=query,
-                                        body=body, unknown_outcome=unknown_outcome)
+            try:
+                reply = await upstream.call(policy.method, path, headers=headers, query=query,
+                                            body=body, unknown_outcome=unknown_outcome)
+            except GatewayError:
+                if stale is None or (kept := stale.stale(_cache_key(query))) is None:
+                    raise
+                if stale_served is not None:
+                    stale_served()
+                return _respond(kept)
+            if stale is not None:
+                stale.keep(_cache_key(query), reply)
             return _respond(reply)
 
         async def forward() -> Reply:
@@ -84,6 +97,10 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
         return response
 
     return handle
+
+
+def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(query.items())) if query else ()
 
 
 def _check_maintenance(maintenance: Maintenance, slot: Slot, request: web.Request) -> None:

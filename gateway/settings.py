@@ -158,6 +158,13 @@ class IdempotencySettings(_Model):
     memory_max_records: int = Field(100_000, ge=100)
 
 
+class StaleCacheSettings(_Model):
+    # A kept availability answer older than this is never served in place of an error.
+    max_age_s: float = Field(60.0, ge=0, le=3600)
+    # Bound of the cache per process (about 1 KiB each); least recently stored go first.
+    max_entries: int = Field(10_000, ge=0, le=1_000_000)
+
+
 class MaintenanceMessage(_Model):
     """An announcement in both languages; one given alone stands in for the other."""
 
@@ -216,6 +223,7 @@ class Settings(_Model):
     redis: RedisSettings = RedisSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    stale_cache: StaleCacheSettings = StaleCacheSettings()
 
     @model_validator(mode="after")
     def _workers_need_fixed_port(self) -> Settings:

@@ -129,10 +129,18 @@ async def test_killed_backend_process_gives_fast_502(log_dir: Path,
     try:
         async with http.get(gw.url + AVAILABILITY) as resp:
             assert resp.status == 200
+            answered = await resp.read()
         sims.proc.kill()
+        # The answer seen a moment ago is served, marked stale, instead of an error...
+        async with http.get(gw.url + AVAILABILITY) as resp:
+            assert (resp.status, await resp.read()) == (200, answered)
+            assert resp.headers["X-Gateway-Stale"] == "true"
+            assert int(resp.headers["Age"]) <= 5
+        # ...and a question never answered before gets the error.
+        never_asked = AVAILABILITY.replace("Beijing", "Shanghai")
         for lang in ("en", "zh-CN"):
             started = time.monotonic()
-            async with http.get(gw.url + AVAILABILITY, headers={"Accept-Language": lang}) as resp:
+            async with http.get(gw.url + never_asked, headers={"Accept-Language": lang}) as resp:
                 await _check_problem(resp, 502, "UPSTREAM_UNAVAILABLE", lang, started)
             started = time.monotonic()
             # Refused before sending: the payment certainly did not happen.
