@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import admin, errors, idempotency, identity, openapi, status
+from gateway import admin, errors, idempotency, identity, openapi, rate_limit, status
 from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
@@ -28,6 +28,7 @@ from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, make_handler
+from gateway.rate_limit import RateLimiter
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import BACKENDS, Settings
 from gateway.stale_cache import StaleCache
@@ -65,7 +66,8 @@ STATUS = web.AppKey("status", StatusPage)
 
 def _make_store(settings: Settings, clock: Clock) -> Store:
     if settings.redis.url is None:
-        return MemoryStore(clock, settings.idempotency.memory_max_records)
+        return MemoryStore(clock, settings.idempotency.memory_max_records,
+                           settings.rate_limit.memory_max_clients)
     from gateway.redis_store import RedisStore
 
     return RedisStore(settings.redis.url, settings.redis.timeout_s)
@@ -108,6 +110,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[STATUS] = StatusPage(upstreams, maintenance, clock)
     if settings.admin.token:
         admin.add_routes(app, settings.admin.token)
+    limiter = None
+    if settings.rate_limit.rate_per_s is not None:
+        limiter = RateLimiter(store, settings.rate_limit,
+                              metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
     for policy in ROUTES:
         stale, served = None, None
         if policy.cacheable and settings.stale_cache.max_entries > 0:
@@ -116,7 +122,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
             served = metrics.stale_served.labels(policy.route_key).inc
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, upstreams[policy.backend], settings.server.max_body_bytes, maintenance,
-            _idempotency(policy, store, settings, metrics), stale, served))
+            _idempotency(policy, store, settings, metrics), stale, served, limiter))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -134,7 +140,7 @@ def _idempotency(policy: RoutePolicy, store: Store, settings: Settings,
         return None
     return Idempotency(
         policy.route_key, store, settings.idempotency,
-        metrics.idempotency_counter(policy.route_key, idempotency.EVENTS),
+        metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key),
         success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
         fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open)
 

@@ -74,6 +74,9 @@ class Metrics:
             "(claimed, replayed, in_progress, reused, released, outcome_unknown, taken_over, "
             "reconciled_found, reconciled_absent, reconcile_failed, store_unavailable, "
             "lease_lost)", ("route", "event"), registry=reg)
+        self.rate_limit = Counter(
+            "gateway_rate_limit_events", "Rate-limit decisions: limited (429), store_unavailable "
+            "(let through because Redis could not be reached)", ("event",), registry=reg)
         self.stale_served = Counter(
             "gateway_stale_served", "Answers served from the stale cache because the backend "
             "failed or its breaker was open, by route", ("route",), registry=reg)
@@ -99,9 +102,11 @@ class Metrics:
             child = self._upstream_children[key] = self.upstream_seconds.labels(backend, outcome)
         child.observe(seconds)
 
-    def idempotency_counter(self, route: str, events: tuple[str, ...]) -> Callable[[str], None]:
-        """A counting function for one route, its children made now rather than per request."""
-        children = {event: self.idempotency.labels(route, event) for event in events}
+    @staticmethod
+    def counter_of(counter: Counter, events: tuple[str, ...],
+                   *labels: str) -> Callable[[str], None]:
+        """A function counting `counter{labels..., event}`; children made now, not per request."""
+        children = {event: counter.labels(*labels, event) for event in events}
 
         def count(event: str) -> None:
             children[event].inc()

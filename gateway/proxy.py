@@ -7,6 +7,7 @@ no per-request work decides what a route needs. Each step either answers
     path ids, query, content type, body size, idempotency key, body schema   (validation)
     -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
     -> client scope                                                             (identity)
+    -> 429 when the client's token bucket is empty                            (rate_limit)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call                                                             (upstream)
     -> on failure, a recent answer marked stale (cacheable routes)            (stale_cache)
@@ -24,6 +25,7 @@ from gateway import errors, idempotency, identity, validation
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, Slot
+from gateway.rate_limit import RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
@@ -40,7 +42,8 @@ FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
                  maintenance: Maintenance, guard: Idempotency | None = None,
                  stale: StaleCache | None = None,
-                 stale_served: Callable[[], None] | None = None) -> Handler:
+                 stale_served: Callable[[], None] | None = None,
+                 limiter: RateLimiter | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
     windows = maintenance.slot(policy)
     templated = bool(policy.path_params)
@@ -67,6 +70,8 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
         if windows.windows:
             _check_maintenance(maintenance, windows, request)
         scope = identity.client_scope(request.headers.get("X-Client-ID"))
+        if limiter is not None:
+            await limiter.check(scope)
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
             try:

@@ -38,6 +38,7 @@ BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
 MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
 ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
+RATE_KEY = "og:rl:{scope}"  # hash: tokens, ts (Redis time of the last refill)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,24 @@ return 1
 """)
 
 
+# KEYS[1] bucket; ARGV rate per second, burst, ttl_ms. Mirrors store.refill_and_take.
+_TAKE_TOKEN = _Script.of("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local last = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'ts', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return string.format('%.6f', wait)
+""")
+
+
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
     try:
@@ -163,9 +182,8 @@ class RedisStore:
         async with _translated():
             await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
 
-    async def _eval(self, script: _Script, record: str, *args: str | bytes | int) -> Any:
-        """Run one script on one record: one round trip, shared with concurrent callers."""
-        key = IDEMPOTENCY_KEY.format(record=record)
+    async def _eval(self, script: _Script, key: str, *args: str | bytes | int | float) -> Any:
+        """Run one script on one key: one round trip, shared with concurrent callers."""
         try:
             reply = await self._wire.call("EVALSHA", script.sha, 1, key, *args)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
@@ -178,10 +196,17 @@ class RedisStore:
             raise StoreUnavailable(f"Redis refused a script: {reply}")
         return reply
 
+    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
+        # Idle longer than a full refill, a bucket is full again: no need to keep it.
+        ttl_ms = int(burst / rate_per_s * 1000) + 1000
+        wait = await self._eval(_TAKE_TOKEN, RATE_KEY.format(scope=scope), rate_per_s, burst,
+                                ttl_ms)
+        return float(wait)
+
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
-        answer = await self._eval(_CLAIM, record, fingerprint, owner, int(lease_s * 1000),
-                                  ttl_s * 1000)
+        answer = await self._eval(_CLAIM, IDEMPOTENCY_KEY.format(record=record), fingerprint,
+                                  owner, int(lease_s * 1000), ttl_s * 1000)
         status = ClaimStatus(answer[0].decode())
         if status is ClaimStatus.COMPLETED:
             return Claim(status, _decode_reply(answer[1:]))
@@ -190,15 +215,16 @@ class RedisStore:
         return Claim(status)
 
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
-        done = await self._eval(_COMPLETE, record, owner, reply.status, reply.content_type,
-                                orjson.dumps(reply.headers), reply.body)
+        done = await self._eval(_COMPLETE, IDEMPOTENCY_KEY.format(record=record), owner,
+                                reply.status, reply.content_type, orjson.dumps(reply.headers),
+                                reply.body)
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
-        await self._eval(_RELEASE, record, owner)
+        await self._eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner)
 
     async def abandon(self, record: str, owner: str) -> None:
-        await self._eval(_ABANDON, record, owner)
+        await self._eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner)
 
     async def close(self) -> None:
         self._wire.close()

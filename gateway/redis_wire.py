@@ -117,7 +117,7 @@ class Wire:
         self._batch: list[bytes] = []
         self._futures: list[asyncio.Future[Any]] = []
 
-    async def call(self, *args: str | bytes | int) -> Any:
+    async def call(self, *args: str | bytes | int | float) -> Any:
         """One command's reply; a Redis error reply comes back as `hiredis.ReplyError`."""
         packed = hiredis.pack_command(args)
         try:

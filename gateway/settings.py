@@ -158,6 +158,15 @@ class IdempotencySettings(_Model):
     memory_max_records: int = Field(100_000, ge=100)
 
 
+class RateLimitSettings(_Model):
+    # Per client scope (X-Client-ID; anonymous clients share one): a token bucket
+    # refilled at rate_per_s up to burst. None turns rate limiting off.
+    rate_per_s: float | None = Field(None, gt=0, le=1_000_000)
+    burst: int = Field(20, ge=1, le=1_000_000)
+    # Bound of the in-memory buckets (no Redis); least recently used go first.
+    memory_max_clients: int = Field(100_000, ge=100)
+
+
 class StaleCacheSettings(_Model):
     # A kept availability answer older than this is never served in place of an error.
     max_age_s: float = Field(60.0, ge=0, le=3600)
@@ -224,6 +233,7 @@ class Settings(_Model):
     idempotency: IdempotencySettings = IdempotencySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     stale_cache: StaleCacheSettings = StaleCacheSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
     @model_validator(mode="after")
     def _workers_need_fixed_port(self) -> Settings:

@@ -7,7 +7,8 @@ What is shared:
   and until when (its lease), the request's fingerprint, and once completed the
   stored answer;
 - maintenance windows set through the admin API, and which of the windows
-  declared in the config file an SRE has ended.
+  declared in the config file an SRE has ended;
+- per-client rate-limit buckets (tokens left, last refill).
 
 Each operation is one atomic step of the backing store (a hash field set, a
 counter increment, one script), never read-then-write across round trips, so
@@ -112,7 +113,24 @@ class Store(Protocol):
     async def end_config_windows(self, window_ids: list[str]) -> None:
         """Mark windows declared in the config file as ended, for good."""
 
+    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
+        """Take one token from the client's bucket: 0.0 if taken, else seconds until one is due.
+
+        A token bucket refilled at `rate_per_s` up to `burst`; a client never seen
+        starts full. Read, refill and take are one atomic step.
+        """
+
     async def close(self) -> None: ...
+
+
+def refill_and_take(tokens: float, last: float, now: float, rate_per_s: float,
+                    burst: int) -> tuple[float, float]:
+    """(tokens left, seconds to wait): the token-bucket step, shared by the memory store
+    and mirrored by the Redis script."""
+    tokens = min(float(burst), tokens + max(0.0, now - last) * rate_per_s)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate_per_s
 
 
 @dataclass(slots=True)
@@ -129,9 +147,13 @@ class _Record:
 class MemoryStore:
     shared = False
 
-    def __init__(self, clock: Clock | None = None, max_records: int = 100_000) -> None:
+    def __init__(self, clock: Clock | None = None, max_records: int = 100_000,
+                 max_buckets: int = 100_000) -> None:
         self._clock = clock or SystemClock()
         self._max_records = max_records
+        self._max_buckets = max_buckets
+        # Least recently used first; a bucket dropped for room comes back full.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._breakers: dict[str, dict[str, str]] = {}
         # Insertion order is expiry order: every record lives the same ttl from creation.
         self._records: OrderedDict[str, _Record] = OrderedDict()
@@ -198,6 +220,16 @@ class MemoryStore:
 
     async def end_config_windows(self, window_ids: list[str]) -> None:
         self._ended_windows.update(window_ids)
+
+    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
+        now = self._clock.monotonic()
+        buckets = self._buckets
+        tokens, last = buckets.pop(scope, (float(burst), now))
+        tokens, wait = refill_and_take(tokens, last, now, rate_per_s, burst)
+        buckets[scope] = (tokens, now)
+        if len(buckets) > self._max_buckets:
+            buckets.popitem(last=False)
+        return wait
 
     def _expire(self, now: float) -> None:
         records = self._records

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.redis_store import RedisStore
 from gateway.reply import Reply
-from gateway.store import ClaimStatus, MemoryStore, Store, StoreUnavailable
+from gateway.store import ClaimStatus, MemoryStore, Store, StoreUnavailable, refill_and_take
 from tests.procs import RedisServer, free_port
 
 LEASE_S = 10.0  # long enough that a busy machine never lets it run out by accident
@@ -154,3 +154,31 @@ async def test_redis_store_recovers_after_a_restart(log_dir: Path) -> None:
     finally:
         await store.close()
         redis_server.stop()
+
+
+# -- rate-limit buckets ---------------------------------------------------------------------
+
+async def test_a_bucket_gives_its_burst_then_tokens_at_the_rate(store: Store) -> None:
+    scope = _record()
+    waits = [await store.take_token(scope, 10.0, 3) for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.05 < waits[3] <= 0.1
+    await asyncio.sleep(0.12)
+    assert await store.take_token(scope, 10.0, 3) == 0.0
+    assert await store.take_token(scope, 10.0, 3) > 0
+
+
+async def test_buckets_are_per_client(store: Store) -> None:
+    first, second = _record(), _record()
+    assert await store.take_token(first, 1.0, 1) == 0.0
+    assert await store.take_token(first, 1.0, 1) > 0.9
+    assert await store.take_token(second, 1.0, 1) == 0.0
+
+
+def test_the_bucket_step_refills_up_to_the_burst_and_says_how_long_to_wait() -> None:
+    tokens, wait = refill_and_take(0.0, 100.0, 100.5, rate_per_s=2.0, burst=5)
+    assert (tokens, wait) == (0.0, 0.0)
+    tokens, wait = refill_and_take(0.0, 100.0, 100.25, rate_per_s=2.0, burst=5)
+    assert (tokens, wait) == (0.5, 0.25)
+    tokens, wait = refill_and_take(1.0, 0.0, 1000.0, rate_per_s=2.0, burst=5)
+    assert (tokens, wait) == (4.0, 0.0)
