@@ -26,8 +26,9 @@ from gateway.errors import GatewayError
 from gateway.idempotency import REPLAY_HEADER, Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
+from gateway.overload import Admission
 from gateway.problem import json_response, negotiate_language, render
-from gateway.proxy import Handler, make_handler
+from gateway.proxy import Handler, Shared, make_handler
 from gateway.rate_limit import RateLimiter
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import BACKENDS, Settings
@@ -114,6 +115,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     if settings.rate_limit.rate_per_s is not None:
         limiter = RateLimiter(store, settings.rate_limit,
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
+    shared = Shared(maintenance, Admission(settings.overload, metrics.in_flight.inc), limiter,
+                    settings.server.max_body_bytes, settings.overload.request_deadline_s)
     for policy in ROUTES:
         stale, served = None, None
         if policy.cacheable and settings.stale_cache.max_entries > 0:
@@ -121,8 +124,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                                settings.stale_cache.max_entries)
             served = metrics.stale_served.labels(policy.route_key).inc
         app.router.add_route(policy.method, policy.path, make_handler(
-            policy, upstreams[policy.backend], settings.server.max_body_bytes, maintenance,
-            _idempotency(policy, store, settings, metrics), stale, served, limiter))
+            policy, shared, upstreams[policy.backend],
+            _idempotency(policy, store, settings, metrics), stale, served,
+            metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -74,6 +74,15 @@ class Metrics:
             "(claimed, replayed, in_progress, reused, released, outcome_unknown, taken_over, "
             "reconciled_found, reconciled_absent, reconcile_failed, store_unavailable, "
             "lease_lost)", ("route", "event"), registry=reg)
+        self.shed = Counter(
+            "gateway_shed_requests", "Requests refused by admission control (503 OVERLOADED) "
+            "before being read, by route", ("route",), registry=reg)
+        self.bulkhead_queued_calls = Counter(
+            "gateway_bulkhead_queued_calls", "Backend calls that waited for a bulkhead slot",
+            ("backend",), registry=reg)
+        self.bulkhead_rejected_calls = Counter(
+            "gateway_bulkhead_rejected_calls", "Backend calls refused by a full bulkhead or a "
+            "deadline passed while queued (503 OVERLOADED)", ("backend",), registry=reg)
         self.rate_limit = Counter(
             "gateway_rate_limit_events", "Rate-limit decisions: limited (429), store_unavailable "
             "(let through because Redis could not be reached)", ("event",), registry=reg)
@@ -121,6 +130,12 @@ class Metrics:
 
     def breaker_rejected(self, backend: str) -> None:
         self.breaker_rejections.labels(backend).inc()
+
+    def bulkhead_queued(self, backend: str) -> None:
+        self.bulkhead_queued_calls.labels(backend).inc()
+
+    def bulkhead_rejected(self, backend: str) -> None:
+        self.bulkhead_rejected_calls.labels(backend).inc()
 
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

@@ -77,6 +77,10 @@ def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
         {"name": "Accept-Language", "in": "header", "required": False,
          "schema": {"type": "string", "examples": ["zh-CN", "en"]}},
+        {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
+         "description": "Answer within this many milliseconds (shortens, never lengthens, "
+                        "the gateway's own deadline)",
+         "schema": {"type": "integer", "minimum": 1}},
     ]
     return params
 

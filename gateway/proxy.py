@@ -4,7 +4,9 @@
 no per-request work decides what a route needs. Each step either answers
 (raises a catalog error) or passes on:
 
-    path ids, query, content type, body size, idempotency key, body schema   (validation)
+    admission: 503 at once when the route's priority has no room left          (overload)
+    -> deadline: the default, or sooner if the client asks                      (overload)
+    -> path ids, query, content type, body size, idempotency key, body schema (validation)
     -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
     -> client scope                                                             (identity)
     -> 429 when the client's token bucket is empty                            (rate_limit)
@@ -16,15 +18,18 @@ no per-request work decides what a route needs. Each step either answers
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway import errors, idempotency, identity, validation
+from gateway import errors, idempotency, identity, overload, validation
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, Slot
+from gateway.overload import Admission
 from gateway.rate_limit import RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
@@ -39,17 +44,44 @@ BYPASS_HEADER = "X-Maintenance-Bypass"
 FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 
 
-def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
-                 maintenance: Maintenance, guard: Idempotency | None = None,
-                 stale: StaleCache | None = None,
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every proxied route's pipeline uses, built once per app."""
+
+    maintenance: Maintenance
+    admission: Admission
+    limiter: RateLimiter | None
+    max_body_bytes: int
+    deadline_s: float
+
+
+def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
+                 guard: Idempotency | None = None, stale: StaleCache | None = None,
                  stale_served: Callable[[], None] | None = None,
-                 limiter: RateLimiter | None = None) -> Handler:
+                 shed: Callable[[], None] | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
+    maintenance, limiter, admission = shared.maintenance, shared.limiter, shared.admission
+    max_body_bytes, deadline_s = shared.max_body_bytes, shared.deadline_s
     windows = maintenance.slot(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
+    admit_below = admission.limit(policy.priority)
+
+    async def admitted(request: web.Request) -> web.StreamResponse:
+        # Shed before reading anything: under overload this must cost microseconds.
+        if not admission.enter(admit_below):
+            if shed is not None:
+                shed()
+            raise GatewayError(errors.OVERLOADED)
+        try:
+            return await handle(request)
+        finally:
+            admission.leave()
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        deadline = overload.deadline_of(loop.time(), deadline_s,
+                                        request.headers.get(overload.DEADLINE_HEADER))
         if templated:
             validation.check_path_ids(request.match_info)
             path = policy.upstream_path.format_map(request.match_info)
@@ -76,7 +108,8 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
         if guard is None or key is None or body is None:
             try:
                 reply = await upstream.call(policy.method, path, headers=headers, query=query,
-                                            body=body, unknown_outcome=unknown_outcome)
+                                            body=body, unknown_outcome=unknown_outcome,
+                                            deadline=deadline)
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
@@ -89,11 +122,11 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
 
         async def forward() -> Reply:
             return await upstream.call(policy.method, path, headers=headers, body=body,
-                                       unknown_outcome=unknown_outcome)
+                                       unknown_outcome=unknown_outcome, deadline=deadline)
 
         async def lookup() -> Reply:
             return await upstream.call("GET", lookup_path, headers=_lookup_headers(headers),
-                                       query={"idempotency_key": key})
+                                       query={"idempotency_key": key}, deadline=deadline)
 
         reply, replayed = await guard.run(scope, key, body, forward, lookup)
         response = _respond(reply)
@@ -101,7 +134,7 @@ def make_handler(policy: RoutePolicy, upstream: Upstream, max_body_bytes: int,
             response.headers[idempotency.REPLAY_HEADER] = "true"
         return response
 
-    return handle
+    return admitted
 
 
 def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:

@@ -54,10 +54,20 @@ class UpstreamSettings(_Model):
     connect_timeout_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(5.0, gt=0, le=300)
     pool_size: int = Field(100, ge=1, le=10_000)
+    # Bulkhead: calls in flight to this backend, and calls waiting for a slot.
+    max_concurrent: int = Field(100, ge=1, le=10_000)
+    max_queue: int = Field(50, ge=0, le=100_000)
     # Connections idle this long are closed; below the backends' own keep-alive
     # timeout, so the gateway never reuses a connection the backend is closing.
     keepalive_s: float = Field(15.0, gt=0)
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _bulkhead_within_pool(self) -> UpstreamSettings:
+        # Beyond the pool, aiohttp would queue calls itself, unbounded and unseen.
+        if self.max_concurrent > self.pool_size:
+            raise ValueError("max_concurrent: must not exceed pool_size")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -158,6 +168,23 @@ class IdempotencySettings(_Model):
     memory_max_records: int = Field(100_000, ge=100)
 
 
+class OverloadSettings(_Model):
+    # Proxied requests in flight in one process, all routes together.
+    max_in_flight: int = Field(1000, ge=1, le=1_000_000)
+    # Share of max_in_flight each priority may fill; writes may fill all of it, so
+    # browsing is refused first, then reads, then order and payment submissions.
+    browse_share: float = Field(0.7, gt=0, le=1)
+    read_share: float = Field(0.85, gt=0, le=1)
+    # Overall budget of one request; a client may ask for less (X-Request-Timeout-Ms).
+    request_deadline_s: float = Field(10.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _reads_before_browsing(self) -> OverloadSettings:
+        if self.read_share < self.browse_share:
+            raise ValueError("read_share: must be at least browse_share (browsing is shed first)")
+        return self
+
+
 class RateLimitSettings(_Model):
     # Per client scope (X-Client-ID; anonymous clients share one): a token bucket
     # refilled at rate_per_s up to burst. None turns rate limiting off.
@@ -234,6 +261,7 @@ class Settings(_Model):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     stale_cache: StaleCacheSettings = StaleCacheSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    overload: OverloadSettings = OverloadSettings()
 
     @model_validator(mode="after")
     def _workers_need_fixed_port(self) -> Settings:

@@ -10,8 +10,9 @@ fail is translated here, at exactly one boundary, into a catalog error:
 - for a call that may have had an effect and whose outcome is unknown (sent,
   then timed out or reset), the route's own error (`PAYMENT_OUTCOME_UNKNOWN`).
 
-A backend's 2xx and 4xx JSON answers pass through untouched. Every call goes
-through the backend's circuit breaker: an open breaker answers `CIRCUIT_OPEN`
+A backend's 2xx and 4xx JSON answers pass through untouched. Every call first
+takes a slot of the backend's bulkhead (waiting at most until the request's
+deadline), then goes through the backend's circuit breaker: an open breaker answers `CIRCUIT_OPEN`
 without touching the pool; the failures above count against the backend,
 business answers and cancellations do not.
 """
@@ -30,6 +31,7 @@ from gateway import errors
 from gateway.breaker import Breaker, Outcome
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.observability import Metrics
+from gateway.overload import Bulkhead
 from gateway.reply import Reply
 from gateway.settings import UpstreamSettings
 
@@ -47,6 +49,7 @@ class Upstream:
                  metrics: Metrics) -> None:
         self.name = name
         self.breaker = breaker
+        self.bulkhead = Bulkhead(name, settings.max_concurrent, settings.max_queue)
         self._metrics = metrics
         self.settings = settings
         self._base = settings.url
@@ -83,20 +86,44 @@ class Upstream:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
         unknown_outcome: ErrorSpec | None = None,
+        deadline: float | None = None,
     ) -> Reply:
         """Send one request and return a pass-through answer, or raise a GatewayError.
 
         `unknown_outcome` is the error for a call that may have changed state at
         the backend but whose answer was lost; None means the route is a read
-        and a lost answer is a plain timeout or unavailability.
+        and a lost answer is a plain timeout or unavailability. `deadline` (loop
+        time) bounds the wait for a bulkhead slot and the call itself.
         """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.settings.timeout_s
+        try:
+            if await self.bulkhead.acquire(deadline):
+                self._metrics.bulkhead_queued(self.name)
+        except GatewayError:
+            self._metrics.bulkhead_rejected(self.name)
+            raise
+        try:
+            return await self._through_breaker(method, path, headers, query, body,
+                                               unknown_outcome, deadline - loop.time())
+        finally:
+            self.bulkhead.release()
+
+    async def _through_breaker(self, method: str, path: str, headers: Mapping[str, str],
+                               query: Mapping[str, str] | None, body: bytes | None,
+                               unknown_outcome: ErrorSpec | None, left_s: float) -> Reply:
+        if left_s <= 0:
+            # The deadline passed while queueing: nothing was sent.
+            raise GatewayError(errors.UPSTREAM_TIMEOUT, params=self._timeout_error_params)
         try:
             permit = self.breaker.acquire()
         except GatewayError:
             self._metrics.breaker_rejected(self.name)
             raise
         try:
-            result = await self._send(method, path, headers, query, body, unknown_outcome)
+            result = await self._send(method, path, headers, query, body, unknown_outcome,
+                                      min(self.settings.timeout_s, left_s))
         except GatewayError:
             self.breaker.release(permit, Outcome.FAILURE)
             raise
@@ -109,11 +136,11 @@ class Upstream:
 
     async def _send(self, method: str, path: str, headers: Mapping[str, str],
                     query: Mapping[str, str] | None, body: bytes | None,
-                    unknown_outcome: ErrorSpec | None) -> Reply:
+                    unknown_outcome: ErrorSpec | None, timeout_s: float) -> Reply:
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 async with self._session.request(
                     method, self._base + path, params=query, data=body, headers=headers,
                     allow_redirects=False,
@@ -130,7 +157,7 @@ class Upstream:
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False) from None
         except TimeoutError:
             raise self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
-                               self._timeout_error_params) from None
+                               {"backend": self.name, "timeout_s": round(timeout_s, 3)}) from None
         except (aiohttp.ClientError, ValueError):
             # Reset, disconnect or a malformed HTTP answer once the request was sent.
             raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started) from None

@@ -1,0 +1,220 @@
+"""Overload protection: admission by priority, bulkheads per backend, deadlines.
+
+Logic first (the real classes, no sockets), then real gateways in front of slow
+and hung simulators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.overload import Admission, Bulkhead, deadline_of
+from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
+from gateway.settings import OverloadSettings
+from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
+from tests.procs import Gateway, Upstreams
+
+AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
+
+
+# -- logic ------------------------------------------------------------------------------------
+
+def test_admission_fills_browse_then_reads_then_writes() -> None:
+    changes: list[int] = []
+    admission = Admission(OverloadSettings(max_in_flight=10, browse_share=0.5, read_share=0.8),
+                          changes.append)
+    browse, read, write = (admission.limit(p) for p in (PRIORITY_BROWSE, PRIORITY_READ,
+                                                         PRIORITY_WRITE))
+    assert (browse, read, write) == (5, 8, 10)
+    assert all(admission.enter(browse) for _ in range(5))
+    assert not admission.enter(browse)
+    assert all(admission.enter(read) for _ in range(3))
+    assert not admission.enter(read)
+    assert admission.enter(write) and admission.enter(write) and not admission.enter(write)
+    admission.leave()
+    assert admission.in_flight == 9 and sum(changes) == 9
+
+
+async def test_bulkhead_queues_in_order_and_refuses_beyond_its_queue() -> None:
+    bulkhead = Bulkhead("payment", limit=2, queue=2)
+    loop = asyncio.get_running_loop()
+    far = loop.time() + 10
+    assert await bulkhead.acquire(far) is False
+    assert await bulkhead.acquire(far) is False
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await bulkhead.acquire(far)
+        order.append(name)
+
+    waiters = [asyncio.create_task(wait(n)) for n in ("first", "second")]
+    await asyncio.sleep(0)
+    with pytest.raises(GatewayError) as caught:
+        await bulkhead.acquire(far)
+    assert caught.value.spec is errors.OVERLOADED
+    bulkhead.release()
+    bulkhead.release()
+    await asyncio.gather(*waiters)
+    assert order == ["first", "second"] and bulkhead.active == 2 and bulkhead.queued == 0
+
+
+async def test_time_spent_queueing_counts_against_the_deadline() -> None:
+    bulkhead = Bulkhead("payment", limit=1, queue=5)
+    loop = asyncio.get_running_loop()
+    await bulkhead.acquire(loop.time() + 10)
+    started = loop.time()
+    with pytest.raises(GatewayError) as caught:
+        await bulkhead.acquire(started + 0.1)
+    assert caught.value.spec is errors.OVERLOADED
+    assert 0.09 <= loop.time() - started < 0.5
+    assert bulkhead.queued == 0
+    bulkhead.release()
+    assert bulkhead.active == 0, "a waiter that gave up takes no slot with it"
+
+
+async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
+    bulkhead = Bulkhead("order", limit=1, queue=5)
+    loop = asyncio.get_running_loop()
+    await bulkhead.acquire(loop.time() + 10)
+    waiter = asyncio.create_task(bulkhead.acquire(loop.time() + 10))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    bulkhead.release()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (bulkhead.active, bulkhead.queued) == (0, 0)
+
+
+def test_a_client_may_shorten_the_deadline_never_lengthen_it() -> None:
+    assert deadline_of(100.0, 10.0, None) == 110.0
+    assert deadline_of(100.0, 10.0, "2500") == 102.5
+    assert deadline_of(100.0, 10.0, "60000") == 110.0
+    for bad in ("0", "-5", "soon", "1.5"):
+        with pytest.raises(GatewayError) as caught:
+            deadline_of(100.0, 10.0, bad)
+        assert caught.value.spec is errors.VALIDATION_FAILED
+
+
+# -- real gateways ----------------------------------------------------------------------------
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _timed(http: aiohttp.ClientSession, method: str, url: str,
+                 **kwargs: Any) -> tuple[int, str | None, float]:
+    started = time.monotonic()
+    async with http.request(method, url, **kwargs) as resp:
+        body = await resp.json(content_type=None)
+        return resp.status, body.get("code"), time.monotonic() - started
+
+
+@pytest.fixture
+def hung_payment(log_dir: Path) -> Iterator[tuple[Upstreams, Gateway]]:
+    sims = Upstreams(log_dir, seed=21)
+    gateway = Gateway(log_dir, sims.urls, config={**NO_STALE_ANSWERS, "upstreams": {
+        "payment": {"timeout_s": 1.0, "max_concurrent": 4, "max_queue": 2}}})
+    sims.set_faults("payment", hang=True)
+    yield sims, gateway
+    gateway.stop()
+    sims.proc.stop()
+
+
+@pytest.mark.slow
+async def test_a_hung_payment_backend_takes_only_its_own_share(
+        hung_payment: tuple[Upstreams, Gateway], http: aiohttp.ClientSession) -> None:
+    sims, gw = hung_payment
+    rss_before = _rss_kib(gw.proc.pid)
+
+    async def pay() -> tuple[int, str | None, float]:
+        return await _timed(http, "POST", gw.url + "/v1/payments", json=GOOD_PAYMENT,
+                            headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    payments = [asyncio.create_task(pay()) for _ in range(300)]
+    await asyncio.sleep(0.3)
+    reads = [await _timed(http, "GET", gw.url + AVAILABILITY) for _ in range(10)]
+    order = await _timed(http, "POST", gw.url + "/v1/orders", json=GOOD_ORDER,
+                         headers={"Idempotency-Key": str(uuid.uuid4())})
+    paid = await asyncio.gather(*payments)
+    assert {status for status, _, _ in reads} == {200}
+    assert max(took for _, _, took in reads) < 1.0, "reads did not wait behind payments"
+    assert order[0] == 201
+    codes = [code for _, code, _ in paid]
+    assert codes.count("OVERLOADED") >= 290
+    assert set(codes) <= {"OVERLOADED", "PAYMENT_OUTCOME_UNKNOWN", "CIRCUIT_OPEN"}
+    fast = [took for _, code, took in paid if code == "OVERLOADED"]
+    assert sorted(fast)[len(fast) // 2] < 1.0, "refused without waiting for the hung backend"
+    assert _rss_kib(gw.proc.pid) - rss_before < 40_000, "memory stays bounded"
+    # The hung calls end at their timeout, and count against the payment breaker.
+    assert codes.count("PAYMENT_OUTCOME_UNKNOWN") <= 6
+    assert sims.stats("payment")["requests"] <= 6
+
+
+async def test_a_burst_above_the_global_limit_sheds_browsing_first_in_microseconds(
+        log_dir: Path, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
+    gw = Gateway(log_dir, upstreams.urls, config={
+        **NO_STALE_ANSWERS, "overload": {"max_in_flight": 10, "browse_share": 0.5,
+                                         "read_share": 0.7},
+        "upstreams": {"availability": {"timeout_s": 3.0}, "order": {"timeout_s": 3.0}}})
+    upstreams.set_faults("availability", latency_ms=1500)
+    upstreams.set_faults("order", latency_ms=1500)
+    try:
+        def browse() -> asyncio.Task[tuple[int, str | None, float]]:
+            return asyncio.create_task(_timed(http, "GET", gw.url + AVAILABILITY))
+
+        def read() -> asyncio.Task[tuple[int, str | None, float]]:
+            return asyncio.create_task(_timed(http, "GET", gw.url + "/v1/orders/ord_x"))
+
+        def submit() -> asyncio.Task[tuple[int, str | None, float]]:
+            return asyncio.create_task(_timed(
+                http, "POST", gw.url + "/v1/orders", json=GOOD_ORDER,
+                headers={"Idempotency-Key": str(uuid.uuid4())}))
+
+        held = [browse() for _ in range(5)]
+        await asyncio.sleep(0.3)
+        shed_browse = await browse()
+        held += [read(), read()]
+        await asyncio.sleep(0.3)
+        shed_read = await read()
+        held += [submit() for _ in range(3)]
+        await asyncio.sleep(0.3)
+        shed_submit = await submit()
+        done = await asyncio.gather(*held)
+        for shed in (shed_browse, shed_read, shed_submit):
+            assert shed[:2] == (503, "OVERLOADED")
+        assert [status for status, _, _ in done] == [200] * 5 + [404] * 2 + [201] * 3
+        # The gateway's own time for each refusal, from its access log.
+        shed_ms = []
+        for line in gw.proc.log_text().splitlines():
+            if '"code":"OVERLOADED"' in line:
+                shed_ms.append(orjson.loads(line)["ms"])
+        assert len(shed_ms) == 3 and max(shed_ms) < 5.0, shed_ms
+    finally:
+        upstreams.heal()
+        gw.stop()
+
+
+async def test_a_client_deadline_cuts_the_backend_call_short(
+        gateway: Gateway, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    healthy.set_faults("availability", latency_ms=800)
+    status, code, took = await _timed(http, "GET", gateway.url + AVAILABILITY.replace(
+        "Beijing", "Deadline"), headers={"X-Request-Timeout-Ms": "250"})
+    assert (status, code) == (504, "UPSTREAM_TIMEOUT")
+    assert took < 0.7
+    status, code, _ = await _timed(http, "GET", gateway.url + AVAILABILITY,
+                                   headers={"X-Request-Timeout-Ms": "soon"})
+    assert (status, code) == (422, "VALIDATION_FAILED")
