@@ -85,7 +85,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         for name in BACKENDS
     }
     upstreams = {
-        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics)
+        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock)
         for name in BACKENDS
     }
     for name in BACKENDS:

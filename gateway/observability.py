@@ -83,6 +83,12 @@ class Metrics:
         self.bulkhead_rejected_calls = Counter(
             "gateway_bulkhead_rejected_calls", "Backend calls refused by a full bulkhead or a "
             "deadline passed while queued (503 OVERLOADED)", ("backend",), registry=reg)
+        self.retries = Counter(
+            "gateway_upstream_retries", "Backend calls retried, by backend", ("backend",),
+            registry=reg)
+        self.retry_budget_exhausted_calls = Counter(
+            "gateway_retry_budget_exhausted", "Retries not made because the backend's retry "
+            "budget was spent, by backend", ("backend",), registry=reg)
         self.rate_limit = Counter(
             "gateway_rate_limit_events", "Rate-limit decisions: limited (429), store_unavailable "
             "(let through because Redis could not be reached)", ("event",), registry=reg)
@@ -130,6 +136,12 @@ class Metrics:
 
     def breaker_rejected(self, backend: str) -> None:
         self.breaker_rejections.labels(backend).inc()
+
+    def retried(self, backend: str) -> None:
+        self.retries.labels(backend).inc()
+
+    def retry_budget_exhausted(self, backend: str) -> None:
+        self.retry_budget_exhausted_calls.labels(backend).inc()
 
     def bulkhead_queued(self, backend: str) -> None:
         self.bulkhead_queued_calls.labels(backend).inc()

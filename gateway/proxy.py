@@ -11,7 +11,7 @@ no per-request work decides what a route needs. Each step either answers
     -> client scope                                                             (identity)
     -> 429 when the client's token bucket is empty                            (rate_limit)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
-    -> backend call                                                             (upstream)
+    -> backend call, retried when safe and worth it                  (upstream, retry)
     -> on failure, a recent answer marked stale (cacheable routes)            (stale_cache)
     -> pass-through answer
 """
@@ -66,6 +66,9 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
     admit_below = admission.limit(policy.priority)
+    # A keyed POST may be repeated only where the backend answers a repeated key with
+    # its first answer; reads always may.
+    retry_forward = upstream.settings.dedups_by_key
 
     async def admitted(request: web.Request) -> web.StreamResponse:
         # Shed before reading anything: under overload this must cost microseconds.
@@ -109,7 +112,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             try:
                 reply = await upstream.call(policy.method, path, headers=headers, query=query,
                                             body=body, unknown_outcome=unknown_outcome,
-                                            deadline=deadline)
+                                            deadline=deadline, retryable=policy.safe_to_retry)
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
@@ -122,11 +125,13 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
 
         async def forward() -> Reply:
             return await upstream.call(policy.method, path, headers=headers, body=body,
-                                       unknown_outcome=unknown_outcome, deadline=deadline)
+                                       unknown_outcome=unknown_outcome, deadline=deadline,
+                                       retryable=retry_forward)
 
         async def lookup() -> Reply:
             return await upstream.call("GET", lookup_path, headers=_lookup_headers(headers),
-                                       query={"idempotency_key": key}, deadline=deadline)
+                                       query={"idempotency_key": key}, deadline=deadline,
+                                       retryable=True)
 
         reply, replayed = await guard.run(scope, key, body, forward, lookup)
         response = _respond(reply)

@@ -49,6 +49,20 @@ class BreakerSettings(_Model):
     half_open_calls: int = Field(2, ge=1)
 
 
+class RetrySettings(_Model):
+    """Retries of safe calls (see gateway/retry.py)."""
+
+    max_retries: int = Field(2, ge=0, le=10)
+    base_backoff_ms: int = Field(25, ge=0, le=10_000)
+    max_backoff_ms: int = Field(250, ge=0, le=60_000)
+    # Retries may add at most this share of the calls of the last ten seconds...
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+    # ... or this many per second, whichever is more.
+    min_retries_per_s: float = Field(3.0, ge=0, le=1000)
+    # No retry starts with less than this left of the request's deadline.
+    min_time_left_ms: int = Field(50, ge=0, le=60_000)
+
+
 class UpstreamSettings(_Model):
     url: str
     connect_timeout_s: float = Field(1.0, gt=0, le=60)
@@ -61,6 +75,10 @@ class UpstreamSettings(_Model):
     # timeout, so the gateway never reuses a connection the backend is closing.
     keepalive_s: float = Field(15.0, gt=0)
     breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    # The backend answers a repeated Idempotency-Key with its first answer, so a POST
+    # carrying one may be retried. Meaningless for backends without keyed POSTs.
+    dedups_by_key: bool = True
 
     @model_validator(mode="after")
     def _bulkhead_within_pool(self) -> UpstreamSettings:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -29,10 +30,12 @@ from multidict import CIMultiDict
 
 from gateway import errors
 from gateway.breaker import Breaker, Outcome
+from gateway.clock import Clock, SystemClock
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.observability import Metrics
 from gateway.overload import Bulkhead
 from gateway.reply import Reply
+from gateway.retry import Backoff, RetryBudget
 from gateway.settings import UpstreamSettings
 
 # Response headers of a backend that mean something to the client; all others
@@ -42,14 +45,28 @@ PASSTHROUGH_RESPONSE_HEADERS = ("Location", "ETag", "Last-Modified", "Cache-Cont
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 
+# Backend statuses that say "not now" rather than "broken": worth another try.
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+@dataclass
+class UpstreamError(GatewayError):
+    """A failed call, and whether the same call might succeed if tried again."""
+
+    worth_retrying: bool = False
+
+
 class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, clock: Clock | None = None) -> None:
         self.name = name
         self.breaker = breaker
         self.bulkhead = Bulkhead(name, settings.max_concurrent, settings.max_queue)
+        self._retry = settings.retry
+        self._backoff = Backoff(settings.retry)
+        self._budget = RetryBudget(settings.retry, clock or SystemClock())
         self._metrics = metrics
         self.settings = settings
         self._base = settings.url
@@ -87,13 +104,15 @@ class Upstream:
         body: bytes | None = None,
         unknown_outcome: ErrorSpec | None = None,
         deadline: float | None = None,
+        retryable: bool = False,
     ) -> Reply:
         """Send one request and return a pass-through answer, or raise a GatewayError.
 
         `unknown_outcome` is the error for a call that may have changed state at
         the backend but whose answer was lost; None means the route is a read
         and a lost answer is a plain timeout or unavailability. `deadline` (loop
-        time) bounds the wait for a bulkhead slot and the call itself.
+        time) bounds the wait for a bulkhead slot and the call itself, retries
+        included; `retryable` says repeating the call can do no harm.
         """
         loop = asyncio.get_running_loop()
         if deadline is None:
@@ -105,10 +124,37 @@ class Upstream:
             self._metrics.bulkhead_rejected(self.name)
             raise
         try:
-            return await self._through_breaker(method, path, headers, query, body,
-                                               unknown_outcome, deadline - loop.time())
+            return await self._with_retries(method, path, headers, query, body,
+                                            unknown_outcome, deadline, retryable)
         finally:
             self.bulkhead.release()
+
+    async def _with_retries(self, method: str, path: str, headers: Mapping[str, str],
+                            query: Mapping[str, str] | None, body: bytes | None,
+                            unknown_outcome: ErrorSpec | None, deadline: float,
+                            retryable: bool) -> Reply:
+        loop = asyncio.get_running_loop()
+        self._budget.called()
+        reached = False
+        retry = 0
+        while True:
+            try:
+                return await self._through_breaker(method, path, headers, query, body,
+                                                   unknown_outcome, deadline - loop.time())
+            except UpstreamError as err:
+                reached = reached or err.reached_backend
+                err.reached_backend = reached
+                if not (retryable and err.worth_retrying) or retry >= self._retry.max_retries:
+                    raise
+                pause = self._backoff.delay(retry)
+                if deadline - loop.time() - pause < self._retry.min_time_left_ms / 1000:
+                    raise
+                if not self._budget.try_spend():
+                    self._metrics.retry_budget_exhausted(self.name)
+                    raise
+            self._metrics.retried(self.name)
+            retry += 1
+            await asyncio.sleep(pause)
 
     async def _through_breaker(self, method: str, path: str, headers: Mapping[str, str],
                                query: Mapping[str, str] | None, body: bytes | None,
@@ -139,12 +185,14 @@ class Upstream:
                     unknown_outcome: ErrorSpec | None, timeout_s: float) -> Reply:
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
+        answered = False
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._session.request(
                     method, self._base + path, params=query, data=body, headers=headers,
                     allow_redirects=False,
                 ) as resp:
+                    answered = True
                     payload = await _read_limited(resp)
                     result = Reply(
                         status=resp.status,
@@ -154,23 +202,29 @@ class Upstream:
                     )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             # No connection, so the backend certainly never saw the request.
-            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False) from None
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
+                               worth_retrying=True) from None
         except TimeoutError:
             raise self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
                                {"backend": self.name, "timeout_s": round(timeout_s, 3)}) from None
         except (aiohttp.ClientError, ValueError):
-            # Reset, disconnect or a malformed HTTP answer once the request was sent.
-            raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started) from None
+            # Reset, disconnect or a malformed HTTP answer once the request was sent;
+            # a reset before any answer is worth another try, a broken answer is not.
+            raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started,
+                               worth_retrying=not answered) from None
         if result.status >= 500 or not _is_json(result):
             # A 5xx does not promise the backend did nothing: treated as reached.
-            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started)
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started,
+                               worth_retrying=result.status in RETRY_STATUSES)
         self._record(started, "ok")
         return result
 
     def _failed(self, spec: ErrorSpec, started: float,
-                params: dict[str, object] | None = None, *, reached: bool = True) -> GatewayError:
+                params: dict[str, object] | None = None, *, reached: bool = True,
+                worth_retrying: bool = False) -> UpstreamError:
         self._record(started, spec.code)
-        return GatewayError(spec, params=params or self._backend_params, reached_backend=reached)
+        return UpstreamError(spec, params=params or self._backend_params,
+                             reached_backend=reached, worth_retrying=worth_retrying)
 
     def _record(self, started: float, outcome: str) -> None:
         self._metrics.observe_upstream(self.name, time.monotonic() - started, outcome)

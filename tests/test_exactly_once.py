@@ -50,8 +50,11 @@ def rig(log_dir: Path) -> Iterator[Rig]:
     config = {
         "redis": {"url": redis.url},
         "idempotency": {"lease_s": 2.0},
+        # Told the truth about the payment backend: it does not deduplicate, so a
+        # payment is never retried by the gateway itself.
         "upstreams": {"order": {"timeout_s": 0.5},
-                      "payment": {"timeout_s": 0.5, "breaker": LENIENT_BREAKER}},
+                      "payment": {"timeout_s": 0.5, "breaker": LENIENT_BREAKER,
+                                  "dedups_by_key": False}},
     }
     setup = Rig(sims, redis)
     try:

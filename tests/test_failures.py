@@ -125,7 +125,10 @@ async def test_status_page_reports_a_failing_backend(gateway: Gateway, healthy: 
 async def test_killed_backend_process_gives_fast_502(log_dir: Path,
                                                      http: aiohttp.ClientSession) -> None:
     sims = Upstreams(log_dir, seed=11)
-    gw = Gateway(log_dir, sims.urls)
+    # Each answer here is one attempt: retries (and the breaker they would feed) are off.
+    no_retries = {"retry": {"max_retries": 0}}
+    gw = Gateway(log_dir, sims.urls, config={"upstreams": {
+        "availability": no_retries, "payment": no_retries}})
     try:
         async with http.get(gw.url + AVAILABILITY) as resp:
             assert resp.status == 200

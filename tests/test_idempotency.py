@@ -64,7 +64,11 @@ def payment(**changes: Any) -> dict[str, Any]:
 
 def _gateway_config(store: str, redis_server: RedisServer | None,
                     **idempotency: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {"idempotency": {"lease_s": 5.0, **idempotency}}
+    # Lost answers are what this module is about: the gateway's own retries would
+    # (rightly) recover some of them before the client ever saw one.
+    no_retries = {"retry": {"max_retries": 0}}
+    config: dict[str, Any] = {"idempotency": {"lease_s": 5.0, **idempotency},
+                              "upstreams": {"order": no_retries, "payment": no_retries}}
     if store == "redis":
         assert redis_server is not None
         config["redis"] = {"url": redis_server.url}

@@ -1,0 +1,117 @@
+"""Safe retries: what is retried, how often, and what never is. Backend calls are counted
+at the simulators, so amplification is measured, not assumed."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.retry import Backoff, RetryBudget
+from gateway.settings import RetrySettings
+from tests.conftest import GOOD_PAYMENT, NO_STALE_ANSWERS
+from tests.procs import Gateway, Upstreams
+
+LENIENT_BREAKER = {"failure_rate_threshold": 1.0, "consecutive_failures": 100_000,
+                   "minimum_calls": 100_000}
+
+
+def test_the_budget_allows_a_share_of_recent_calls_or_a_floor() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(RetrySettings(budget_ratio=0.1, min_retries_per_s=0.2), clock)
+    assert [budget.try_spend() for _ in range(3)] == [True, True, False]  # floor: 0.2/s x 10 s
+    for _ in range(50):
+        budget.called()
+    assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]  # 10% of 50
+    clock.advance(11)
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
+
+
+def test_backoff_is_full_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(RetrySettings(base_backoff_ms=100, max_backoff_ms=300), random.Random(1))
+    for retry, ceiling in ((0, 0.1), (1, 0.2), (2, 0.3), (5, 0.3)):
+        delays = [backoff.delay(retry) for _ in range(200)]
+        assert min(delays) >= 0 and max(delays) <= ceiling
+        assert max(delays) > ceiling * 0.8, "the whole range is used"
+
+
+@pytest.fixture
+def rig(log_dir: Path) -> Iterator[tuple[Upstreams, Any]]:
+    sims = Upstreams(log_dir, seed=5)
+    started: list[Gateway] = []
+
+    def gateway(**upstreams: dict[str, Any]) -> Gateway:
+        tree = {name: {"breaker": LENIENT_BREAKER, **settings}
+                for name, settings in upstreams.items()}
+        gw = Gateway(log_dir, sims.urls, config={**NO_STALE_ANSWERS, "upstreams": tree})
+        started.append(gw)
+        return gw
+
+    yield sims, gateway
+    for gw in started:
+        gw.stop()
+    sims.proc.stop()
+
+
+async def _gets(http: aiohttp.ClientSession, gw: Gateway, n: int,
+                **headers: str) -> list[int]:
+    got = []
+    for i in range(n):
+        async with http.get(gw.url + "/v1/availability", headers=headers,
+                            params={"address": f"Retry {i}", "product": "fiber"}) as resp:
+            got.append(resp.status)
+    return got
+
+
+async def test_a_get_in_front_of_a_flaky_backend_mostly_succeeds(
+        rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
+    sims, gateway = rig
+    gw = gateway(availability={})
+    sims.set_faults("availability", error_rate=0.3, error_status=503)
+    statuses = await _gets(http, gw, 60)
+    assert statuses.count(200) >= 54, statuses
+    assert sims.stats("availability")["requests"] > 60, "retries were made"
+
+
+async def test_a_post_to_a_backend_without_dedup_is_never_retried(
+        rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
+    sims, gateway = rig
+    blind = gateway(payment={"dedups_by_key": False})
+    keyed = gateway(payment={})
+    sims.set_faults("payment", error_rate=1.0, error_status=503)
+    for gw, expected in ((blind, 1), (keyed, 3)):
+        before = sims.stats("payment")["requests"]
+        async with http.post(gw.url + "/v1/payments", json=GOOD_PAYMENT,
+                             headers={"Idempotency-Key": str(uuid.uuid4())}) as resp:
+            assert resp.status == 502
+        assert sims.stats("payment")["requests"] - before == expected
+
+
+async def test_the_retry_budget_caps_amplification(
+        rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
+    sims, gateway = rig
+    gw = gateway(availability={"retry": {"budget_ratio": 0.2, "min_retries_per_s": 0}})
+    sims.set_faults("availability", error_rate=1.0, error_status=503)
+    assert set(await _gets(http, gw, 50)) == {502}
+    calls = sims.stats("availability")["requests"]
+    assert 50 < calls <= 50 * 1.2 + 1, f"{calls} backend calls for 50 requests"
+    async with http.get(gw.url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'gateway_retry_budget_exhausted_total{backend="availability"}' in text
+
+
+async def test_no_retry_when_the_deadline_leaves_no_time(
+        rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
+    sims, gateway = rig
+    gw = gateway(availability={})
+    sims.set_faults("availability", error_rate=1.0, error_status=503, latency_ms=100)
+    assert await _gets(http, gw, 1, **{"X-Request-Timeout-Ms": "140"}) == [502]
+    assert sims.stats("availability")["requests"] == 1, "40 ms left: too little to retry"
+    assert await _gets(http, gw, 1) == [502]
+    assert sims.stats("availability")["requests"] == 4, "the default deadline leaves room"
