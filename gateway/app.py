@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.idempotency import REPLAY_HEADER, Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
-from gateway.overload import Admission
+from gateway.overload import Admission, Unlimited
 from gateway.problem import json_response, negotiate_language, render
 from gateway.proxy import Handler, Shared, make_handler
 from gateway.rate_limit import RateLimiter
@@ -85,7 +85,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         for name in BACKENDS
     }
     upstreams = {
-        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock)
+        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
+                       bulkheads=settings.overload.enabled)
         for name in BACKENDS
     }
     for name in BACKENDS:
@@ -115,8 +116,13 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     if settings.rate_limit.rate_per_s is not None:
         limiter = RateLimiter(store, settings.rate_limit,
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
-    shared = Shared(maintenance, Admission(settings.overload, metrics.in_flight.inc), limiter,
-                    settings.server.max_body_bytes, settings.overload.request_deadline_s)
+    admission: Admission | Unlimited = Unlimited()
+    if settings.overload.enabled:
+        admission = Admission(settings.overload, metrics.in_flight.inc)
+    else:
+        log.warning("overload protection is off: no admission control, no bulkheads")
+    shared = Shared(maintenance, admission, limiter, settings.server.max_body_bytes,
+                    settings.overload.request_deadline_s)
     for policy in ROUTES:
         stale, served = None, None
         if policy.cacheable and settings.stale_cache.max_entries > 0:

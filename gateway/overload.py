@@ -58,6 +58,29 @@ class Admission:
         self._on_change(-1)
 
 
+class Unlimited:
+    """Admission and bulkhead both, when overload protection is switched off."""
+
+    in_flight = 0
+    active = 0
+    queued = 0
+
+    def limit(self, priority: int) -> int:
+        return 0
+
+    def enter(self, limit: int) -> bool:
+        return True
+
+    def leave(self) -> None:
+        return None
+
+    async def acquire(self, deadline: float) -> bool:
+        return False
+
+    def release(self) -> None:
+        return None
+
+
 class Bulkhead:
     """At most `limit` calls to one backend at once, and at most `queue` waiting, in order."""
 

@@ -29,7 +29,7 @@ from gateway import errors, idempotency, identity, overload, validation
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, Slot
-from gateway.overload import Admission
+from gateway.overload import Admission, Unlimited
 from gateway.rate_limit import RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
@@ -49,7 +49,7 @@ class Shared:
     """What every proxied route's pipeline uses, built once per app."""
 
     maintenance: Maintenance
-    admission: Admission
+    admission: Admission | Unlimited
     limiter: RateLimiter | None
     max_body_bytes: int
     deadline_s: float

@@ -187,6 +187,9 @@ class IdempotencySettings(_Model):
 
 
 class OverloadSettings(_Model):
+    # False turns admission control and the bulkheads off (deadlines stay): for
+    # measuring what they cost, and for emergencies; logged as a warning.
+    enabled: bool = True
     # Proxied requests in flight in one process, all routes together.
     max_in_flight: int = Field(1000, ge=1, le=1_000_000)
     # Share of max_in_flight each priority may fill; writes may fill all of it, so

@@ -33,7 +33,7 @@ from gateway.breaker import Breaker, Outcome
 from gateway.clock import Clock, SystemClock
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.observability import Metrics
-from gateway.overload import Bulkhead
+from gateway.overload import Bulkhead, Unlimited
 from gateway.reply import Reply
 from gateway.retry import Backoff, RetryBudget
 from gateway.settings import UpstreamSettings
@@ -60,10 +60,12 @@ class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
-                 metrics: Metrics, clock: Clock | None = None) -> None:
+                 metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True) -> None:
         self.name = name
         self.breaker = breaker
-        self.bulkhead = Bulkhead(name, settings.max_concurrent, settings.max_queue)
+        self.bulkhead: Bulkhead | Unlimited = (
+            Bulkhead(name, settings.max_concurrent, settings.max_queue) if bulkheads
+            else Unlimited())
         self._retry = settings.retry
         self._backoff = Backoff(settings.retry)
         self._budget = RetryBudget(settings.retry, clock or SystemClock())
