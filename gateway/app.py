@@ -124,14 +124,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     shared = Shared(maintenance, admission, limiter, settings.server.max_body_bytes,
                     settings.overload.request_deadline_s)
     for policy in ROUTES:
-        stale, served = None, None
+        stale = None
         if policy.cacheable and settings.stale_cache.max_entries > 0:
             stale = StaleCache(clock, settings.stale_cache.max_age_s,
-                               settings.stale_cache.max_entries)
-            served = metrics.stale_served.labels(policy.route_key).inc
+                               settings.stale_cache.max_entries,
+                               metrics.stale_served.labels(policy.route_key).inc)
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, store, settings, metrics), stale, served,
+            _idempotency(policy, store, settings, metrics), stale,
             metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)

@@ -57,7 +57,6 @@ class Shared:
 
 def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                  guard: Idempotency | None = None, stale: StaleCache | None = None,
-                 stale_served: Callable[[], None] | None = None,
                  shed: Callable[[], None] | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
     maintenance, limiter, admission = shared.maintenance, shared.limiter, shared.admission
@@ -116,8 +115,6 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
-                if stale_served is not None:
-                    stale_served()
                 return _respond(kept)
             if stale is not None:
                 stale.keep(_cache_key(query), reply)

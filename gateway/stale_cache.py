@@ -16,7 +16,7 @@ dropped first. One per process; nothing is shared through the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from gateway.clock import Clock
 from gateway.reply import Reply
@@ -25,10 +25,12 @@ STALE_HEADER = "X-Gateway-Stale"
 
 
 class StaleCache:
-    def __init__(self, clock: Clock, max_age_s: float, max_entries: int) -> None:
+    def __init__(self, clock: Clock, max_age_s: float, max_entries: int,
+                 served: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self._max_age_s = max_age_s
         self._max_entries = max_entries
+        self._served = served  # counts each answer served stale
         self._answers: OrderedDict[Hashable, tuple[float, Reply]] = OrderedDict()
 
     def keep(self, key: Hashable, reply: Reply) -> None:
@@ -51,6 +53,7 @@ class StaleCache:
             del self._answers[key]
             return None
         headers = (*reply.headers, (STALE_HEADER, "true"), ("Age", str(int(age))))
+        self._served()
         return Reply(reply.status, reply.body, reply.content_type, headers)
 
     def __len__(self) -> int:
