@@ -30,6 +30,7 @@ from typing import Any, Literal
 import pybreaker
 
 from gateway import errors
+from gateway.buckets import Buckets
 from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.settings import BreakerSettings
@@ -65,51 +66,26 @@ class WindowFigures:
 
 
 class Window:
-    """Counts of the last `seconds` seconds in one-second buckets; O(1) per record."""
+    """Calls, failures and slow calls of the last `seconds` seconds (see `Buckets`)."""
 
     def __init__(self, seconds: int) -> None:
         self.seconds = seconds
-        self._calls = [0] * seconds
-        self._failures = [0] * seconds
-        self._slow = [0] * seconds
-        self._totals = [0, 0, 0]
-        self._head: int | None = None  # the newest second with a bucket
+        self._buckets = Buckets(seconds, 3)
 
     def clear(self) -> None:
-        for counts in (self._calls, self._failures, self._slow):
-            counts[:] = [0] * self.seconds
-        self._totals = [0, 0, 0]
-        self._head = None
-
-    def _advance(self, second: int) -> None:
-        if self._head is None:
-            self._head = second
-            return
-        # Expire buckets between the head and now; at most `seconds` of them.
-        for expired in range(self._head + 1, min(second, self._head + self.seconds) + 1):
-            i = expired % self.seconds
-            self._totals[0] -= self._calls[i]
-            self._totals[1] -= self._failures[i]
-            self._totals[2] -= self._slow[i]
-            self._calls[i] = self._failures[i] = self._slow[i] = 0
-        self._head = max(self._head, second)
+        self._buckets.clear()
 
     def record(self, now: float, *, failed: bool, slow: bool) -> None:
-        second = int(now)
-        self._advance(second)
-        i = second % self.seconds
-        self._calls[i] += 1
-        self._totals[0] += 1
+        buckets = self._buckets
+        buckets.add(now, 0)
         if failed:
-            self._failures[i] += 1
-            self._totals[1] += 1
+            buckets.add(now, 1)
         if slow:
-            self._slow[i] += 1
-            self._totals[2] += 1
+            buckets.add(now, 2)
 
     def figures(self, now: float) -> WindowFigures:
-        self._advance(int(now))
-        return WindowFigures(*self._totals)
+        self._buckets.advance(now)
+        return WindowFigures(*self._buckets.totals)
 
 
 def trip_reason(figures: WindowFigures, settings: BreakerSettings) -> str | None:

@@ -16,41 +16,34 @@ from __future__ import annotations
 
 import random
 
+from gateway.buckets import Buckets
 from gateway.clock import Clock
 from gateway.settings import RetrySettings
 
 BUDGET_WINDOW_S = 10
+_CALLS, _RETRIES = 0, 1
 
 
 class RetryBudget:
-    """Calls and retries to one backend over the last ten one-second buckets."""
+    """Calls and retries to one backend over the last ten seconds."""
 
     def __init__(self, settings: RetrySettings, clock: Clock) -> None:
         self._ratio = settings.budget_ratio
         self._floor = settings.min_retries_per_s * BUDGET_WINDOW_S
         self._clock = clock
-        self._calls = [0] * BUDGET_WINDOW_S
-        self._retries = [0] * BUDGET_WINDOW_S
-        self._second = int(clock.monotonic())
-
-    def _advance(self) -> int:
-        now = int(self._clock.monotonic())
-        if now != self._second:
-            for step in range(min(now - self._second, BUDGET_WINDOW_S)):
-                slot = (self._second + 1 + step) % BUDGET_WINDOW_S
-                self._calls[slot] = self._retries[slot] = 0
-            self._second = now
-        return now % BUDGET_WINDOW_S
+        self._counts = Buckets(BUDGET_WINDOW_S, 2)  # calls, retries
 
     def called(self) -> None:
-        self._calls[self._advance()] += 1
+        self._counts.add(self._clock.monotonic(), _CALLS)
 
     def try_spend(self) -> bool:
         """Take one retry from the budget, if there is one left."""
-        slot = self._advance()
-        if sum(self._retries) >= max(self._floor, self._ratio * sum(self._calls)):
+        now = self._clock.monotonic()
+        counts = self._counts
+        counts.advance(now)
+        if counts.totals[_RETRIES] >= max(self._floor, self._ratio * counts.totals[_CALLS]):
             return False
-        self._retries[slot] += 1
+        counts.add(now, _RETRIES)
         return True
 
 

@@ -1,0 +1,42 @@
+"""Counts over the last N seconds in one-second buckets: O(1) per record, totals kept.
+
+Shared by the breaker's window (calls, failures, slow calls) and the retry
+budget (calls, retries). Scanning a list of past events instead fell to a fifth
+of the bare proxy's throughput (DESIGN.md), so nothing here ever scans more than
+the buckets that expired since the last record.
+"""
+
+from __future__ import annotations
+
+
+class Buckets:
+    def __init__(self, seconds: int, kinds: int) -> None:
+        self.seconds = seconds
+        self._counts = [[0] * seconds for _ in range(kinds)]
+        self.totals = [0] * kinds
+        self._head: int | None = None  # the newest second with a bucket
+
+    def clear(self) -> None:
+        for counts in self._counts:
+            counts[:] = [0] * self.seconds
+        self.totals = [0] * len(self._counts)
+        self._head = None
+
+    def advance(self, now: float) -> int:
+        """Expire the buckets older than the window; the bucket index of `now`."""
+        second = int(now)
+        if self._head is None:
+            self._head = second
+        else:
+            for expired in range(self._head + 1, min(second, self._head + self.seconds) + 1):
+                i = expired % self.seconds
+                for kind, counts in enumerate(self._counts):
+                    self.totals[kind] -= counts[i]
+                    counts[i] = 0
+            self._head = max(self._head, second)
+        return second % self.seconds
+
+    def add(self, now: float, kind: int) -> None:
+        i = self.advance(now)
+        self._counts[kind][i] += 1
+        self.totals[kind] += 1
