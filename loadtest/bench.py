@@ -1,152 +1,316 @@
-"""Throughput of the gateway against its floor, measured side by side in one run.
+"""The gateway against its floor, measured side by side in one run.
 
-Starts the simulators, one gateway (`order-gateway serve`, one worker) and a
-bare aiohttp pass-through proxy (`loadtest/bare_proxy.py`, the floor any proxy
-in Python pays) on loopback, then alternates rounds of the same load against
-the availability simulator directly, through the bare proxy and through the
-gateway, and prints requests per second, p50 and p99 per round, their medians,
-and the ratio gateway / bare proxy.
-It also prints the CPU time each proxy process spent per request (from /proc,
-so it holds up on a busy machine better than wall-clock rates do).
-Bounded: `--rounds` rounds of `--seconds` each; loopback only.
+Starts on loopback: the simulators and a redis-server, the gateway (one
+process, Redis store, production defaults: access log, breakers, maintenance,
+admission control, stale cache), the same gateway with per-client rate
+limiting on, a minimal aiohttp pass-through proxy (`loadtest/bare_proxy.py`)
+without and with one Redis `SET NX` per order, and a second gateway kept
+refusing (its order breaker forced open; its browse slots held by requests to
+a hung backend, so availability requests are shed). Every measured proxy is
+pinned to CPU 0; the load generator (wrk where installed, else
+`loadtest/loadgen.py`), the simulators and Redis to the other CPUs.
 
-    python -m loadtest.bench --rounds 5 --seconds 5 --concurrency 32
+Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
+- `GET /v1/availability`: direct to the simulator, bare proxy, gateway,
+  gateway with rate limiting;
+- `POST /v1/orders` with a new Idempotency-Key per request: direct, bare
+  proxy, bare proxy + Redis, gateway;
+- refusals: `GET /v1/orders/{id}` with the breaker open, and shed
+  `GET /v1/availability`;
+- paced `GET /v1/availability` at half the gateway's measured saturation
+  rate: direct and through the gateway (added latency where it matters).
+
+It reports, as medians over the rounds, requests/s, p50/p99 and the CPU time
+of the measured process per request (from /proc, so it holds up better on a
+busy machine than rates do), the ratios against the targets, prints a table
+and writes JSON (`--json`).
+
+    python -m loadtest.bench --rounds 3 --seconds 5
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
+import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import aiohttp
+from loadtest.loadgen import Generator, Load, Tally, generator, pin
+from loadtest.rounds import cpu_seconds
+from tests.procs import Gateway, Proc, RedisServer, Upstreams, free_port
 
-from tests.procs import Gateway, Proc, Upstreams, free_port
+AVAILABILITY = "/availability?address=Beijing%201&product=fiber"
+ORDER = json.dumps({
+    "customer": {"name": "张三", "phone": "13800138000", "id_number": "11010519491231002X"},
+    "product": "fiber-500", "address": "北京市朝阳区建国路 1 号"}, ensure_ascii=False)
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+MEASURED_CPU = {0}
+HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
 
-PATH = "/availability?address=Beijing%201&product=fiber"
-
-
-# One request of a round: sends it on the session and answers whether it succeeded.
-Send = Callable[[aiohttp.ClientSession], Awaitable[bool]]
-
-
-def get_ok(url: str) -> Send:
-    async def send(session: aiohttp.ClientSession) -> bool:
-        async with session.get(url) as resp:
-            await resp.read()
-            return resp.status == 200
-
-    return send
-
-
-async def _round(url: str, seconds: float, concurrency: int) -> tuple[float, float, float, int]:
-    return await timed_round(get_ok(url), seconds, concurrency)
+# The issue's targets: (what, limit, how it is computed).
+TARGET_GET_RATIO = 1.3
+TARGET_POST_RATIO = 1.5
+TARGET_REFUSAL_US = 30.0
+TARGET_ADDED_P99_MS = 2.0
 
 
-async def timed_round(send: Send, seconds: float,
-                      concurrency: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, failed count) of one timed round."""
-    latencies: list[float] = []
-    failures = 0
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal failures
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                if not await send(session):
-                    failures += 1
-                latencies.append(time.perf_counter() - started)
-
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - started
-    latencies.sort()
-    return (len(latencies) / elapsed, latencies[len(latencies) // 2] * 1000,
-            latencies[int(len(latencies) * 0.99)] * 1000, failures)
+@dataclass(frozen=True)
+class Target:
+    group: str
+    name: str
+    load: Load
+    pid: int | None  # the process whose CPU is measured; None for direct
+    refusal: bool = False  # every answer must be a refusal (non-2xx)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass
+class Row:
+    target: Target
+    tallies: list[Tally] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+    def median(self, what: str) -> float:
+        values = self.cpu_us if what == "cpu_us" else [getattr(t, what) for t in self.tallies]
+        return statistics.median(values) if values else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.target.group, "target": self.target.name,
+                "rps": round(self.median("rate")), "p50_ms": round(self.median("p50_ms"), 3),
+                "p99_ms": round(self.median("p99_ms"), 3),
+                "cpu_us_per_request": round(self.median("cpu_us"), 1) if self.cpu_us else None,
+                "rounds": len(self.tallies),
+                "requests": sum(t.requests for t in self.tallies)}
 
 
-Result = tuple[float, float, float, int, float]  # req/s, p50 ms, p99 ms, non-200, CPU us/req
+# --- the processes -------------------------------------------------------------------------
 
 
-async def _measure(url: str, pid: int | None, args: argparse.Namespace) -> Result:
-    cpu_before = cpu_seconds(pid) if pid else 0.0
-    rate, p50, p99, failures = await _round(url, args.seconds, args.concurrency)
-    cpu = (cpu_seconds(pid) - cpu_before) / (rate * args.seconds) * 1e6 if pid else 0.0
-    return rate, p50, p99, failures, cpu
+def _pinned(pid: int, cpus: set[int]) -> None:
+    # A supervisor would hide its workers' CPU: everything measured runs as one process.
+    for task in os.listdir(f"/proc/{pid}/task"):
+        pin(int(task), cpus)
 
 
-async def _run(args: argparse.Namespace, targets: dict[str, tuple[str, int | None]]) -> None:
-    results: dict[str, list[Result]] = {name: [] for name in targets}
-    for url, _ in targets.values():
-        await _round(url, 1.0, args.concurrency)  # warm pools and caches
+def _other_cpus() -> set[int]:
+    cpus = os.sched_getaffinity(0) - MEASURED_CPU
+    return cpus or MEASURED_CPU
+
+
+class _Holder:
+    """Requests sent to a hung backend and left waiting: they hold admission slots."""
+
+    def __init__(self, url: str, count: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sockets = [socket.create_connection((host, int(port))) for _ in range(count)]
+        for sock in self.sockets:
+            sock.sendall(f"GET /v1{AVAILABILITY}&held=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@contextmanager
+def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
+    """Start everything, yield the targets and the main gateway, stop everything."""
+    with ExitStack() as stack:
+        redis = RedisServer(log_dir)
+        stack.callback(redis.stop)
+        sims = Upstreams(log_dir)
+        stack.callback(sims.proc.stop)
+        for pid in (redis.proc.pid, sims.proc.pid):
+            _pinned(pid, _other_cpus())
+        base = {"redis": {"url": redis.url}}
+
+        def gateway(config: dict[str, Any], upstreams: Upstreams = sims) -> Gateway:
+            gw = Gateway(log_dir, upstreams.urls, config=config,
+                         env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+            stack.callback(gw.stop)
+            _pinned(gw.proc.pid, MEASURED_CPU)
+            return gw
+
+        def bare(*extra: str) -> tuple[str, int]:
+            port = free_port()
+            proc = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port",
+                                       str(port), "--availability", sims.urls["availability"],
+                                       "--order", sims.urls["order"], *extra], log_dir)
+            stack.callback(proc.stop)
+            proc.wait_http(f"http://127.0.0.1:{port}/readyz")
+            _pinned(proc.pid, MEASURED_CPU)
+            return f"http://127.0.0.1:{port}", proc.pid
+
+        main = gateway(base)
+        limited = gateway({**base, "rate_limit": {"rate_per_s": 1_000_000, "burst": 1_000_000}})
+        bare_url, bare_pid = bare()
+        bare_redis_url, bare_redis_pid = bare("--redis", redis.url)
+
+        # The refusing gateway has simulators of its own: its availability backend hangs.
+        hung = Upstreams(log_dir)
+        stack.callback(hung.proc.stop)
+        _pinned(hung.proc.pid, _other_cpus())
+        hung.set_faults("availability", hang=True)
+        refusing = gateway({
+            "overload": {"max_in_flight": HELD_SLOTS * 2, "browse_share": 0.5,
+                         "read_share": 0.6, "request_deadline_s": 600},
+            "upstreams": {"availability": {"timeout_s": 300}},
+            "stale_cache": {"max_entries": 0}}, hung)
+        refusing.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+        holder = _Holder(refusing.url, HELD_SLOTS)
+        stack.callback(holder.close)
+
+        get, post = "GET /v1/availability", "POST /v1/orders"
+        keyed = {"method": "POST", "body": ORDER, "keyed": True}
+        yield [
+            Target(get, "direct", Load(sims.urls["availability"] + AVAILABILITY), None),
+            Target(get, "bare proxy", Load(bare_url + "/v1" + AVAILABILITY), bare_pid),
+            Target(get, "gateway", Load(main.url + "/v1" + AVAILABILITY), main.proc.pid),
+            Target(get, "gateway +rate limit", Load(limited.url + "/v1" + AVAILABILITY),
+                   limited.proc.pid),
+            Target(post, "direct", Load(sims.urls["order"] + "/orders", **keyed), None),
+            Target(post, "bare proxy", Load(bare_url + "/v1/orders", **keyed), bare_pid),
+            Target(post, "bare proxy +Redis", Load(bare_redis_url + "/v1/orders", **keyed),
+                   bare_redis_pid),
+            Target(post, "gateway", Load(main.url + "/v1/orders", **keyed), main.proc.pid),
+            Target("refusals", "breaker open", Load(refusing.url + "/v1/orders/ord_1"),
+                   refusing.proc.pid, refusal=True),
+            Target("refusals", "shed (overloaded)", Load(refusing.url + "/v1" + AVAILABILITY),
+                   refusing.proc.pid, refusal=True),
+        ], main
+
+
+# --- the rounds ----------------------------------------------------------------------------
+
+
+def measure(gen: Generator, target: Target, seconds: float) -> tuple[Tally, float | None]:
+    before = cpu_seconds(target.pid) if target.pid else 0.0
+    tally = gen.run(target.load, seconds)
+    cpu = None
+    if target.pid and tally.requests:
+        cpu = (cpu_seconds(target.pid) - before) / tally.requests * 1e6
+    bad = tally.errors + (tally.requests - tally.non_2xx if target.refusal else tally.non_2xx)
+    if bad:
+        raise SystemExit(f"{target.group} / {target.name}: {bad} of {tally.requests} requests"
+                         " did not get the expected answer; see the logs")
+    return tally, cpu
+
+
+def paced(targets: list[Target], rate: float) -> list[Target]:
+    """Direct and gateway availability targets at a fixed rate."""
+    by_name = {t.name: t for t in targets if t.group == "GET /v1/availability"}
+    group = f"GET /v1/availability at {rate:.0f} req/s"
+    return [Target(group, name, Load(by_name[name].load.url, rate=rate), by_name[name].pid)
+            for name in ("direct", "gateway")]
+
+
+def run_rounds(gen: Generator, targets: list[Target], args: argparse.Namespace) -> list[Row]:
+    for target in targets:  # warm pools, caches and code paths
+        measure(gen, target, 1.0)
+    gateway_get = next(t for t in targets if t.name == "gateway" and t.group.startswith("GET"))
+    saturation = measure(gen, gateway_get, args.seconds)[0].rate
+    targets = targets + paced(targets, saturation / 2)
+    rows = [Row(t) for t in targets]
     for index in range(args.rounds):
-        for name, (url, pid) in targets.items():
-            r = await _measure(url, pid, args)
-            results[name].append(r)
-            cpu = f"  CPU {r[4]:5.0f} us/req" if pid else ""
-            print(f"round {index + 1} {name:8s} {r[0]:8.0f} req/s  p50 {r[1]:6.2f} ms"
-                  f"  p99 {r[2]:6.2f} ms  non-200 {r[3]}{cpu}", flush=True)
-    print(f"\n{'target':8s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU us/req':>10s}"
-          "   (medians)")
-    medians: dict[str, list[float]] = {}
-    for name, rows in results.items():
-        medians[name] = [statistics.median(r[i] for r in rows) for i in (0, 1, 2, 4)]
-        rate, p50, p99, cpu = medians[name]
-        print(f"{name:8s} {rate:8.0f} {p50:8.2f} {p99:8.2f} {cpu:10.0f}")
-    print(f"\nthroughput gateway / bare proxy: {medians['gateway'][0] / medians['bare'][0]:.2f}")
-    print(f"CPU per request gateway - bare proxy: {medians['gateway'][3] - medians['bare'][3]:.0f}"
-          " us")
-    if any(r[3] for rows in results.values() for r in rows):
-        raise SystemExit("some requests failed")
+        for row in rows:
+            tally, cpu = measure(gen, row.target, args.seconds)
+            row.tallies.append(tally)
+            if cpu is not None:
+                row.cpu_us.append(cpu)
+            cpu_text = f"  CPU {cpu:6.0f} us/req" if cpu is not None else ""
+            print(f"round {index + 1}  {row.target.group:40s} {row.target.name:20s}"
+                  f" {tally.rate:7.0f} req/s  p50 {tally.p50_ms:6.2f}  p99 {tally.p99_ms:6.2f} ms"
+                  f"{cpu_text}", flush=True)
+    return rows
 
 
-def rounds_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The options every interleaved-rounds benchmark takes."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    return parser
+# --- the report ----------------------------------------------------------------------------
+
+
+def ratios(rows: list[Row]) -> list[dict[str, Any]]:
+    def cpu(group: str, name: str) -> float:
+        return next(r.median("cpu_us") for r in rows
+                    if r.target.group.startswith(group) and r.target.name == name)
+
+    paced_rows = {r.target.name: r for r in rows if " at " in r.target.group}
+    added = paced_rows["gateway"].median("p99_ms") - paced_rows["direct"].median("p99_ms")
+    checks = [
+        ("GET /v1/availability CPU: gateway / bare proxy",
+         cpu("GET", "gateway") / cpu("GET", "bare proxy"), TARGET_GET_RATIO, "x"),
+        ("POST /v1/orders CPU: gateway / bare proxy +Redis",
+         cpu("POST", "gateway") / cpu("POST", "bare proxy +Redis"), TARGET_POST_RATIO, "x"),
+        ("refusal CPU, breaker open (us/request)", cpu("refusals", "breaker open"),
+         TARGET_REFUSAL_US, "us"),
+        ("refusal CPU, shed (us/request)", cpu("refusals", "shed (overloaded)"),
+         TARGET_REFUSAL_US, "us"),
+        ("added p99 at half saturation: gateway - direct (ms)", added, TARGET_ADDED_P99_MS, "ms"),
+    ]
+    return [{"what": what, "value": round(value, 3), "target": limit, "unit": unit,
+             "met": value <= limit} for what, value, limit, unit in checks]
+
+
+def table(rows: list[Row], checks: list[dict[str, Any]]) -> str:
+    lines = [f"{'route':40s} {'target':20s} {'req/s':>7s} {'p50 ms':>7s} {'p99 ms':>7s}"
+             f" {'CPU us/req':>10s}"]
+    for row in rows:
+        d = row.as_dict()
+        cpu = f"{d['cpu_us_per_request']:10.0f}" if d["cpu_us_per_request"] is not None else ""
+        lines.append(f"{d['group']:40s} {d['target']:20s} {d['rps']:7d} {d['p50_ms']:7.2f}"
+                     f" {d['p99_ms']:7.2f} {cpu}")
+    lines.append("")
+    for check in checks:
+        lines.append(f"[{'met' if check['met'] else 'MISSED'}] {check['what']}: "
+                     f"{check['value']:.2f} (target <= {check['target']:g})")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+            "cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "measured_cpu": sorted(MEASURED_CPU)}
 
 
 def main() -> None:
-    parser = rounds_parser(__doc__)
-    parser.add_argument("--access-log", action="store_true",
-                        help="keep the gateway's access log on (off: measure the pipeline)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--generator", choices=("wrk", "python"), default="wrk",
+                        help="wrk if installed (default), else the Python fallback")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default: load-reports/bench-<time>.json")
     args = parser.parse_args()
+    gen = generator(args.connections, _other_cpus(), prefer_wrk=args.generator == "wrk")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-bench-"))
-    sims = Upstreams(log_dir)
-    gw = Gateway(log_dir, sims.urls, config={"server": {"access_log": args.access_log}})
-    bare_port = free_port()
-    bare = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port",
-                               str(bare_port), "--upstream", sims.urls["availability"]], log_dir)
-    try:
-        bare.wait_http(f"http://127.0.0.1:{bare_port}/readyz")
-        asyncio.run(_run(args, {
-            "direct": (sims.urls["availability"] + PATH, None),
-            "bare": (f"http://127.0.0.1:{bare_port}/v1{PATH}", bare.pid),
-            "gateway": (gw.url + "/v1" + PATH, gw.proc.pid),
-        }))
-    finally:
-        bare.stop()
-        gw.stop()
-        sims.proc.stop()
+    about = {**machine(), "generator": gen.name, "connections": args.connections,
+             "rounds": args.rounds, "seconds": args.seconds}
+    print(f"load generator: {gen.name}; logs in {log_dir}", flush=True)
+    with processes(log_dir) as (targets, _):
+        rows = run_rounds(gen, targets, args)
+    checks = ratios(rows)
+    print("\nmedians over", args.rounds, "interleaved rounds;", about["date"], about["commit"],
+          about["cpu"], "\n")
+    print(table(rows, checks))
+    out = args.json or Path("load-reports") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": about, "rows": [r.as_dict() for r in rows],
+                               "targets": checks}, indent=2, ensure_ascii=False))
+    print(f"\nJSON: {out}")
 
 
 if __name__ == "__main__":

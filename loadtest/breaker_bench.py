@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.bench import _round
+from loadtest.rounds import get_ok, timed_round
 from tests.procs import Gateway, Upstreams
 
 TOKEN = "bench-admin-token-0123456789"
@@ -72,7 +72,7 @@ def main() -> None:
                  config={"server": {"access_log": False}})
     try:
         _admin(gw, "open")
-        rows = [asyncio.run(_round(gw.url + PATH, args.seconds, args.concurrency))
+        rows = [asyncio.run(timed_round(get_ok(gw.url + PATH), args.seconds, args.concurrency))
                 for _ in range(3)]
         print(f"open breaker under load ({args.concurrency} concurrent):"
               f" {statistics.median(r[0] for r in rows):.0f} answers/s,"

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from loadtest.bench import Send, cpu_seconds, rounds_parser, timed_round
+from loadtest.rounds import Send, cpu_seconds, rounds_parser, timed_round
 from tests.procs import Gateway, RedisServer, Upstreams
 
 ORDER = orjson.dumps({

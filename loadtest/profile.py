@@ -1,0 +1,119 @@
+"""Where the gateway's CPU goes per request: py-spy on a gateway under the bench's load.
+
+Starts the simulators, a redis-server and one gateway configured as in
+`loadtest.bench` (pinned to CPU 0), drives one route with the bench's load
+generator for `--seconds` while `py-spy record` samples the gateway, and prints
+the functions with the most samples: by own time and including callees, as a
+share of all samples. The raw collapsed stacks are kept for flame graphs.
+
+    python -m loadtest.profile --route get --seconds 20
+    python -m loadtest.profile --route post --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+from loadtest.bench import AVAILABILITY, MEASURED_CPU, ORDER, _other_cpus, _pinned
+from loadtest.loadgen import Load, generator
+from tests.procs import Gateway, RedisServer, Upstreams
+
+TOP = 25
+
+
+def summarise(collapsed: str) -> tuple[Counter[str], Counter[str], Counter[str], int]:
+    """Own and inclusive samples per function, and own samples per file, from py-spy's
+    collapsed stacks. Under uvloop a resumed coroutine's stack starts at the coroutine
+    (the loop is C), so "including callees" undercounts the outer frames."""
+    own: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short(frame) for frame in stack.split(";")]
+        own[frames[-1]] += count
+        by_file[_file_of(frames[-1])] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    return own, inclusive, by_file, total
+
+
+def _file_of(frame: str) -> str:
+    path = frame.partition(" (")[2].rstrip(")")
+    # The event loop's own C work shows as the Python frame that started it.
+    return "event loop (uvloop, C)" if path == "asyncio/runners.py" else path
+
+
+def _short(frame: str) -> str:
+    # "handle (gateway/proxy.py:120)" -> "handle (gateway/proxy.py)": one entry per function.
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--route", choices=("get", "post"), default="get")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    args = parser.parse_args()
+    if not shutil.which("py-spy"):
+        raise SystemExit("py-spy is not installed (pip install -e '.[load]')")
+    log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-profile-"))
+    redis = RedisServer(log_dir)
+    sims = Upstreams(log_dir)
+    gateway = None
+    try:
+        for pid in (redis.proc.pid, sims.proc.pid):
+            _pinned(pid, _other_cpus())
+        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}})
+        _pinned(gateway.proc.pid, MEASURED_CPU)
+        load = (Load(gateway.url + "/v1" + AVAILABILITY) if args.route == "get" else
+                Load(gateway.url + "/v1/orders", method="POST", body=ORDER, keyed=True))
+        gen = generator(args.connections, _other_cpus())
+        gen.run(load, 2.0)  # warm up
+        out = log_dir / "profile.collapsed"
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(gateway.proc.pid),
+                                "--rate", str(args.rate), "--format", "raw", "--output",
+                                str(out), "--duration", str(int(args.seconds)), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        tally = {}
+        thread = threading.Thread(target=lambda: tally.update(
+            t=gen.run(load, args.seconds)))
+        thread.start()
+        thread.join()
+        spy.wait(timeout=args.seconds + 30)
+        own, inclusive, by_file, total = summarise(out.read_text())
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        sims.proc.stop()
+        redis.stop()
+    print(f"{args.route}: {tally['t'].rate:.0f} req/s while sampled; {total} samples;"
+          f" raw stacks in {out}\n")
+    for title, counts in (("own time, per file", by_file), ("own time", own),
+                          ("including callees", inclusive)):
+        print(f"top {TOP} by {title}:")
+        for frame, count in counts.most_common(TOP):
+            print(f"  {count / total:6.1%}  {frame}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
