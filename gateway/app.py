@@ -39,7 +39,7 @@ from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 
-ACCESS_LOG_FLUSH_S = 0.5
+HOUSEKEEPING_S = 0.5
 _MAX_ECHOED_PATH = 200
 
 
@@ -63,6 +63,7 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 MAINTENANCE = admin.MAINTENANCE
 STATUS = web.AppKey("status", StatusPage)
+ADMISSION = web.AppKey("admission", Admission | Unlimited)
 
 
 def _make_store(settings: Settings, clock: Clock) -> Store:
@@ -118,9 +119,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
     admission: Admission | Unlimited = Unlimited()
     if settings.overload.enabled:
-        admission = Admission(settings.overload, metrics.in_flight.inc)
+        admission = Admission(settings.overload)
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
+    app[ADMISSION] = admission
     shared = Shared(maintenance, admission, limiter, settings.server.max_body_bytes,
                     settings.overload.request_deadline_s)
     for policy in ROUTES:
@@ -139,7 +141,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi(openapi.document_bytes()))
     app.cleanup_ctx.append(_upstream_sessions)
-    app.cleanup_ctx.append(_access_log_flusher)
+    app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_control_sync)
     return app
 
@@ -177,15 +179,19 @@ async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
             await task
 
 
-async def _access_log_flusher(app: web.Application) -> AsyncIterator[None]:
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """On a timer, off the request path: flush the access log, sample the in-flight gauge."""
     access_log = app[ACCESS_LOG]
+    in_flight = app[METRICS].in_flight
+    admission = app[ADMISSION]
 
-    async def flush_forever() -> None:
+    async def every_tick() -> None:
         while True:
-            await asyncio.sleep(ACCESS_LOG_FLUSH_S)
+            await asyncio.sleep(HOUSEKEEPING_S)
             access_log.flush()
+            in_flight.set(admission.in_flight)
 
-    async with _background(flush_forever()):
+    async with _background(every_tick()):
         yield
     access_log.flush()
 

@@ -165,7 +165,7 @@ class AccessLog:
         self._stream = stream if stream is not None else sys.stdout.buffer
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(orjson.dumps(record) + b"\n")
+        self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def flush(self) -> None:
         # A closed or broken stdout must not take the gateway down.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 
 from gateway import errors
 from gateway.errors import GatewayError
@@ -33,7 +32,9 @@ DEADLINE_HEADER = "X-Request-Timeout-Ms"
 class Admission:
     """How many proxied requests are in flight, and whether one more of a priority fits."""
 
-    def __init__(self, settings: OverloadSettings, on_change: Callable[[int], None]) -> None:
+    # No metric is touched per request: the in-flight gauge samples `in_flight`
+    # (see app.py's housekeeping), which keeps shedding as cheap as it can be.
+    def __init__(self, settings: OverloadSettings) -> None:
         total = settings.max_in_flight
         self._limits = {
             PRIORITY_BROWSE: max(1, int(total * settings.browse_share)),
@@ -41,7 +42,6 @@ class Admission:
             PRIORITY_WRITE: total,
         }
         self.in_flight = 0
-        self._on_change = on_change
 
     def limit(self, priority: int) -> int:
         return self._limits[priority]
@@ -50,12 +50,10 @@ class Admission:
         if self.in_flight >= limit:
             return False
         self.in_flight += 1
-        self._on_change(1)
         return True
 
     def leave(self) -> None:
         self.in_flight -= 1
-        self._on_change(-1)
 
 
 class Unlimited:

@@ -4,7 +4,8 @@ Both take a `Load` and answer a `Tally` for one timed round, from a process of
 their own pinned (where the machine allows) away from the process measured.
 
 wrk is driven by a generated Lua script: a fresh `Idempotency-Key` per request
-when asked, `delay()` pacing for a fixed rate, and a `done()` hook that prints
+when asked, `delay()` pacing for a fixed rate (exponential gaps, so arrivals
+are random, as real clients' are), and a `done()` hook that prints
 the tally as JSON. The fallback (`python -m loadtest.loadgen`) is this module:
 uvloop + aiohttp, closed loop or paced the same way. It tops out far below wrk
 (a few thousand requests/s on two cores), so with it saturation throughputs are
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -112,7 +114,11 @@ def _lua(load: Load, connections: int) -> str:
                      '  wrk.headers["Idempotency-Key"] = prefix .. "-" .. counter\n'
                      '  return wrk.format()\nend')
     if load.rate:
-        lines.append(f"function delay() return {connections / load.rate * 1000:.3f} end")
+        # Exponential gaps: connections with equal fixed gaps would send in lockstep
+        # bursts and measure queueing behind the burst, not the proxy.
+        mean_ms = connections / load.rate * 1000
+        lines.append(f"math.randomseed(os.time())\nlocal mean_ms = {mean_ms:.3f}\n"
+                     "function delay() return -math.log(1 - math.random()) * mean_ms end")
     lines.append(
         "function done(summary, latency, requests)\n"
         "  local e = summary.errors\n"
@@ -154,7 +160,7 @@ async def _fallback(load: Load, seconds: float, connections: int) -> Tally:
                     errors += 1
                 latencies.append(time.perf_counter() - started)
                 if pause:
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(random.expovariate(1 / pause))
 
         started = time.monotonic()
         await asyncio.gather(*(connection() for _ in range(connections)))

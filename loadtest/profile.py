@@ -8,6 +8,7 @@ share of all samples. The raw collapsed stacks are kept for flame graphs.
 
     python -m loadtest.profile --route get --seconds 20
     python -m loadtest.profile --route post --seconds 20
+    python -m loadtest.profile --route refuse --seconds 20   # order breaker forced open
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from loadtest.bench import AVAILABILITY, MEASURED_CPU, ORDER, _other_cpus, _pinned
+from loadtest.bench import ADMIN_TOKEN, AVAILABILITY, MEASURED_CPU, ORDER, _other_cpus, _pinned
 from loadtest.loadgen import Load, generator
 from tests.procs import Gateway, RedisServer, Upstreams
 
@@ -68,7 +69,7 @@ def _short(frame: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=("get", "post"), default="get")
+    parser.add_argument("--route", choices=("get", "post", "refuse"), default="get")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -82,10 +83,15 @@ def main() -> None:
     try:
         for pid in (redis.proc.pid, sims.proc.pid):
             _pinned(pid, _other_cpus())
-        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}})
+        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
+                          env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
         _pinned(gateway.proc.pid, MEASURED_CPU)
-        load = (Load(gateway.url + "/v1" + AVAILABILITY) if args.route == "get" else
-                Load(gateway.url + "/v1/orders", method="POST", body=ORDER, keyed=True))
+        loads = {"get": Load(gateway.url + "/v1" + AVAILABILITY),
+                 "post": Load(gateway.url + "/v1/orders", method="POST", body=ORDER, keyed=True),
+                 "refuse": Load(gateway.url + "/v1/orders/ord_1")}
+        load = loads[args.route]
+        if args.route == "refuse":
+            gateway.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
         gen = generator(args.connections, _other_cpus())
         gen.run(load, 2.0)  # warm up
         out = log_dir / "profile.collapsed"

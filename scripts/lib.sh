@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/test.sh: find Python, make the venv, install.
+# Shared by scripts/demo.sh, scripts/test.sh and scripts/load.sh: find Python, make the venv, install.
 # Sourced, not run.
 
 find_python() {
@@ -28,22 +28,34 @@ as_root() {
     echo "need root (or sudo) to run: $*" >&2; return 1; fi
 }
 
+# ensure_system_package COMMAND [PACKAGE]: install PACKAGE (default COMMAND) with the
+# system package manager when COMMAND is not on PATH.
+ensure_system_package() {
+  local command="$1" package="${2:-$1}"
+  if command -v "$command" >/dev/null 2>&1; then return 0; fi
+  echo "installing $package with the system package manager..." >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+  elif command -v dnf >/dev/null 2>&1; then
+    as_root dnf install -y -q "$package"
+  elif command -v apk >/dev/null 2>&1; then
+    as_root apk add --quiet "$package"
+  elif command -v brew >/dev/null 2>&1; then
+    brew install "$package"
+  else
+    echo "cannot install $package: no known package manager; install it and retry" >&2
+    return 1
+  fi
+  command -v "$command" >/dev/null 2>&1
+}
+
 # The tests start their own redis-server on free ports; install the binary if missing.
 ensure_redis_server() {
   if command -v redis-server >/dev/null 2>&1; then return 0; fi
-  echo "installing redis-server with the system package manager..." >&2
   if command -v apt-get >/dev/null 2>&1; then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  elif command -v dnf >/dev/null 2>&1; then
-    as_root dnf install -y -q redis
-  elif command -v apk >/dev/null 2>&1; then
-    as_root apk add --quiet redis
-  elif command -v brew >/dev/null 2>&1; then
-    brew install redis
+    ensure_system_package redis-server redis-server
   else
-    echo "cannot install redis-server: no known package manager; install it and retry" >&2
-    return 1
+    ensure_system_package redis-server redis
   fi
-  command -v redis-server >/dev/null 2>&1
 }

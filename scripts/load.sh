@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up (venv with test and load extras, redis-server, wrk where the package manager
+# has it) and run one load scenario or the floor benchmark:
+#   bash scripts/load.sh peak | peak-with-outage | maintenance-during-peak [--profile ci]
+#   bash scripts/load.sh bench [--rounds 3 --seconds 5]
+#   bash scripts/load.sh profile [--route get|post]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+what="${1:?usage: bash scripts/load.sh SCENARIO|bench|profile [options]}"
+shift
+ensure_venv "[test,load]"
+ensure_redis_server
+export PATH="$PWD/.venv/bin:$PATH"
+case "$what" in
+  bench|profile)
+    # Without wrk the benchmark falls back to its own Python load generator.
+    ensure_system_package wrk || echo "wrk unavailable: using the Python load generator" >&2
+    exec python -m "loadtest.$what" "$@" ;;
+  *)
+    exec python -m loadtest.scenarios "$what" "$@" ;;
+esac
