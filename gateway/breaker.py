@@ -193,7 +193,10 @@ class Breaker:
             return
         if state == "half_open" and slow and not failed:
             failed = True  # a slow probe means the backend has not recovered
-        self._feed(failed)
+        if failed or state != "closed" or self._cb.fail_counter:
+            # pybreaker only counts streaks: a success with no streak to end, in the
+            # closed state (the common case), is left out to keep it cheap.
+            self._feed(failed)
         if self.state == "closed":
             reason = trip_reason(self._window.figures(now), self.settings)
             if reason is not None:

@@ -9,6 +9,7 @@ share of all samples. The raw collapsed stacks are kept for flame graphs.
     python -m loadtest.profile --route get --seconds 20
     python -m loadtest.profile --route post --seconds 20
     python -m loadtest.profile --route refuse --seconds 20   # order breaker forced open
+    python -m loadtest.profile --route get --bare            # the floor, to compare
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
-import threading
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from loadtest.bench import ADMIN_TOKEN, AVAILABILITY, MEASURED_CPU, ORDER, _other_cpus, _pinned
 from loadtest.loadgen import Load, generator
-from tests.procs import Gateway, RedisServer, Upstreams
+from tests.procs import Gateway, Proc, RedisServer, Upstreams, free_port
 
 TOP = 25
 
@@ -66,58 +68,75 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
+                    redis: RedisServer, stack: ExitStack) -> tuple[str, int]:
+    """The process to profile, pinned to the measured CPU: its URL and PID."""
+    if args.bare:
+        port = free_port()
+        proc = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port",
+                                   str(port), "--availability", sims.urls["availability"],
+                                   "--order", sims.urls["order"], "--redis", redis.url], log_dir)
+        stack.callback(proc.stop)
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_http(url + "/readyz")
+        pid = proc.pid
+    else:
+        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
+                          env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+        stack.callback(gateway.stop)
+        url, pid = gateway.url, gateway.proc.pid
+        if args.route == "refuse":
+            gateway.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+    _pinned(pid, MEASURED_CPU)
+    return url, pid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--route", choices=("get", "post", "refuse"), default="get")
+    parser.add_argument("--bare", action="store_true",
+                        help="profile the bare proxy (+Redis on post) instead, to compare")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy is not installed (pip install -e '.[load]')")
+    if args.bare and args.route == "refuse":
+        raise SystemExit("the bare proxy never refuses")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-profile-"))
-    redis = RedisServer(log_dir)
-    sims = Upstreams(log_dir)
-    gateway = None
-    try:
+    out = log_dir / "profile.collapsed"
+    with ExitStack() as stack:
+        redis = RedisServer(log_dir)
+        stack.callback(redis.stop)
+        sims = Upstreams(log_dir)
+        stack.callback(sims.proc.stop)
         for pid in (redis.proc.pid, sims.proc.pid):
             _pinned(pid, _other_cpus())
-        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
-                          env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
-        _pinned(gateway.proc.pid, MEASURED_CPU)
-        loads = {"get": Load(gateway.url + "/v1" + AVAILABILITY),
-                 "post": Load(gateway.url + "/v1/orders", method="POST", body=ORDER, keyed=True),
-                 "refuse": Load(gateway.url + "/v1/orders/ord_1")}
-        load = loads[args.route]
-        if args.route == "refuse":
-            gateway.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+        url, pid = _start_measured(args, log_dir, sims, redis, stack)
+        load = {"get": Load(url + "/v1" + AVAILABILITY),
+                "post": Load(url + "/v1/orders", method="POST", body=ORDER, keyed=True),
+                "refuse": Load(url + "/v1/orders/ord_1")}[args.route]
         gen = generator(args.connections, _other_cpus())
         gen.run(load, 2.0)  # warm up
-        out = log_dir / "profile.collapsed"
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(gateway.proc.pid),
-                                "--rate", str(args.rate), "--format", "raw", "--output",
-                                str(out), "--duration", str(int(args.seconds)), "--nonblocking"],
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),
+                                "--format", "raw", "--output", str(out), "--duration",
+                                str(int(args.seconds)), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        tally = {}
-        thread = threading.Thread(target=lambda: tally.update(
-            t=gen.run(load, args.seconds)))
-        thread.start()
-        thread.join()
+        tally = gen.run(load, args.seconds)
         spy.wait(timeout=args.seconds + 30)
-        own, inclusive, by_file, total = summarise(out.read_text())
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        sims.proc.stop()
-        redis.stop()
-    print(f"{args.route}: {tally['t'].rate:.0f} req/s while sampled; {total} samples;"
-          f" raw stacks in {out}\n")
+    own, inclusive, by_file, total = summarise(out.read_text())
+    what = "bare proxy" if args.bare else "gateway"
+    # Samples per 1000 requests make two profiles (gateway, bare proxy) comparable.
+    per_k = 1000 / tally.requests
+    print(f"{args.route} through the {what}: {tally.rate:.0f} req/s while sampled;"
+          f" {total} samples, {total * per_k:.0f} per 1000 requests; raw stacks in {out}\n")
     for title, counts in (("own time, per file", by_file), ("own time", own),
                           ("including callees", inclusive)):
-        print(f"top {TOP} by {title}:")
+        print(f"top {TOP} by {title} (share of samples, samples per 1000 requests):")
         for frame, count in counts.most_common(TOP):
-            print(f"  {count / total:6.1%}  {frame}")
+            print(f"  {count / total:6.1%} {count * per_k:7.1f}  {frame}")
         print()
 
 

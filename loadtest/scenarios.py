@@ -263,6 +263,7 @@ class Verdict:
     scenario: str
     checks: list[Check] = field(default_factory=list)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -295,6 +296,7 @@ def judge(scenario: str, data: dict[str, Any], resubmitted: dict[str, int],
     requests: list[dict[str, Any]] = data["requests"]
     answered = [r for r in requests if r["status"]]
     _route_table(verdict, requests)
+    verdict.load = _load_shape(requests, data["t0"], profile)
 
     unexplained = [r for r in answered if not explained(r)]
     verdict.add("contract answers", not unexplained,
@@ -338,6 +340,18 @@ def _route_table(verdict: Verdict, requests: list[dict[str, Any]]) -> None:
             "p50_ms": statistics.median(times) if times else 0.0,
             "p99_ms": _p99(times),
         }
+
+
+def _load_shape(requests: list[dict[str, Any]], t0: float, profile: Profile) -> dict[str, float]:
+    """Requests/s sent in the baseline stage and in the busiest 5 s: the peak's height."""
+    per_second = Counter(int(r["t"] - t0) for r in requests)
+    baseline_s = int(profile.stages[0][0])
+    baseline = [per_second.get(second, 0) for second in range(2, baseline_s)]
+    seconds = range(int(profile.duration_s))
+    busiest = max((sum(per_second.get(s + i, 0) for i in range(5)) / 5 for s in seconds),
+                  default=0.0)
+    return {"baseline_rps": round(statistics.median(baseline), 1) if baseline else 0.0,
+            "peak_rps": round(busiest, 1), "requests": len(requests)}
 
 
 def _sample(records: list[dict[str, Any]]) -> str:
@@ -398,7 +412,10 @@ def _maintenance(verdict: Verdict, answered: list[dict[str, Any]], start: float,
 def report(verdict: Verdict, report_dir: Path, seconds: float) -> str:
     """The summary table and the checks, as printed; also written to verdict.json."""
     lines = [f"scenario {verdict.scenario}: {'PASS' if verdict.passed else 'FAIL'}"
-             f" ({seconds:.0f} s, report in {report_dir})", "",
+             f" ({seconds:.0f} s, report in {report_dir})",
+             f"load: {verdict.load.get('requests', 0)} requests; baseline"
+             f" {verdict.load.get('baseline_rps', 0):.0f} req/s, busiest 5 s"
+             f" {verdict.load.get('peak_rps', 0):.0f} req/s", "",
              f"{'route':26s} {'requests':>8s} {'2xx':>6s} {'p50 ms':>7s} {'p99 ms':>7s}"
              f" {'bound':>6s}  other answers"]
     for route, row in sorted(verdict.routes.items()):
@@ -409,7 +426,7 @@ def report(verdict: Verdict, report_dir: Path, seconds: float) -> str:
     lines += [f"[{'pass' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in verdict.checks]
     (report_dir / "verdict.json").write_text(json.dumps({
         "scenario": verdict.scenario, "passed": verdict.passed, "seconds": round(seconds, 1),
-        "routes": verdict.routes,
+        "load": verdict.load, "routes": verdict.routes,
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail}
                    for c in verdict.checks]}, indent=2, ensure_ascii=False))
     return "\n".join(lines)
