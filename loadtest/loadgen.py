@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -92,7 +93,9 @@ class Wrk(Generator):
     def argv(self, load: Load, seconds: float) -> list[str]:
         script = Path(tempfile.mkdtemp(prefix="wrk-")) / "load.lua"
         script.write_text(_lua(load, self.connections))
-        return ["wrk", "-t1", f"-c{self.connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        # wrk takes whole seconds only.
+        return ["wrk", "-t1", f"-c{self.connections}", f"-d{max(1, math.ceil(seconds))}s",
+                "--timeout", "10s",
                 "-s", str(script), load.url, "--", uuid.uuid4().hex[:12]]
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up (venv, package with test extras, redis-server) and run lint and the whole suite.
+# Set up (venv, package with test extras, redis-server, wrk) and run lint and the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_venv "[test]"
 ensure_redis_server
+ensure_system_package wrk  # the benchmark's load generator, tested in tests/test_loadgen.py
 .venv/bin/ruff check .
 exec .venv/bin/pytest "$@"
