@@ -99,13 +99,13 @@ class Row:
 # --- the processes -------------------------------------------------------------------------
 
 
-def _pinned(pid: int, cpus: set[int]) -> None:
+def pin_threads(pid: int, cpus: set[int]) -> None:
     # A supervisor would hide its workers' CPU: everything measured runs as one process.
     for task in os.listdir(f"/proc/{pid}/task"):
         pin(int(task), cpus)
 
 
-def _other_cpus() -> set[int]:
+def other_cpus() -> set[int]:
     cpus = os.sched_getaffinity(0) - MEASURED_CPU
     return cpus or MEASURED_CPU
 
@@ -124,6 +124,18 @@ class _Holder:
             sock.close()
 
 
+def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) -> tuple[str, int]:
+    """A bare proxy in front of the simulators, pinned to the measured CPU: URL and PID."""
+    port = free_port()
+    proc = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port", str(port),
+                               "--availability", sims.urls["availability"],
+                               "--order", sims.urls["order"], *extra], log_dir)
+    stack.callback(proc.stop)
+    proc.wait_http(f"http://127.0.0.1:{port}/readyz")
+    pin_threads(proc.pid, MEASURED_CPU)
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
 @contextmanager
 def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
     """Start everything, yield the targets and the main gateway, stop everything."""
@@ -133,35 +145,25 @@ def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
         sims = Upstreams(log_dir)
         stack.callback(sims.proc.stop)
         for pid in (redis.proc.pid, sims.proc.pid):
-            _pinned(pid, _other_cpus())
+            pin_threads(pid, other_cpus())
         base = {"redis": {"url": redis.url}}
 
         def gateway(config: dict[str, Any], upstreams: Upstreams = sims) -> Gateway:
             gw = Gateway(log_dir, upstreams.urls, config=config,
                          env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
             stack.callback(gw.stop)
-            _pinned(gw.proc.pid, MEASURED_CPU)
+            pin_threads(gw.proc.pid, MEASURED_CPU)
             return gw
-
-        def bare(*extra: str) -> tuple[str, int]:
-            port = free_port()
-            proc = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port",
-                                       str(port), "--availability", sims.urls["availability"],
-                                       "--order", sims.urls["order"], *extra], log_dir)
-            stack.callback(proc.stop)
-            proc.wait_http(f"http://127.0.0.1:{port}/readyz")
-            _pinned(proc.pid, MEASURED_CPU)
-            return f"http://127.0.0.1:{port}", proc.pid
 
         main = gateway(base)
         limited = gateway({**base, "rate_limit": {"rate_per_s": 1_000_000, "burst": 1_000_000}})
-        bare_url, bare_pid = bare()
-        bare_redis_url, bare_redis_pid = bare("--redis", redis.url)
+        bare_url, bare_pid = start_bare(log_dir, sims, stack)
+        bare_redis_url, bare_redis_pid = start_bare(log_dir, sims, stack, "--redis", redis.url)
 
         # The refusing gateway has simulators of its own: its availability backend hangs.
         hung = Upstreams(log_dir)
         stack.callback(hung.proc.stop)
-        _pinned(hung.proc.pid, _other_cpus())
+        pin_threads(hung.proc.pid, other_cpus())
         hung.set_faults("availability", hang=True)
         refusing = gateway({
             "overload": {"max_in_flight": HELD_SLOTS * 2, "browse_share": 0.5,
@@ -333,7 +335,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None,
                         help="default: load-reports/bench-<time>.json")
     args = parser.parse_args()
-    gen = generator(args.connections, _other_cpus(), prefer_wrk=args.generator == "wrk")
+    gen = generator(args.connections, other_cpus(), prefer_wrk=args.generator == "wrk")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-bench-"))
     about = {**machine(), "generator": gen.name, "connections": args.connections,
              "rounds": args.rounds, "seconds": args.seconds, "groups": args.groups}

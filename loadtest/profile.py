@@ -17,15 +17,22 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from loadtest.bench import ADMIN_TOKEN, AVAILABILITY, MEASURED_CPU, ORDER, _other_cpus, _pinned
+from loadtest.bench import (
+    ADMIN_TOKEN,
+    AVAILABILITY,
+    MEASURED_CPU,
+    ORDER,
+    other_cpus,
+    pin_threads,
+    start_bare,
+)
 from loadtest.loadgen import Load, generator
-from tests.procs import Gateway, Proc, RedisServer, Upstreams, free_port
+from tests.procs import Gateway, RedisServer, Upstreams
 
 TOP = 25
 
@@ -72,23 +79,14 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
                     redis: RedisServer, stack: ExitStack) -> tuple[str, int]:
     """The process to profile, pinned to the measured CPU: its URL and PID."""
     if args.bare:
-        port = free_port()
-        proc = Proc("bare-proxy", [sys.executable, "-m", "loadtest.bare_proxy", "--port",
-                                   str(port), "--availability", sims.urls["availability"],
-                                   "--order", sims.urls["order"], "--redis", redis.url], log_dir)
-        stack.callback(proc.stop)
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_http(url + "/readyz")
-        pid = proc.pid
-    else:
-        gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
-                          env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
-        stack.callback(gateway.stop)
-        url, pid = gateway.url, gateway.proc.pid
-        if args.route == "refuse":
-            gateway.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
-    _pinned(pid, MEASURED_CPU)
-    return url, pid
+        return start_bare(log_dir, sims, stack, "--redis", redis.url)
+    gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
+                      env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    stack.callback(gateway.stop)
+    pin_threads(gateway.proc.pid, MEASURED_CPU)
+    if args.route == "refuse":
+        gateway.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+    return gateway.url, gateway.proc.pid
 
 
 def main() -> None:
@@ -113,12 +111,12 @@ def main() -> None:
         sims = Upstreams(log_dir)
         stack.callback(sims.proc.stop)
         for pid in (redis.proc.pid, sims.proc.pid):
-            _pinned(pid, _other_cpus())
+            pin_threads(pid, other_cpus())
         url, pid = _start_measured(args, log_dir, sims, redis, stack)
         load = {"get": Load(url + "/v1" + AVAILABILITY),
                 "post": Load(url + "/v1/orders", method="POST", body=ORDER, keyed=True),
                 "refuse": Load(url + "/v1/orders/ord_1")}[args.route]
-        gen = generator(args.connections, _other_cpus())
+        gen = generator(args.connections, other_cpus())
         gen.run(load, 2.0)  # warm up
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),
                                 "--format", "raw", "--output", str(out), "--duration",

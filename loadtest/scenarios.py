@@ -375,14 +375,9 @@ def _charges(verdict: Verdict, payments: list[dict[str, Any]], resubmitted: dict
 
 def _reads_during(verdict: Verdict, answered: list[dict[str, Any]], start: float,
                   end: float) -> None:
-    reads = [r for r in answered if r["route"] in READS and r["expect"] is None
-             and start <= r["t"] <= end]
-    ok = sum(1 for r in reads if 200 <= r["status"] < 300)
-    share = ok / len(reads) if reads else 0.0
-    verdict.add("reads succeed during the payment outage", share >= READS_OK_SHARE,
-                f"{ok}/{len(reads)} reads 2xx ({share:.1%}, need {READS_OK_SHARE:.0%})")
+    _reads_ok(verdict, "reads succeed during the payment outage", answered, READS, start, end)
     payments = [r for r in answered if r["route"] == "POST /v1/payments"
-                and start + EDGE_S <= r["t"] <= end]
+                and start + EDGE_S <= r["t"] <= end - EDGE_S]
     refused = sum(1 for r in payments if not 200 <= r["status"] < 300)
     verdict.add("the outage was felt", bool(payments) and refused == len(payments),
                 f"{refused}/{len(payments)} payment submissions refused with a contract code"
@@ -401,11 +396,18 @@ def _maintenance(verdict: Verdict, answered: list[dict[str, Any]], start: float,
                 f"{refused}/{len(inside)} answered MAINTENANCE")
     verdict.add("no maintenance answers outside the window", leaked == 0 and bool(outside),
                 f"{leaked}/{len(outside)} answered MAINTENANCE")
-    reads = [r for r in answered if r["route"] in (*READS, "GET /v1/payments/{id}")
-             and r["expect"] is None and start <= r["t"] <= end]
+    _reads_ok(verdict, "reads succeed during the window", answered,
+              (*READS, "GET /v1/payments/{id}"), start, end)
+
+
+def _reads_ok(verdict: Verdict, name: str, answered: list[dict[str, Any]],
+              routes: tuple[str, ...], start: float, end: float) -> None:
+    """At least READS_OK_SHARE of these routes' answers in [start, end] were 2xx."""
+    reads = [r for r in answered if r["route"] in routes and r["expect"] is None
+             and start <= r["t"] <= end]
     ok = sum(1 for r in reads if 200 <= r["status"] < 300)
     share = ok / len(reads) if reads else 0.0
-    verdict.add("reads succeed during the window", share >= READS_OK_SHARE,
+    verdict.add(name, share >= READS_OK_SHARE,
                 f"{ok}/{len(reads)} reads 2xx ({share:.1%}, need {READS_OK_SHARE:.0%})")
 
 
