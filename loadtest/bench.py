@@ -124,6 +124,17 @@ class _Holder:
             sock.close()
 
 
+def start_backends(log_dir: Path, stack: ExitStack) -> tuple[RedisServer, Upstreams]:
+    """A redis-server and the simulators, off the measured CPU, stopped with the stack."""
+    redis = RedisServer(log_dir)
+    stack.callback(redis.stop)
+    sims = Upstreams(log_dir)
+    stack.callback(sims.proc.stop)
+    for pid in (redis.proc.pid, sims.proc.pid):
+        pin_threads(pid, other_cpus())
+    return redis, sims
+
+
 def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) -> tuple[str, int]:
     """A bare proxy in front of the simulators, pinned to the measured CPU: URL and PID."""
     port = free_port()
@@ -140,12 +151,7 @@ def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) ->
 def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
     """Start everything, yield the targets and the main gateway, stop everything."""
     with ExitStack() as stack:
-        redis = RedisServer(log_dir)
-        stack.callback(redis.stop)
-        sims = Upstreams(log_dir)
-        stack.callback(sims.proc.stop)
-        for pid in (redis.proc.pid, sims.proc.pid):
-            pin_threads(pid, other_cpus())
+        redis, sims = start_backends(log_dir, stack)
         base = {"redis": {"url": redis.url}}
 
         def gateway(config: dict[str, Any], upstreams: Upstreams = sims) -> Gateway:

@@ -29,6 +29,7 @@ from loadtest.bench import (
     ORDER,
     other_cpus,
     pin_threads,
+    start_backends,
     start_bare,
 )
 from loadtest.loadgen import Load, generator
@@ -106,12 +107,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-profile-"))
     out = log_dir / "profile.collapsed"
     with ExitStack() as stack:
-        redis = RedisServer(log_dir)
-        stack.callback(redis.stop)
-        sims = Upstreams(log_dir)
-        stack.callback(sims.proc.stop)
-        for pid in (redis.proc.pid, sims.proc.pid):
-            pin_threads(pid, other_cpus())
+        redis, sims = start_backends(log_dir, stack)
         url, pid = _start_measured(args, log_dir, sims, redis, stack)
         load = {"get": Load(url + "/v1" + AVAILABILITY),
                 "post": Load(url + "/v1/orders", method="POST", body=ORDER, keyed=True),
