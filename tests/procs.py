@@ -120,7 +120,7 @@ class Upstreams:
             "--availability-port", str(self.ports["availability"]),
         ], log_dir)
         for url in self.urls.values():
-            self.proc.wait_http(url + "/_stats")
+            _started_or_stopped(self.proc, url + "/_stats")
 
     def _call(self, backend: str, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else orjson.dumps(body)
@@ -159,7 +159,7 @@ class Gateway:
         if workers > 1:
             argv += ["--workers", str(workers)]
         self.proc = Proc(f"gateway-{self.port}", argv, log_dir, env)
-        self.proc.wait_http(self.url + "/readyz")
+        _started_or_stopped(self.proc, self.url + "/readyz")
 
     def admin(self, method: str, path: str, token: str, body: Any = None) -> Any:
         data = None if body is None else orjson.dumps(body)
@@ -174,6 +174,15 @@ class Gateway:
 
     def stop(self) -> int | None:
         return self.proc.stop()
+
+
+def _started_or_stopped(proc: Proc, url: str) -> None:
+    """Wait for `url`; a process that never got there is stopped, not left behind."""
+    try:
+        proc.wait_http(url)
+    except BaseException:
+        proc.kill()
+        raise
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
