@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up (venv with test and load extras, redis-server, wrk where the package manager
-# has it) and run one load scenario or the floor benchmark:
+# Set up (venv with test and load extras, redis-server, wrk or nginx where needed) and
+# run one load scenario, the floor benchmark, the profile or the multi-replica set-up:
 #   bash scripts/load.sh peak | peak-with-outage | maintenance-during-peak [--profile ci]
 #   bash scripts/load.sh bench [--rounds 3 --seconds 5]
 #   bash scripts/load.sh profile [--route get|post]
+#   bash scripts/load.sh replicas   # 3 replicas behind nginx, one Redis, until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -13,6 +14,9 @@ ensure_venv "[test,load]"
 ensure_redis_server
 export PATH="$PWD/.venv/bin:$PATH"
 case "$what" in
+  replicas)
+    ensure_system_package nginx
+    exec python -m loadtest.replicas "$@" ;;
   bench|profile)
     # Without wrk the benchmark falls back to its own Python load generator.
     ensure_system_package wrk || echo "wrk unavailable: using the Python load generator" >&2

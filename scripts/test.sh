@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (venv, package with test extras, redis-server, wrk) and run lint and the whole suite.
+# Set up (venv, package with test extras, redis-server, wrk, nginx) and run lint and the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +7,6 @@ source scripts/lib.sh
 ensure_venv "[test]"
 ensure_redis_server
 ensure_system_package wrk  # the benchmark's load generator, tested in tests/test_loadgen.py
+ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/test_replicas.py)
 .venv/bin/ruff check .
 exec .venv/bin/pytest "$@"

@@ -240,3 +240,62 @@ class RedisServer:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+class LoadBalancer:
+    """nginx on a free loopback port, round robin over `backends` (host:port).
+
+    No keep-alive towards the backends: a replica that closes its listener to
+    drain then refuses new connections, and nginx passes those requests (any
+    method: they were never sent) to the next replica.
+    """
+
+    def __init__(self, log_dir: Path, backends: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        prefix = log_dir / f"nginx-{self.port}"
+        prefix.mkdir()
+        prefix.chmod(0o777)  # its worker processes may run as an unprivileged user
+        servers = "\n".join(f"    server {b} max_fails=1 fail_timeout=2s;" for b in backends)
+        temp = " ".join(f"{kind}_temp_path {prefix}/{kind};"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (prefix / "nginx.conf").write_text(f"""
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  {temp}
+  upstream gateways {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      proxy_pass http://gateways;
+      proxy_next_upstream error timeout;
+      proxy_connect_timeout 1s;
+      proxy_read_timeout 30s;
+    }}
+  }}
+}}
+""")
+        self.proc = Proc(f"nginx-{self.port}", ["nginx", "-p", str(prefix), "-c",
+                                                str(prefix / "nginx.conf")], log_dir)
+        self.error_log = prefix / "error.log"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if not self.proc.alive():
+                    break
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError(f"nginx did not start:\n{self.proc.log_tail()}")
+
+    def stop(self) -> None:
+        self.proc.stop()
