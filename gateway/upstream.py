@@ -234,10 +234,11 @@ class Upstream:
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
     """The whole body, or ValueError past MAX_RESPONSE_BYTES (a backend gone wrong)."""
-    if resp.content_length is not None:
-        if resp.content_length > MAX_RESPONSE_BYTES:
-            raise ValueError("response too large")
-        # The usual case: a declared, bounded length is read in one await.
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        raise ValueError("response too large")
+    if resp.content_length is not None and "Content-Encoding" not in resp.headers:
+        # The usual case: a declared, bounded, uncompressed length, read in one await.
+        # (A compressed body may inflate past the limit: it is counted as it comes.)
         return await resp.read()
     chunks: list[bytes] = []
     size = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 import uuid
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT
-from tests.procs import Gateway, Upstreams
+from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT, NO_STALE_ANSWERS
+from tests.procs import Gateway, Upstreams, free_port
 
 TIMEOUT_S = 1.0  # the suite's gateway timeout (tests/procs.py)
 MARGIN_S = 0.5
@@ -153,3 +155,35 @@ async def test_killed_backend_process_gives_fast_502(log_dir: Path,
     finally:
         gw.stop()
         sims.proc.stop()
+
+
+@pytest.mark.parametrize("answer", ["declared-too-large", "inflates-too-large"])
+async def test_an_oversized_backend_answer_is_refused_not_buffered(
+        answer: str, log_dir: Path, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
+    """A backend gone wrong cannot make the gateway hold more than 1 MiB of its answer,
+    whether it declares the size or hides it in a small compressed body."""
+    huge = b'{"pad": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    if answer == "declared-too-large":
+        body, headers = huge, {}
+    else:
+        body, headers = gzip.compress(huge), {"Content-Encoding": "gzip"}
+
+    async def availability(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/availability", availability)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    gw = Gateway(log_dir, {**upstreams.urls, "availability": f"http://127.0.0.1:{port}"},
+                 config=NO_STALE_ANSWERS)
+    try:
+        assert len(body) < 1024 * 1024 or answer == "declared-too-large"
+        async with http.get(gw.url + AVAILABILITY) as resp:
+            assert resp.status == 502
+            assert (await resp.json())["code"] == "UPSTREAM_UNAVAILABLE"
+    finally:
+        gw.stop()
+        await runner.cleanup()
