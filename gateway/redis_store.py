@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway import redis_sentinel
 from gateway.redis_wire import Wire, WireError
 from gateway.reply import Reply
 from gateway.store import Claim, ClaimStatus, StoreUnavailable
@@ -139,9 +140,15 @@ class RedisStore:
     shared = True
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1), health_check_interval=30)
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                   "retry": Retry(NoBackoff(), 1), "health_check_interval": 30}
+        sentinel = redis_sentinel.parse(url)
+        if sentinel is None:
+            self._redis = aioredis.Redis.from_url(url, **options)
+        else:
+            self._redis = sentinel.sentinel(timeout_s).master_for(
+                sentinel.service, db=sentinel.db, username=sentinel.username,
+                password=sentinel.password, **options)
         self._wire = Wire(url, timeout_s)
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:

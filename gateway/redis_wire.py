@@ -27,6 +27,9 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import RedisError
+
+from gateway import redis_sentinel
 
 
 class WireError(Exception):
@@ -106,11 +109,21 @@ class _Protocol(asyncio.Protocol):
         self._fail(WireError("closed"))
 
 
+def _demoted(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY")
+
+
 class Wire:
     """Pipelined commands on one connection to the Redis at `url`."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._params = parse_url(url)
+        self._sentinel = redis_sentinel.parse(url)
+        if self._sentinel is None:
+            self._params = parse_url(url)
+        else:  # the address is asked of the sentinels at every connect
+            target = self._sentinel
+            self._params = {"username": target.username, "password": target.password,
+                            "db": target.db}
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
@@ -121,9 +134,14 @@ class Wire:
         """One command's reply; a Redis error reply comes back as `hiredis.ReplyError`."""
         packed = hiredis.pack_command(args)
         try:
-            return await self._send(packed)
+            reply = await self._send(packed)
         except _Gone:
             return await self._send(packed)
+        if self._sentinel is not None and _demoted(reply):
+            # A failover made our master a replica: ask the sentinels again, once.
+            self.close()
+            reply = await self._send(packed)
+        return reply
 
     async def _send(self, packed: bytes) -> Any:
         protocol = self._protocol
@@ -150,7 +168,7 @@ class Wire:
             self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             return await asyncio.shield(self._connecting)
-        except (OSError, TimeoutError, WireError) as exc:
+        except (OSError, TimeoutError, WireError, RedisError) as exc:  # RedisError: sentinels
             raise WireError(f"cannot connect to Redis: {exc}") from exc
 
     async def _connect(self) -> _Protocol:
@@ -163,9 +181,11 @@ class Wire:
                     lambda: _Protocol(self._timeout_s), params["path"])
             else:
                 context = ssl.create_default_context() if cls is SSLConnection else None
+                host, port = params.get("host", "localhost"), int(params.get("port", 6379))
+                if self._sentinel is not None:
+                    host, port = await self._sentinel.master(self._timeout_s)
                 _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self._timeout_s), params.get("host", "localhost"),
-                    int(params.get("port", 6379)), ssl=context)
+                    lambda: _Protocol(self._timeout_s), host, port, ssl=context)
             self._protocol = protocol
             await self._handshake(protocol)
         return protocol

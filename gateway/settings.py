@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import redis_sentinel
+
 BACKENDS = ("order", "payment", "availability")
 Backend = Literal["order", "payment", "availability"]
 IDEMPOTENT_BACKENDS = ("order", "payment")  # backends of the POST routes that take a key
@@ -159,8 +161,11 @@ class RedisSettings(_Model):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if value is None:
+            return value
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix", redis_sentinel.SCHEME):
+            raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
+        redis_sentinel.parse(value)  # a bad sentinel URL says what it lacks
         return value
 
 

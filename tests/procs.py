@@ -201,20 +201,23 @@ class RedisServer:
     depends on the disk being quick; deployed Redis runs `everysec`.
     """
 
-    def __init__(self, log_dir: Path, persistent: bool = False) -> None:
+    def __init__(self, log_dir: Path, persistent: bool = False,
+                 replica_of: int | None = None) -> None:
         self.log_dir = log_dir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.data_dir = log_dir / f"redis-{self.port}"
         self.data_dir.mkdir()
-        self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
+        self.options = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
                             else ["--appendonly", "no"])
+        if replica_of is not None:
+            self.options += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.proc = self._start()
 
     def _start(self) -> Proc:
         proc = Proc(f"redis-{self.port}", [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", *self.persistence, "--dir", str(self.data_dir),
+            "--save", "", *self.options, "--dir", str(self.data_dir),
         ], self.log_dir)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
