@@ -148,8 +148,8 @@ def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) ->
 
 
 @contextmanager
-def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
-    """Start everything, yield the targets and the main gateway, stop everything."""
+def processes(log_dir: Path) -> Iterator[list[Target]]:
+    """Start everything, yield the targets, stop everything."""
     with ExitStack() as stack:
         redis, sims = start_backends(log_dir, stack)
         base = {"redis": {"url": redis.url}}
@@ -200,7 +200,7 @@ def processes(log_dir: Path) -> Iterator[tuple[list[Target], Gateway]]:
                    refusing.proc.pid, refusal=True),
             Target("refusals", "shed (overloaded)", Load(refusing.url + "/v1" + AVAILABILITY),
                    refusing.proc.pid, refusal=True),
-        ], main
+        ]
 
 
 # --- the rounds ----------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def main() -> None:
     about = {**machine(), "generator": gen.name, "connections": args.connections,
              "rounds": args.rounds, "seconds": args.seconds, "groups": args.groups}
     print(f"load generator: {gen.name}; logs in {log_dir}", flush=True)
-    with processes(log_dir) as (targets, _):
+    with processes(log_dir) as targets:
         rows = run_rounds(gen, targets, args)
     checks = ratios(rows)
     print("\nmedians over", args.rounds, "interleaved rounds;", about["date"], about["commit"],
