@@ -1,42 +1,91 @@
-"""The admin API for SREs: breakers and maintenance windows (CONTRACT.md, "Admin API").
+"""The admin API for SREs: breakers, maintenance windows, client API keys
+(CONTRACT.md, "Admin API").
 
 Registered only when an admin token is configured; otherwise `/admin/*` is
-simply not found. Every route checks `Authorization: Bearer <token>` in
-constant time, and every action is logged as an audit line.
+simply not found. Every admin request passes, in order:
+1. its listener: with `admin.port` set, only requests that arrived there (the
+   public port answers 404, as if there were no admin API);
+2. a token bucket per remote address (`admin.rate_per_s`, `admin.burst`): 429;
+3. `Authorization: Bearer <token>`, compared in constant time with the token
+   and, during a rotation, the previous one: 401, logged as `admin.denied`.
+Every action is then logged as one audit line: who (which token, its
+fingerprint, the remote address, and `X-Admin-Actor` if sent), what, and the
+state before and after.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import errors, identity, validation
+from gateway import auth, connections, errors, identity, privacy, validation
+from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
 from gateway.errors import GatewayError
 from gateway.maintenance import Maintenance
 from gateway.problem import json_response
-from gateway.settings import MaintenanceWindowSettings
-from gateway.store import StoreUnavailable
+from gateway.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
+from gateway.store import MemoryStore, StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
+CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
+ACTOR_HEADER = "X-Admin-Actor"
+_MAX_REMOTES = 10_000
 
 
-def _guarded(token: str, handler: Handler) -> Handler:
-    expected = f"Bearer {token}".encode()
+@dataclass(slots=True)
+class Listener:
+    """Where admin requests are taken: anywhere (port None and not separate), or only
+    on the admin listener's port, known once it is bound."""
+
+    separate: bool
+    port: int | None = None
+
+    def admits(self, request: web.Request) -> bool:
+        if not self.separate:
+            return True
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        return self.port is not None and sockname is not None and sockname[1] == self.port
+
+
+ADMIN_LISTENER = web.AppKey("admin_listener", Listener)
+
+
+def _guarded(settings: Settings, tokens: AdminTokens, listener: Listener,
+             handler: Handler) -> Handler:
+    buckets = MemoryStore(max_buckets=_MAX_REMOTES)
+    rate, burst = settings.admin.rate_per_s, settings.admin.burst
+    limit, timeout_s = settings.server.max_body_bytes, settings.server.body_timeout_s
+    fingerprints = {"current": _fingerprint(settings.admin.token or ""),
+                    "previous": _fingerprint(settings.admin.previous_token or "")}
 
     async def check(request: web.Request) -> web.StreamResponse:
-        sent = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(sent, expected):
-            raise GatewayError(errors.UNAUTHORIZED)
+        if not listener.admits(request):
+            raise GatewayError(errors.NOT_FOUND, params={"path": privacy.scrub(request.path)})
+        wait = await buckets.take_token(request.remote or "unknown", rate, burst)
+        if wait > 0:
+            raise GatewayError(errors.RATE_LIMITED, retry_after_s=max(1, math.ceil(wait)))
+        which = tokens.match_bearer(request.headers.get("Authorization"))
+        if which is None:
+            log.warning("admin request denied", extra={"fields": {
+                "audit": True, "action": "admin.denied", "request_id": request[identity.REQUEST_ID],
+                "remote": request.remote, "route": f"{request.method} {request.path[:200]}"}})
+            raise GatewayError(errors.UNAUTHORIZED,
+                               headers={"WWW-Authenticate": 'Bearer realm="order-gateway admin"'})
+        request[_WHO] = {"token": which, "token_fingerprint": fingerprints[which],
+                         "remote": request.remote, "actor": _actor(request)}
+        request[_BODY] = (limit, timeout_s)
         try:
             return await handler(request)
         except StoreUnavailable:
@@ -45,6 +94,22 @@ def _guarded(token: str, handler: Handler) -> Handler:
     return check
 
 
+_WHO = "admin_who"
+_BODY = "admin_body_limits"
+
+
+def _fingerprint(token: str) -> str:
+    """Names a token in audit lines without revealing it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:8] if token else ""
+
+
+def _actor(request: web.Request) -> str | None:
+    """The SRE's own name for themselves, if sane; it is a label, not a credential."""
+    sent = request.headers.get(ACTOR_HEADER)
+    if sent is None or not identity.is_sane_id(sent):
+        return None
+    return sent
+
 def _breaker_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if name not in request.app[BOARD].breakers:
@@ -52,10 +117,10 @@ def _breaker_name(request: web.Request) -> str:
     return name
 
 
-def _audit(request: web.Request, action: str, **fields: Any) -> None:
+def _audit(request: web.Request, action: str, before: Any, after: Any, **fields: Any) -> None:
     log.info("admin %s", action, extra={"fields": {
         "audit": True, "action": action, "request_id": request.get(identity.REQUEST_ID),
-        "remote": request.remote, **fields}})
+        "who": request[_WHO], "before": before, "after": after, **fields}})
 
 
 async def list_breakers(request: web.Request) -> web.Response:
@@ -66,8 +131,11 @@ async def list_breakers(request: web.Request) -> web.Response:
 
 async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
     validation.check_content_type(request.headers.get("Content-Type", ""))
+    limit, timeout_s = request[_BODY]
+    validation.check_declared_length(request.content_length, limit)
+    raw = await connections.read_body(request, limit, timeout_s)
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(errors.MALFORMED_JSON, params={"reason": str(exc)}) from None
     if not isinstance(data, dict) or not data:
@@ -86,7 +154,7 @@ async def change_breaker(request: web.Request) -> web.Response:
         raise validation.failed(validation.field_errors(exc)) from None
     await board.change_settings(name, changes)
     after = board.breakers[name].settings.model_dump()
-    _audit(request, "breaker.settings", breaker=name, before=before, after=after)
+    _audit(request, "breaker.settings", before, after, breaker=name)
     return json_response(after)
 
 
@@ -100,8 +168,7 @@ def _force_action(action: str) -> Handler:
         else:
             await board.force(name, "open" if action == "open" else "closed")
         snapshot = board.breakers[name].snapshot()
-        _audit(request, f"breaker.{action}", breaker=name, before=before,
-               after=snapshot["state"])
+        _audit(request, f"breaker.{action}", before, snapshot["state"], breaker=name)
         return json_response(snapshot)
 
     return act
@@ -125,7 +192,7 @@ async def set_window(request: web.Request) -> web.Response:
         raise validation.invalid_field("ends_at", "must be in the future")
     window = await maintenance.put(given)
     shown = window.public(maintenance.now())
-    _audit(request, "maintenance.set", window=shown)
+    _audit(request, "maintenance.set", None, shown)
     return json_response(shown)
 
 
@@ -133,19 +200,64 @@ async def end_window(request: web.Request) -> web.Response:
     window = await request.app[MAINTENANCE].delete(request.match_info["id"])
     if window is None:
         raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
-    _audit(request, "maintenance.end", window=window.id, scope=window.scope)
+    _audit(request, "maintenance.end", window.public(request.app[MAINTENANCE].now()), None)
     return json_response({"ended": [window.id]})
 
 
 async def end_all_windows(request: web.Request) -> web.Response:
-    ended = [w.id for w in await request.app[MAINTENANCE].delete_all()]
-    _audit(request, "maintenance.end_all", windows=ended)
+    maintenance = request.app[MAINTENANCE]
+    windows = await maintenance.delete_all()
+    ended = [w.id for w in windows]
+    _audit(request, "maintenance.end_all", [w.public(maintenance.now()) for w in windows], None)
     return json_response({"ended": ended})
 
 
-def add_routes(app: web.Application, token: str) -> None:
+async def list_api_keys(request: web.Request) -> web.Response:
+    keys = request.app[CLIENT_KEYS]
+    await keys.sync()
+    return json_response({"api_keys": [c.public() for c in keys.clients()]})
+
+
+async def add_api_key(request: web.Request) -> web.Response:
+    """Add a client key; without `key_sha256` one is generated and shown this once."""
+    data = await _json_object(request, "client fields")
+    key = None
+    if "key_sha256" not in data:
+        key = auth.new_key()
+        data = {**data, "key_sha256": auth.key_sha256(key)}
+    try:
+        given = ApiKeySettings.model_validate(data)
+    except ValidationError as exc:
+        raise validation.failed(validation.field_errors(exc)) from None
+    tiers = request.app[_TIERS]
+    if given.tier != "default" and given.tier not in tiers:
+        raise validation.invalid_field("tier", f"must be one of: default, {', '.join(tiers)}")
+    client = await request.app[CLIENT_KEYS].add(given)
+    _audit(request, "api_key.add", None, client.public())
+    shown: dict[str, Any] = client.public()
+    if key is not None:
+        shown["key"] = key
+    return json_response(shown, 201)
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    client = await request.app[CLIENT_KEYS].revoke(request.match_info["key_id"])
+    if client is None:
+        raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
+    _audit(request, "api_key.revoke", client.public(), None)
+    return json_response({"revoked": [client.key_id]})
+
+
+_TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
+
+
+def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
+    listener = Listener(separate=settings.admin.port is not None)
+    app[ADMIN_LISTENER] = listener
+    app[_TIERS] = tuple(settings.rate_limit.tiers)
+
     def route(method: str, path: str, handler: Handler) -> None:
-        app.router.add_route(method, path, _guarded(token, handler))
+        app.router.add_route(method, path, _guarded(settings, tokens, listener, handler))
 
     route("GET", "/admin/breakers", list_breakers)
     route("PUT", "/admin/breakers/{name}", change_breaker)
@@ -155,3 +267,6 @@ def add_routes(app: web.Application, token: str) -> None:
     route("PUT", "/admin/maintenance", set_window)
     route("DELETE", "/admin/maintenance", end_all_windows)
     route("DELETE", "/admin/maintenance/{id}", end_window)
+    route("GET", "/admin/api-keys", list_api_keys)
+    route("POST", "/admin/api-keys", add_api_key)
+    route("DELETE", "/admin/api-keys/{key_id}", revoke_api_key)

@@ -16,21 +16,35 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from gateway import admin, errors, idempotency, identity, openapi, rate_limit, status
+from gateway import (
+    admin,
+    connections,
+    errors,
+    idempotency,
+    identity,
+    openapi,
+    privacy,
+    rate_limit,
+    status,
+)
+from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
+from gateway.cors import Cors
 from gateway.errors import GatewayError
 from gateway.idempotency import REPLAY_HEADER, Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.overload import Admission, Unlimited
-from gateway.problem import json_response, negotiate_language, render
+from gateway.problem import PROBLEM_JSON, json_response, negotiate_language, problem_body, render
 from gateway.proxy import Handler, Shared, make_handler
 from gateway.rate_limit import RateLimiter
 from gateway.routes import ROUTES, RoutePolicy
+from gateway.security_headers import security_headers
 from gateway.settings import BACKENDS, Settings
 from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
@@ -95,11 +109,13 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     if not settings.idempotency.enabled:
         log.warning("idempotency records are off: resubmitted orders and payments are "
                     "protected only by the backends' own key deduplication")
+    edge = Edge(settings, metrics, access_log)
     app = web.Application(
-        middlewares=[_edge_middleware(metrics, access_log)],
+        middlewares=[_edge_middleware(edge)],
         client_max_size=settings.server.max_body_bytes,
-        handler_args={"lingering_time": settings.server.lingering_s},
+        handler_args=connections.handler_args(settings.server),
     )
+    app[EDGE] = edge
     app[SETTINGS] = settings
     app[UPSTREAMS] = upstreams
     app[LIFECYCLE] = Lifecycle()
@@ -107,24 +123,29 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[ACCESS_LOG] = access_log
     app[STORE] = store
     app[admin.BOARD] = BreakerBoard(breakers, store)
-    maintenance = Maintenance(ROUTES, store, clock, settings.maintenance.windows,
-                              settings.admin.token)
+    admin_tokens = None
+    if settings.admin.token is not None:
+        admin_tokens = AdminTokens(settings.admin.token, settings.admin.previous_token)
+    maintenance = Maintenance(ROUTES, store, clock, settings.maintenance.windows, admin_tokens)
     app[MAINTENANCE] = maintenance
     app[STATUS] = StatusPage(upstreams, maintenance, clock)
-    if settings.admin.token:
-        admin.add_routes(app, settings.admin.token)
+    if admin_tokens is not None:
+        admin.add_routes(app, settings, admin_tokens)
     limiter = None
-    if settings.rate_limit.rate_per_s is not None:
-        limiter = RateLimiter(store, settings.rate_limit,
+    if limits := rate_limit.tier_limits(settings.rate_limit):
+        limiter = RateLimiter(store, limits,
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
+    keys = ClientKeys(settings.auth, store)
+    app[admin.CLIENT_KEYS] = keys
     admission: Admission | Unlimited = Unlimited()
     if settings.overload.enabled:
         admission = Admission(settings.overload)
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
     app[ADMISSION] = admission
-    shared = Shared(maintenance, admission, limiter, settings.server.max_body_bytes,
-                    settings.overload.request_deadline_s)
+    shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None,
+                    settings.server.max_body_bytes, settings.overload.request_deadline_s,
+                    settings.server.body_timeout_s)
     for policy in ROUTES:
         stale = None
         if policy.cacheable and settings.stale_cache.max_entries > 0:
@@ -205,23 +226,86 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
         return
     interval = app[SETTINGS].redis.sync_interval_s
     maintenance = app[MAINTENANCE]
+    keys = app[admin.CLIENT_KEYS]
     with contextlib.suppress(StoreUnavailable):
         await maintenance.sync()  # windows in force before the first request
+        await keys.sync()  # and the API keys added through the admin API
     async with (_background(follow("breakers", app[admin.BOARD].sync, interval)),
-                _background(follow("maintenance", maintenance.sync, interval))):
+                _background(follow("maintenance", maintenance.sync, interval)),
+                _background(follow("api_keys", keys.sync, interval))):
         yield
     await store.close()
 
 
-def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:  # type: ignore[valid-type]
+class Edge:
+    """What every answer goes through on its way out, the parser's refusals included:
+    request id, security and CORS headers, metrics, one access-log line."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, access_log: AccessLog) -> None:
+        self._server = settings.server
+        self._metrics = metrics
+        self._access_log = access_log
+        self._headers = security_headers(settings.security_headers)
+        self.cors = Cors(settings.cors) if settings.cors.allow_origins else None
+
+    def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
+               code: str, route: str, started: float) -> None:
+        headers = response.headers
+        headers["X-Request-ID"] = rid
+        headers.update(self._headers)
+        if self.cors is not None:
+            self.cors.decorate(request, response)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        self._metrics.observe_request(route, response.status, code, elapsed)
+        if self._access_log.enabled:
+            self._access_log.write({
+                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
+                "route": route, "path": privacy.scrub(request.path[:_MAX_ECHOED_PATH]),
+                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
+                "replayed": REPLAY_HEADER in headers,
+            })
+
+    def refuse(self, request: web.BaseRequest, status: int,
+               exc: BaseException | None) -> web.StreamResponse:
+        """A request the HTTP parser gave up on: no route, no handler, just the answer."""
+        started = time.perf_counter()
+        rid = identity.request_id(None)
+        err = connections.parser_refusal(self._server, status, exc)
+        response = render(err, rid, "en")
+        self.finish(request, response, rid, err.spec.code, "unparsed", started)
+        return response
+
+    def head_timeout_answer(self) -> bytes:
+        """408 for a request head that never completed, as bytes for the bare socket."""
+        rid = identity.request_id(None)
+        err = connections.timeout_error("head", self._server.header_timeout_s)
+        body = orjson.dumps(problem_body(err, rid, "en"))
+        lines = ["HTTP/1.1 408 Request Timeout", f"Content-Type: {PROBLEM_JSON}",
+                 f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1",
+                 "Cache-Control: no-store", f"X-Request-ID: {rid}",
+                 *(f"{name}: {value}" for name, value in self._headers.items())]
+        self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+EDGE = web.AppKey("edge", Edge)
+
+
+def _edge_middleware(edge: Edge) -> web.middleware:  # type: ignore[valid-type]
+    cors = edge.cors
+
     @web.middleware
-    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def edge_step(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = identity.request_id(request.headers.get("X-Request-ID"))
         request[identity.REQUEST_ID] = rid
         code = "none"
+        response: web.StreamResponse
         try:
-            response = await handler(request)
+            if cors is not None and cors.is_preflight(request):
+                response = cors.preflight(request)
+            else:
+                response = await handler(request)
         except GatewayError as err:
             code, response = _problem(err, request, rid)
         except web.HTTPException as exc:
@@ -229,34 +313,28 @@ def _edge_middleware(metrics: Metrics, access_log: AccessLog) -> web.middleware:
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})
             code, response = _problem(GatewayError(errors.INTERNAL_ERROR), request, rid)
-        response.headers["X-Request-ID"] = rid
-        elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        metrics.observe_request(route, response.status, code, elapsed)
-        if access_log.enabled:
-            access_log.write({
-                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                "route": route, "path": request.path[:_MAX_ECHOED_PATH],
-                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
-                "replayed": REPLAY_HEADER in response.headers,
-            })
+        edge.finish(request, response, rid, code,
+                    resource.canonical if resource is not None else "unmatched", started)
         return response
 
-    return edge
+    return edge_step
+
+
+# After these the rest of the request is not worth keeping the connection for.
+_CLOSING = frozenset((errors.PAYLOAD_TOO_LARGE, errors.REQUEST_TIMEOUT))
 
 
 def _problem(err: GatewayError, request: web.Request, rid: str) -> tuple[str, web.Response]:
     response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
-    if err.spec is errors.PAYLOAD_TOO_LARGE:
-        # The rest of that body is not worth keeping the connection for.
+    if err.spec in _CLOSING:
         response.force_close()
     return err.spec.code, response
 
 
 def _translate_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
     """aiohttp's own refusals (no route, wrong method, body too large) as catalog errors."""
-    path = request.path[:_MAX_ECHOED_PATH]
+    path = privacy.scrub(request.path[:_MAX_ECHOED_PATH])
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         return GatewayError(errors.METHOD_NOT_ALLOWED,

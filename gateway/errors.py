@@ -8,8 +8,9 @@ anywhere in the gateway raises `GatewayError(SPEC, ...)`; one place
     GatewayError                 raised with one of the specs below
       edge refusals              VALIDATION_FAILED, MALFORMED_JSON, PAYLOAD_TOO_LARGE,
                                  UNSUPPORTED_MEDIA_TYPE, IDEMPOTENCY_KEY_MISSING,
-                                 IDEMPOTENCY_KEY_REUSED, UNAUTHORIZED, NOT_FOUND,
-                                 METHOD_NOT_ALLOWED
+                                 IDEMPOTENCY_KEY_REUSED, UNAUTHORIZED, FORBIDDEN, NOT_FOUND,
+                                 METHOD_NOT_ALLOWED, MALFORMED_REQUEST, URI_TOO_LONG,
+                                 HEADERS_TOO_LARGE, REQUEST_TIMEOUT
       protective answers         MAINTENANCE, CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED,
                                  IDEMPOTENCY_IN_PROGRESS, STATE_UNAVAILABLE
       backend failures           UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
@@ -218,8 +219,9 @@ UNAUTHORIZED = _spec(
     "UNAUTHORIZED", 401, False,
     title=("Authentication required", "需要身份认证"),
     detail=("A valid credential is required for this resource.", "访问该资源需要有效的凭证。"),
-    hint=("Send the header Authorization: Bearer <token>.",
-          "请发送请求头 Authorization: Bearer <token>。"),
+    hint=("Send the admin token as Authorization: Bearer <token>, or the client's API key "
+          "as X-API-Key.",
+          "管理接口请发送 Authorization: Bearer <token>；客户端请发送 X-API-Key 请求头。"),
 )
 NOT_FOUND = _spec(
     "NOT_FOUND", 404, False,
@@ -232,6 +234,45 @@ METHOD_NOT_ALLOWED = _spec(
     title=("Method not allowed", "不支持该请求方法"),
     detail=("{method} is not allowed on {path}.", "路径 {path} 不支持 {method} 方法。"),
     hint=("Use one of the methods in the Allow header.", "请使用 Allow 响应头中列出的方法。"),
+)
+FORBIDDEN = _spec(
+    "FORBIDDEN", 403, False,
+    title=("Not allowed", "无权访问"),
+    detail=("{who} may not {what}.", "{who} 无权执行：{what}。"),
+    hint=("Use a credential (or an origin) that is allowed this request.",
+          "请使用有权发起此请求的凭证（或来源）。"),
+)
+MALFORMED_REQUEST = _spec(
+    "MALFORMED_REQUEST", 400, False,
+    title=("Malformed HTTP request", "HTTP 请求格式错误"),
+    detail=("The request is not well-formed HTTP/1.1 ({reason}).",
+            "该请求不是格式正确的 HTTP/1.1 请求（{reason}）。"),
+    hint=("Send one Content-Length or Transfer-Encoding: chunked, never both, and "
+          "well-formed headers.",
+          "请只使用 Content-Length 或 Transfer-Encoding: chunked 之一，并发送格式正确的请求头。"),
+)
+URI_TOO_LONG = _spec(
+    "URI_TOO_LONG", 414, False,
+    title=("URL too long", "URL 过长"),
+    detail=("The request line exceeds the limit of {limit} bytes.",
+            "请求行超过 {limit} 字节的上限。"),
+    hint=("Shorten the URL; send large inputs in a JSON body.",
+          "请缩短 URL；较大的输入请放在 JSON 请求体中发送。"),
+)
+HEADERS_TOO_LARGE = _spec(
+    "HEADERS_TOO_LARGE", 431, False,
+    title=("Request headers too large", "请求头过大"),
+    detail=("The request has more than {count} headers or a header over {limit} bytes.",
+            "请求头超过 {count} 个，或单个请求头超过 {limit} 字节。"),
+    hint=("Send fewer and smaller headers (cookies included).",
+          "请减少请求头的数量和大小（包括 Cookie）。"),
+)
+REQUEST_TIMEOUT = _spec(
+    "REQUEST_TIMEOUT", 408, True, 1,
+    title=("Request not received in time", "请求接收超时"),
+    detail=("The {part} of the request did not arrive within {timeout_s} seconds.",
+            "请求的 {part} 未在 {timeout_s} 秒内到达。"),
+    hint=("Send the whole request at once, then try again.", "请一次发送完整请求后重试。"),
 )
 INTERNAL_ERROR = _spec(
     "INTERNAL_ERROR", 500, True, 1,
@@ -248,6 +289,7 @@ CATALOG: dict[str, ErrorSpec] = {
         IDEMPOTENCY_KEY_MISSING, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_IN_PROGRESS, MAINTENANCE,
         CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED, UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
         PAYMENT_OUTCOME_UNKNOWN, STATE_UNAVAILABLE, UNAUTHORIZED, NOT_FOUND,
-        METHOD_NOT_ALLOWED, INTERNAL_ERROR,
+        METHOD_NOT_ALLOWED, FORBIDDEN, MALFORMED_REQUEST, URI_TOO_LONG, HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT, INTERNAL_ERROR,
     )
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 
+from gateway import privacy
 from gateway.validation import invalid_field
 
 ANONYMOUS = "anonymous"
@@ -17,10 +18,15 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_id(sent: str | None) -> str:
-    """The client's request id if it is sane (no injection into logs or headers), else a new one."""
-    if sent and _SANE_ID.fullmatch(sent):
+    """The client's request id if it is sane (no injection into logs or headers, nothing
+    shaped like personal data, which it would carry into every log line), else a new one."""
+    if sent and _SANE_ID.fullmatch(sent) and not privacy.looks_personal(sent):
         return sent
     return secrets.token_hex(8)
+
+
+def is_sane_id(sent: str) -> bool:
+    return _SANE_ID.fullmatch(sent) is not None
 
 
 def client_scope(sent: str | None) -> str:

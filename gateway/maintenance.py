@@ -23,7 +23,6 @@ recomputed whenever the windows change, not per request.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 import secrets
@@ -35,6 +34,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
+from gateway.auth import AdminTokens
 from gateway.clock import Clock
 from gateway.errors import GatewayError, Text
 from gateway.routes import RoutePolicy
@@ -130,9 +130,9 @@ class Slot:
 class Maintenance:
     def __init__(self, routes: Iterable[RoutePolicy], store: Store, clock: Clock,
                  declared: Iterable[MaintenanceWindowSettings],
-                 bypass_token: str | None = None) -> None:
+                 bypass: AdminTokens | None = None) -> None:
         self._store = store
-        self._bypass = None if bypass_token is None else bypass_token.encode()
+        self._bypass = bypass
         self._clock = clock
         self._policies = {policy.route_key: policy for policy in routes}
         self._slots = {key: Slot() for key in self._policies}
@@ -166,7 +166,7 @@ class Maintenance:
         """An SRE verifying an upgrade: `X-Maintenance-Bypass: <admin token>` goes through."""
         if self._bypass is None or not sent:
             return False
-        return hmac.compare_digest(sent.encode(), self._bypass)
+        return self._bypass.match(sent) is not None
 
     def error(self, window: Window) -> GatewayError:
         now = self._clock.wall()

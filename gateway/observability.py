@@ -30,6 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway import privacy
+
 # `_created` samples double the series count and no dashboard of ours reads them.
 disable_created_metrics()
 
@@ -191,18 +193,24 @@ class AccessLog:
             self._stream.flush()
 
 
+# Log fields whose text may come from a client (see gateway/privacy.py).
+_CLIENT_TEXT = frozenset(("path", "route", "error", "detail", "reason"))
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": privacy.scrub(record.getMessage()),
         }
-        line.update(getattr(record, "fields", {}))
+        # Fields that may quote what a client sent are masked; ids and figures are not.
+        for name, value in getattr(record, "fields", {}).items():
+            line[name] = privacy.scrub(value) if name in _CLIENT_TEXT else value
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()
+            line["exc"] = privacy.scrub_exception_text(self.formatException(record.exc_info))
+        return orjson.dumps(line, default=str).decode()
 
 
 def configure_logging(level: str) -> None:

@@ -6,9 +6,9 @@ no per-request work decides what a route needs. Each step either answers
 
     admission: 503 at once when the route's priority has no room left          (overload)
     -> deadline: the default, or sooner if the client asks                      (overload)
+    -> who: API key (401, or 403 for a reader's write), else X-Client-ID  (auth, identity)
     -> path ids, query, content type, body size, idempotency key, body schema (validation)
     -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
-    -> client scope                                                             (identity)
     -> 429 when the client's token bucket is empty                            (rate_limit)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call, retried when safe and worth it                  (upstream, retry)
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway import errors, idempotency, identity, overload, validation
+from gateway import connections, errors, idempotency, identity, overload, privacy, validation
+from gateway.auth import API_KEY_HEADER, ClientKeys
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, Slot
 from gateway.overload import Admission, Unlimited
-from gateway.rate_limit import RateLimiter
+from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
@@ -51,8 +52,10 @@ class Shared:
     maintenance: Maintenance
     admission: Admission | Unlimited
     limiter: RateLimiter | None
+    keys: ClientKeys | None  # None: no API keys, the client scope is X-Client-ID
     max_body_bytes: int
     deadline_s: float
+    body_timeout_s: float
 
 
 def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
@@ -60,7 +63,10 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                  shed: Callable[[], None] | None = None) -> Handler:
     unknown_outcome = policy.unknown_outcome
     maintenance, limiter, admission = shared.maintenance, shared.limiter, shared.admission
+    keys = shared.keys
+    writes = policy.method != "GET"
     max_body_bytes, deadline_s = shared.max_body_bytes, shared.deadline_s
+    body_timeout_s = shared.body_timeout_s
     windows = maintenance.slot(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
@@ -84,6 +90,14 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         loop = asyncio.get_running_loop()
         deadline = overload.deadline_of(loop.time(), deadline_s,
                                         request.headers.get(overload.DEADLINE_HEADER))
+        if keys is None:
+            scope, tier = identity.client_scope(request.headers.get("X-Client-ID")), DEFAULT_TIER
+        else:
+            client = keys.identify(request.headers.get(API_KEY_HEADER))
+            if writes and client.reads_only:
+                raise GatewayError(errors.FORBIDDEN, params={
+                    "who": f"Client {client.id}", "what": f"{policy.method} {policy.path}"})
+            scope, tier = client.id, client.tier
         if templated:
             validation.check_path_ids(request.match_info)
             path = policy.upstream_path.format_map(request.match_info)
@@ -99,13 +113,12 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             validation.check_declared_length(request.content_length, max_body_bytes)
             if policy.requires_idempotency_key:
                 key = idempotency.require_key(request.headers.get("Idempotency-Key"))
-            body = validation.parse_body(policy.body_schema, await _read_body(request,
-                                                                                max_body_bytes))
+            body = validation.parse_body(policy.body_schema, await connections.read_body(
+                request, max_body_bytes, body_timeout_s))
         if windows.windows:
             _check_maintenance(maintenance, windows, request)
-        scope = identity.client_scope(request.headers.get("X-Client-ID"))
         if limiter is not None:
-            await limiter.check(scope)
+            await limiter.check(scope, tier)
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
             try:
@@ -151,21 +164,13 @@ def _check_maintenance(maintenance: Maintenance, slot: Slot, request: web.Reques
         raise maintenance.error(window)
     audit.info("maintenance bypassed", extra={"fields": {
         "audit": True, "action": "maintenance.bypass", "window": window.id,
-        "route": f"{request.method} {request.path[:200]}",
+        "route": f"{request.method} {privacy.scrub(request.path[:200])}",
         "request_id": request[identity.REQUEST_ID], "remote": request.remote}})
 
 
 def _respond(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type,
                         headers=reply.headers)
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        # A chunked body with no declared length, found too large while reading.
-        raise GatewayError(errors.PAYLOAD_TOO_LARGE, params={"limit": limit}) from None
 
 
 def _backend_headers(request: web.Request, scope: str, key: str | None, *,

@@ -39,6 +39,7 @@ BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
 MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
 ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
+API_KEYS_KEY = "og:api_keys"  # hash: SHA-256 hex of a client API key -> client JSON
 RATE_KEY = "og:rl:{scope}"  # hash: tokens, ts (Redis time of the last refill)
 
 
@@ -188,6 +189,19 @@ class RedisStore:
     async def end_config_windows(self, window_ids: list[str]) -> None:
         async with _translated():
             await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
+
+    async def api_keys(self) -> dict[str, bytes]:
+        async with _translated():
+            found = await self._redis.hgetall(API_KEYS_KEY)
+        return {k.decode(): v for k, v in found.items()}
+
+    async def put_api_key(self, key_sha256: str, data: bytes) -> None:
+        async with _translated():
+            await self._redis.hset(API_KEYS_KEY, key_sha256, data)
+
+    async def delete_api_key(self, key_sha256: str) -> bool:
+        async with _translated():
+            return bool(await self._redis.hdel(API_KEYS_KEY, key_sha256))
 
     async def _eval(self, script: _Script, key: str, *args: str | bytes | int | float) -> Any:
         """Run one script on one key: one round trip, shared with concurrent callers."""

@@ -26,7 +26,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import multiprocess as prom_multiprocess
 
-from gateway.app import LIFECYCLE, build_app
+from gateway.admin import ADMIN_LISTENER
+from gateway.app import EDGE, LIFECYCLE, build_app
+from gateway.connections import EdgeRunner
 from gateway.observability import MULTIPROC_ENV, configure_logging
 from gateway.settings import Settings
 
@@ -66,8 +68,10 @@ async def serve(settings: Settings, stop: asyncio.Event,
         log.warning("the admin token is short; use at least %d random characters",
                     _STRONG_TOKEN_LENGTH)
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=server.drain_timeout_s)
+    edge = app[EDGE]
+    runner = EdgeRunner(app, server, edge.refuse, edge.head_timeout_answer,
+                        handle_signals=False, access_log=None,
+                        shutdown_timeout=server.drain_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port, backlog=1024,
                        reuse_port=server.workers > 1 or None)
@@ -75,6 +79,8 @@ async def serve(settings: Settings, stop: asyncio.Event,
     port = runner.addresses[0][1]
     log.info("listening", extra={"fields": {"host": server.host, "port": port,
                                             "pid": os.getpid()}})
+    if settings.admin.token is not None and settings.admin.port is not None:
+        await _admin_listener(runner, settings)
     if on_listening is not None:
         on_listening(port)
     await stop.wait()
@@ -84,6 +90,17 @@ async def serve(settings: Settings, stop: asyncio.Event,
     await asyncio.sleep(server.drain_delay_s)
     await runner.cleanup()
     log.info("stopped")
+
+
+async def _admin_listener(runner: web.AppRunner, settings: Settings) -> None:
+    """A listener of its own for /admin/*: a Service can then expose the public port only."""
+    admin = settings.admin
+    site = web.TCPSite(runner, admin.host, admin.port, backlog=64,
+                       reuse_port=settings.server.workers > 1 or None)
+    await site.start()
+    port = runner.addresses[-1][1]
+    runner.app[ADMIN_LISTENER].port = port
+    log.info("admin listening", extra={"fields": {"host": admin.host, "port": port}})
 
 
 async def _serve_until_signal(settings: Settings) -> None:

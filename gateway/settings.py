@@ -143,12 +143,103 @@ class ServerSettings(_Model):
     lingering_s: float = Field(1.0, ge=0, le=30)
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Hostile-input limits (docs/security.md says why these values). A request over
+    # one is refused by the HTTP parser, before routing, as problem+json.
+    max_url_bytes: int = Field(4096, ge=256, le=65_536)
+    max_header_bytes: int = Field(8190, ge=1024, le=65_536)  # one header line, name and value
+    max_headers: int = Field(64, ge=16, le=1000)
+    # A request head (line and headers) must arrive within this, counted from its
+    # first byte (or from the connection's opening): slowloris is cut off with 408.
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    # The body of a JSON request must arrive within this once its head is in.
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    # An idle keep-alive connection is closed after this; above the 60 s idle timeout
+    # of common load balancers, so they never reuse a connection the gateway closed.
+    keepalive_s: float = Field(75.0, gt=0, le=3600)
 
 
 class AdminSettings(_Model):
     # None disables the admin API (it answers 404), as the contract asks for `serve`.
     # Short tokens are accepted (test rigs use them) but logged as a warning at start.
     token: str | None = Field(None, min_length=1)
+    # Rotation: the token being replaced stays valid beside the new one until removed.
+    previous_token: str | None = Field(None, min_length=1)
+    # A port of its own for /admin/* (on `host`), so a Service or firewall can expose
+    # only the public port; then the public port answers /admin/* with 404.
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    # Per remote address, authorised or not: slows token guessing, bounds an SRE script.
+    rate_per_s: float = Field(50.0, gt=0, le=10_000)
+    burst: int = Field(200, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _previous_needs_current(self) -> AdminSettings:
+        if self.previous_token is not None and self.token is None:
+            raise ValueError("previous_token: needs a token (the one replacing it)")
+        if self.previous_token is not None and self.previous_token == self.token:
+            raise ValueError("previous_token: must differ from token")
+        return self
+
+
+ROLES = ("client", "reader")  # reader: GET routes only
+
+
+class ApiKeySettings(_Model):
+    """One client credential: only the SHA-256 of the key is configured, never the key."""
+
+    client_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["client", "reader"] = "client"
+    tier: str = Field("default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class AuthSettings(_Model):
+    # With keys configured (here, or added through the admin API when `required`),
+    # every public API route needs `X-API-Key`; the client id, role and rate-limit
+    # tier come from the key, and a client-sent X-Client-ID is ignored.
+    api_keys: list[ApiKeySettings] = []
+    # Require keys even while none is configured yet (they will come through the
+    # admin API, kept in the shared store). False with no keys: the demo's open API.
+    required: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.required or bool(self.api_keys)
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> AuthSettings:
+        hashes = [key.key_sha256 for key in self.api_keys]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("api_keys: the same key_sha256 is configured twice")
+        return self
+
+
+class CorsSettings(_Model):
+    # Exact origins (scheme://host[:port]) whose pages may call the public API from a
+    # browser. Empty: no cross-origin access at all. There is no wildcard on purpose.
+    allow_origins: list[str] = []
+    allow_headers: list[str] = ["Content-Type", "Idempotency-Key", "X-Request-ID",
+                                "X-API-Key", "X-Client-ID", "Accept-Language",
+                                "X-Request-Timeout-Ms"]
+    expose_headers: list[str] = ["X-Request-ID", "Retry-After", "Idempotent-Replayed",
+                                 "X-Gateway-Stale", "Content-Language"]
+    max_age_s: int = Field(600, ge=0, le=86_400)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parts = urlsplit(value)
+            if (parts.scheme not in ("http", "https") or not parts.hostname
+                    or parts.path or parts.query or parts.fragment or value != value.strip()):
+                raise ValueError(f"{value!r} is not an origin like https://shop.example.com")
+        return [value.lower() for value in values]
+
+
+class SecurityHeadersSettings(_Model):
+    # Strict-Transport-Security on every answer; turn on where TLS ends in front of
+    # the gateway and every client reaches it over HTTPS only.
+    hsts_max_age_s: int = Field(0, ge=0, le=2 * 365 * 86_400)
 
 
 class RedisSettings(_Model):
@@ -211,11 +302,19 @@ class OverloadSettings(_Model):
         return self
 
 
+class TierSettings(_Model):
+    rate_per_s: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(20, ge=1, le=1_000_000)
+
+
 class RateLimitSettings(_Model):
-    # Per client scope (X-Client-ID; anonymous clients share one): a token bucket
-    # refilled at rate_per_s up to burst. None turns rate limiting off.
+    # Per client scope (the API key's client, else X-Client-ID; anonymous clients
+    # share one): a token bucket refilled at rate_per_s up to burst. None: the
+    # default tier is not limited.
     rate_per_s: float | None = Field(None, gt=0, le=1_000_000)
     burst: int = Field(20, ge=1, le=1_000_000)
+    # Named tiers for API keys (`auth.api_keys[].tier`); a key without one is `default`.
+    tiers: dict[str, TierSettings] = {}
     # Bound of the in-memory buckets (no Redis); least recently used go first.
     memory_max_clients: int = Field(100_000, ge=100)
 
@@ -288,6 +387,23 @@ class Settings(_Model):
     stale_cache: StaleCacheSettings = StaleCacheSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     overload: OverloadSettings = OverloadSettings()
+    auth: AuthSettings = AuthSettings()
+    cors: CorsSettings = CorsSettings()
+    security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
+
+    @model_validator(mode="after")
+    def _known_tiers(self) -> Settings:
+        for i, key in enumerate(self.auth.api_keys):
+            if key.tier != "default" and key.tier not in self.rate_limit.tiers:
+                raise ValueError(f"auth.api_keys.{i}.tier: no such tier in rate_limit.tiers "
+                                 f"({key.tier!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _admin_port_apart(self) -> Settings:
+        if self.admin.port is not None and self.admin.port == self.server.port != 0:
+            raise ValueError("admin.port: must differ from server.port")
+        return self
 
     @model_validator(mode="after")
     def _workers_need_fixed_port(self) -> Settings:
@@ -326,6 +442,8 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "GATEWAY_AVAILABILITY_URL": ("upstreams", "availability", "url"),
     "GATEWAY_REDIS_URL": ("redis", "url"),
     "GATEWAY_ADMIN_TOKEN": ("admin", "token"),
+    "GATEWAY_ADMIN_TOKEN_PREVIOUS": ("admin", "previous_token"),
+    "GATEWAY_ADMIN_PORT": ("admin", "port"),
 }
 
 

@@ -113,6 +113,14 @@ class Store(Protocol):
     async def end_config_windows(self, window_ids: list[str]) -> None:
         """Mark windows declared in the config file as ended, for good."""
 
+    async def api_keys(self) -> dict[str, bytes]:
+        """Client API keys added through the admin API: SHA-256 hex -> client JSON."""
+
+    async def put_api_key(self, key_sha256: str, data: bytes) -> None: ...
+
+    async def delete_api_key(self, key_sha256: str) -> bool:
+        """Revoke a key added through the admin API; False when there was none."""
+
     async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
         """Take one token from the client's bucket: 0.0 if taken, else seconds until one is due.
 
@@ -158,6 +166,7 @@ class MemoryStore:
         # Insertion order is expiry order: every record lives the same ttl from creation.
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._windows: dict[str, bytes] = {}
+        self._api_keys: dict[str, bytes] = {}
         self._ended_windows: set[str] = set()
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
@@ -220,6 +229,15 @@ class MemoryStore:
 
     async def end_config_windows(self, window_ids: list[str]) -> None:
         self._ended_windows.update(window_ids)
+
+    async def api_keys(self) -> dict[str, bytes]:
+        return dict(self._api_keys)
+
+    async def put_api_key(self, key_sha256: str, data: bytes) -> None:
+        self._api_keys[key_sha256] = data
+
+    async def delete_api_key(self, key_sha256: str) -> bool:
+        return self._api_keys.pop(key_sha256, None) is not None
 
     async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
         now = self._clock.monotonic()

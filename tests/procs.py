@@ -55,7 +55,9 @@ class Proc:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        self._log.flush()
+        """The whole log, also after the process stopped."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway import errors
+from gateway.auth import AdminTokens
 from gateway.clock import FakeClock
 from gateway.maintenance import Maintenance, Window
 from gateway.routes import ROUTES, RoutePolicy
@@ -152,7 +153,7 @@ async def test_changes_made_through_another_process_are_picked_up_by_sync(
 
 
 def test_bypass_needs_the_admin_token(clock: FakeClock) -> None:
-    with_token = Maintenance(ROUTES, MemoryStore(clock), clock, [], bypass_token="t0ken")
+    with_token = Maintenance(ROUTES, MemoryStore(clock), clock, [], AdminTokens("t0ken"))
     assert with_token.bypassed("t0ken")
     assert not with_token.bypassed("wrong") and not with_token.bypassed(None)
     assert not Maintenance(ROUTES, MemoryStore(clock), clock, []).bypassed("t0ken")

@@ -1,0 +1,156 @@
+"""Client authentication: API keys for the web and mobile clients.
+
+Off until keys are configured (`auth.api_keys`) or required (`auth.required`):
+then every public API route needs `X-API-Key`, else `401 UNAUTHORIZED`. A key
+names a client id (the idempotency scope and rate-limit bucket, forwarded to
+the backends as X-Client-ID; a client-sent X-Client-ID is ignored), a role
+(`client`: every public route; `reader`: GET routes only, else
+`403 FORBIDDEN`) and a rate-limit tier.
+
+Only the SHA-256 of a key is ever configured or stored. A key sent is hashed
+and looked up by its hash, so the lookup's timing depends on a hash the
+caller cannot aim, and the final comparison is constant-time as well. Keys
+added through the admin API live in the shared store and reach every process
+on the sync timer, so keys rotate without a restart: add the new key, move
+the clients over, revoke the old one. A key is never logged; its `key_id`
+(the first 12 hex digits of its hash) names it in logs and the admin API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+
+import orjson
+
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.settings import ApiKeySettings, AuthSettings
+from gateway.store import Store
+
+log = logging.getLogger("gateway.auth")
+
+API_KEY_HEADER = "X-API-Key"
+_MAX_KEY_CHARS = 256  # longer is not a key of ours; not worth hashing
+KEY_ID_CHARS = 12
+_CHALLENGE = {"WWW-Authenticate": 'ApiKey realm="order-gateway", header="X-API-Key"'}
+
+
+def key_sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "ogk_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    id: str
+    role: str
+    tier: str
+    key_id: str
+    source: str  # "config" or "admin"
+
+    @property
+    def reads_only(self) -> bool:
+        return self.role == "reader"
+
+    def public(self) -> dict[str, str]:
+        return {"client_id": self.id, "role": self.role, "tier": self.tier,
+                "key_id": self.key_id, "source": self.source}
+
+
+def unauthorized() -> GatewayError:
+    return GatewayError(errors.UNAUTHORIZED, headers=dict(_CHALLENGE))
+
+
+class ClientKeys:
+    def __init__(self, settings: AuthSettings, store: Store) -> None:
+        self.enabled = settings.enabled
+        self._store = store
+        self._config = {bytes.fromhex(k.key_sha256): (bytes.fromhex(k.key_sha256),
+                                                       self._client(k, "config"))
+                        for k in settings.api_keys}
+        # digest -> (the stored digest, its client)
+        self._by_digest: dict[bytes, tuple[bytes, Client]] = dict(self._config)
+
+    @staticmethod
+    def _client(key: ApiKeySettings, source: str) -> Client:
+        return Client(key.client_id, key.role, key.tier, key.key_sha256[:KEY_ID_CHARS], source)
+
+    def identify(self, sent: str | None) -> Client:
+        if not sent or len(sent) > _MAX_KEY_CHARS:
+            raise unauthorized()
+        digest = hashlib.sha256(sent.encode()).digest()
+        found = self._by_digest.get(digest)
+        if found is None or not hmac.compare_digest(found[0], digest):
+            raise unauthorized()
+        return found[1]
+
+    def clients(self) -> list[Client]:
+        return sorted((c for _, c in self._by_digest.values()), key=lambda c: (c.id, c.key_id))
+
+    async def sync(self) -> None:
+        """Config keys plus the keys added through the admin API (any process)."""
+        merged = dict(self._config)
+        for hex_digest, data in (await self._store.api_keys()).items():
+            try:
+                key = ApiKeySettings.model_validate({**orjson.loads(data),
+                                                     "key_sha256": hex_digest})
+            except ValueError:
+                log.error("ignoring an unreadable API key in the store",
+                          extra={"fields": {"key_id": hex_digest[:KEY_ID_CHARS]}})
+                continue
+            digest = bytes.fromhex(hex_digest)
+            merged.setdefault(digest, (digest, self._client(key, "admin")))
+        self._by_digest = merged
+
+    async def add(self, key: ApiKeySettings) -> Client:
+        digest = bytes.fromhex(key.key_sha256)
+        if digest in self._by_digest:
+            raise GatewayError(errors.VALIDATION_FAILED, params={"count": 1}, extra={"errors": [{
+                "field": "key_sha256", "message": "this key is already configured",
+                "type": "value_error", "_ctx": {}}]})
+        data = {"client_id": key.client_id, "role": key.role, "tier": key.tier}
+        await self._store.put_api_key(key.key_sha256, orjson.dumps(data))
+        await self.sync()
+        return self._by_digest[digest][1]
+
+    async def revoke(self, key_id: str) -> Client | None:
+        """Revoke an admin-added key by its id; config keys go with a config change."""
+        await self.sync()
+        for digest, (_, client) in self._by_digest.items():
+            if client.key_id == key_id and client.source == "admin":
+                await self._store.delete_api_key(digest.hex())
+                await self.sync()
+                return client
+        return None
+
+
+class AdminTokens:
+    """The admin token, and during a rotation the one it replaces; both compared in
+    constant time, every time, so timing tells nothing of which matched."""
+
+    def __init__(self, current: str, previous: str | None = None) -> None:
+        self._tokens = [("current", current.encode())]
+        if previous is not None:
+            self._tokens.append(("previous", previous.encode()))
+
+    def match(self, sent: str | None) -> str | None:
+        """`current`, `previous`, or None for no match."""
+        given = (sent or "").encode()
+        matched = None
+        for label, token in self._tokens:
+            if hmac.compare_digest(given, token) and matched is None:
+                matched = label
+        return matched
+
+    def match_bearer(self, authorization: str | None) -> str | None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = ""
+        return self.match(token.strip())
