@@ -184,7 +184,8 @@ async def list_windows(request: web.Request) -> web.Response:
 async def set_window(request: web.Request) -> web.Response:
     data = await _json_object(request, "window fields")
     try:
-        given = MaintenanceWindowSettings.model_validate(data)
+        # Strict JSON: an ISO-8601 string for a time, not a number of seconds.
+        given = MaintenanceWindowSettings.model_validate_json(orjson.dumps(data), strict=True)
     except ValidationError as exc:
         raise validation.failed(validation.field_errors(exc)) from None
     maintenance = request.app[MAINTENANCE]
@@ -226,7 +227,7 @@ async def add_api_key(request: web.Request) -> web.Response:
         key = auth.new_key()
         data = {**data, "key_sha256": auth.key_sha256(key)}
     try:
-        given = ApiKeySettings.model_validate(data)
+        given = ApiKeySettings.model_validate(data, strict=True)
     except ValidationError as exc:
         raise validation.failed(validation.field_errors(exc)) from None
     tiers = request.app[_TIERS]

@@ -65,7 +65,9 @@ class BreakerBoard:
 
     def validate_changes(self, name: str, changes: dict[str, Any]) -> BreakerSettings:
         """The breaker's settings with `changes` applied; ValidationError if they do not fit."""
-        return BreakerSettings.model_validate(self.breakers[name].settings.model_dump() | changes)
+        # Strict: the admin API takes JSON numbers for numbers, not `false` for 0.
+        return BreakerSettings.model_validate(self.breakers[name].settings.model_dump() | changes,
+                                              strict=True)
 
     async def change_settings(self, name: str, changes: dict[str, Any]) -> None:
         self.validate_changes(name, changes)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -54,11 +55,17 @@ Call = Callable[[], Awaitable[Reply]]
 Count = Callable[[str], None]
 
 
+# Visible ASCII: what a UUID or any sane token is made of; no spaces, no control codes.
+KEY_PATTERN = f"^[\\x21-\\x7e]{{1,{MAX_KEY_LENGTH}}}$"
+_KEY = re.compile(KEY_PATTERN)
+
+
 def require_key(sent: str | None) -> str:
     if sent is None:
         raise GatewayError(errors.IDEMPOTENCY_KEY_MISSING)
-    if not 0 < len(sent) <= MAX_KEY_LENGTH or not sent.isprintable():
-        raise invalid_field("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable characters")
+    if not _KEY.fullmatch(sent):
+        raise invalid_field("Idempotency-Key",
+                            f"must be 1-{MAX_KEY_LENGTH} visible ASCII characters (a UUID)")
     return sent
 
 

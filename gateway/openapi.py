@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway import errors
+from gateway.idempotency import KEY_PATTERN
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.schemas import ID_PATTERN, MaintenanceWindowView, Problem, StatusResponse
 from gateway.settings import BreakerSettings, MaintenanceWindowSettings
@@ -21,6 +22,13 @@ _REF = "#/components/schemas/{model}"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
 _COMMON_ERRORS = ("UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "OVERLOADED",
                   "RATE_LIMITED", "MAINTENANCE")
+# What any request may meet at the edge, before its route (gateway/connections.py, auth.py).
+_EDGE_ERRORS = ("MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT",
+                "UNAUTHORIZED", "FORBIDDEN")
+_ADMIN_ERRORS = ("UNAUTHORIZED", "NOT_FOUND", "RATE_LIMITED", "STATE_UNAVAILABLE",
+                 "MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT")
+_ADMIN_BODY_ERRORS = ("VALIDATION_FAILED", "MALFORMED_JSON", "PAYLOAD_TOO_LARGE",
+                      "UNSUPPORTED_MEDIA_TYPE")
 
 
 _REPLAY_HEADER = {"Idempotent-Replayed": {
@@ -33,8 +41,19 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
+def _problems(codes: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Problem responses for these codes, one entry per status naming its codes."""
+    by_status: dict[str, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(str(errors.CATALOG[code].status), []).append(code)
+    return {
+        status: {"description": "Problem: " + ", ".join(sorted(set(names))), "content": _PROBLEM}
+        for status, names in sorted(by_status.items())
+    }
+
+
 def _error_responses(policy: RoutePolicy) -> dict[str, Any]:
-    codes = ["VALIDATION_FAILED", *_COMMON_ERRORS]
+    codes = ["VALIDATION_FAILED", *_COMMON_ERRORS, *_EDGE_ERRORS]
     if policy.body_schema is not None:
         codes += ["MALFORMED_JSON", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE"]
     if policy.requires_idempotency_key:
@@ -42,13 +61,7 @@ def _error_responses(policy: RoutePolicy) -> dict[str, Any]:
                   "STATE_UNAVAILABLE"]
     if policy.unknown_outcome is not None:
         codes.append(policy.unknown_outcome.code)
-    by_status: dict[str, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(str(errors.CATALOG[code].status), []).append(code)
-    return {
-        status: {"description": "Problem: " + ", ".join(sorted(names)), "content": _PROBLEM}
-        for status, names in sorted(by_status.items())
-    }
+    return _problems(codes)
 
 
 def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
@@ -69,12 +82,18 @@ def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
             "name": "Idempotency-Key", "in": "header", "required": True,
             "description": "One unique key (a UUID) per order or payment, reused unchanged on "
                            "every resubmission; kept per client for 24 h by default",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+            "schema": {"type": "string", "pattern": KEY_PATTERN}})
     params += [
         {"name": "X-Request-ID", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+         "description": "Echoed back and passed on when it is 1-128 characters of "
+                        "A-Z a-z 0-9 . _ : - and not shaped like personal data; any other "
+                        "value is replaced by a new id (never refused)",
+         "schema": {"type": "string"}},
         {"name": "X-Client-ID", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+         "description": "The client scope of idempotency keys and rate limits when no API "
+                        "keys are configured (empty or absent: the shared anonymous scope); "
+                        "ignored when they are",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{0,128}$"}},
         {"name": "Accept-Language", "in": "header", "required": False,
          "schema": {"type": "string", "examples": ["zh-CN", "en"]}},
         {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
@@ -88,6 +107,8 @@ def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
 def _operation(policy: RoutePolicy) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": policy.operation_id,
+        # An API key where keys are configured; none in the open (demo) setup.
+        "security": [{}, {"apiKey": []}],
         "summary": policy.summary,
         "tags": [policy.backend],
         "parameters": _parameters(policy),
@@ -120,9 +141,8 @@ def _admin_paths() -> dict[str, Any]:
             "schema": {"enum": ["order", "payment", "availability"]}}
     snapshot = {"description": "The breaker: name, state, forced, settings, window figures",
                 "content": {"application/json": {"schema": {"type": "object"}}}}
-    problems = {"401": {"description": "UNAUTHORIZED", "content": _PROBLEM},
-                "404": {"description": "NOT_FOUND (unknown breaker or window)",
-                        "content": _PROBLEM}}
+    problems = _problems(_ADMIN_ERRORS)
+    body_problems = _problems(_ADMIN_ERRORS + _ADMIN_BODY_ERRORS)
     paths: dict[str, Any] = {
         "/admin/breakers": {"get": {**secured, "summary": "Every breaker with its state, "
                                     "settings and window figures",
@@ -131,10 +151,10 @@ def _admin_paths() -> dict[str, Any]:
             **secured, "summary": "Change settings at runtime (partial), on every process",
             "parameters": [name],
             "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {**_ref(BreakerSettings), "description": "any subset of the fields"}}}},
+                "schema": {"allOf": [_ref(BreakerSettings)], "minProperties": 1,
+                           "description": "any non-empty subset of the fields"}}}},
             "responses": {"200": {"description": "The new settings", "content": {
-                "application/json": {"schema": _ref(BreakerSettings)}}},
-                "422": {"description": "VALIDATION_FAILED", "content": _PROBLEM}, **problems}}},
+                "application/json": {"schema": _ref(BreakerSettings)}}}, **body_problems}}},
     }
     windows = {"description": "Current and scheduled windows", "content": {"application/json": {
         "schema": {"type": "object", "properties": {"windows": {
@@ -151,8 +171,7 @@ def _admin_paths() -> dict[str, Any]:
                     "schema": _ref(MaintenanceWindowSettings)}}},
                 "responses": {"200": {"description": "The window", "content": {
                     "application/json": {"schema": _ref(MaintenanceWindowView)}}},
-                    "422": {"description": "VALIDATION_FAILED", "content": _PROBLEM},
-                    **problems}},
+                    **body_problems}},
         "delete": {**secured, "summary": "End every window",
                    "responses": {"200": ended, **problems}},
     }
@@ -167,6 +186,37 @@ def _admin_paths() -> dict[str, Any]:
         paths[f"/admin/breakers/{{name}}/{action}"] = {"post": {
             **secured, "summary": summary, "parameters": [name],
             "responses": {"200": snapshot, **problems}}}
+    key_view = {"type": "object", "required": ["client_id", "role", "tier", "key_id", "source"],
+                "properties": {"client_id": {"type": "string"}, "role": {"type": "string"},
+                               "tier": {"type": "string"}, "key_id": {"type": "string"},
+                               "source": {"enum": ["config", "admin"]},
+                               "key": {"type": "string", "description": "the generated key, "
+                                       "shown once, when none was given"}}}
+    paths["/admin/api-keys"] = {
+        "get": {**secured, "summary": "Client API keys (ids, never the keys)", "responses": {
+            "200": {"description": "Every key", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"api_keys": {
+                    "type": "array", "items": key_view}}}}}}, **problems}},
+        "post": {**secured, "summary": "Add a client key on every process; without "
+                                       "key_sha256 one is generated and returned once",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "additionalProperties": False,
+                     "required": ["client_id"],
+                     "properties": {
+                         "client_id": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
+                         "key_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                         "role": {"enum": ["client", "reader"]},
+                         "tier": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}}}}},
+                 "responses": {"201": {"description": "The key added", "content": {
+                     "application/json": {"schema": key_view}}}, **body_problems}},
+    }
+    paths["/admin/api-keys/{key_id}"] = {"delete": {
+        **secured, "summary": "Revoke a key added through this API",
+        "parameters": [{"name": "key_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "Ids of the keys revoked", "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"revoked": {
+                "type": "array", "items": {"type": "string"}}}}}}}, **problems}}}
     return paths
 
 
@@ -195,7 +245,10 @@ def build_document() -> dict[str, Any]:
         "paths": paths | _admin_paths(),
         "components": {
             "schemas": defs["$defs"],
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
     }
 

@@ -14,6 +14,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _MOBILE = re.compile(r"1[3-9]\d{9}")
@@ -65,17 +66,43 @@ def _check_resident_id(value: str) -> str:
     return value
 
 
-Mobile = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_mobile),
-                   Field(examples=["13800138000"])]
+def _at_most(limit: int) -> BeforeValidator:
+    """The length limit on the text as sent, before normalising (which may shorten it), so
+    what is refused does not depend on how much of it is spaces or combining marks."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            raise PydanticCustomError("string_too_long",
+                                      "String should have at most {max_length} characters",
+                                      {"max_length": limit})
+        return value
+
+    return BeforeValidator(check)
+
+
+# The published patterns are the canonical form; full-width digits, spaces and dashes
+# are accepted too and normalised to it (the description says so).
+_LENIENT = "Full-width digits, spaces and dashes are accepted and normalised."
+Mobile = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_mobile), _at_most(32),
+                   Field(examples=["13800138000"], json_schema_extra={
+                       "pattern": r"^(\+86)?1[3-9][0-9]{9}$", "maxLength": 32,
+                       "description": "An 11-digit mainland mobile number. " + _LENIENT})]
 ResidentId = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_resident_id),
-                       Field(examples=["11010519491231002X"])]
-ResourceId = Annotated[str, BeforeValidator(normalise_text), Field(pattern=ID_PATTERN)]
+                       _at_most(32), Field(examples=["11010519491231002X"], json_schema_extra={
+                           "pattern": "^[0-9]{17}[0-9Xx]$", "maxLength": 32,
+                           "description": "An 18-character resident ID with a valid check "
+                                          "character. " + _LENIENT})]
+ResourceId = Annotated[str, Field(pattern=ID_PATTERN), BeforeValidator(normalise_text),
+                       _at_most(64)]
 
 
-# Lengths are checked on the normalised text.
-Name = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text)]
-Product = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text)]
-Address = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(normalise_text)]
+# Lengths are checked on the text as sent and again on the normalised text.
+Name = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text),
+                 _at_most(64)]
+Product = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text),
+                    _at_most(64)]
+Address = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(normalise_text),
+                    _at_most(200)]
 
 
 class _Schema(BaseModel):

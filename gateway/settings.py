@@ -334,6 +334,13 @@ class MaintenanceMessage(_Model):
     zh_cn: str | None = Field(None, alias="zh-CN", min_length=1, max_length=1000)
 
 
+def _scope_choices(schema: dict[str, Any]) -> None:
+    """The published schema lists the scopes (the route table imports this module)."""
+    from gateway.routes import maintenance_scopes
+
+    schema["enum"] = sorted(maintenance_scopes())
+
+
 class MaintenanceWindowSettings(_Model):
     """A maintenance window, as the admin API takes it and as the config file declares it.
 
@@ -343,7 +350,7 @@ class MaintenanceWindowSettings(_Model):
     taken as UTC. No `starts_at`: from now. No `ends_at`: until cleared.
     """
 
-    scope: str = Field(min_length=1, max_length=200)
+    scope: str = Field(min_length=1, max_length=200, json_schema_extra=_scope_choices)
     read_only: StrictBool = False
     starts_at: datetime | None = None
     ends_at: datetime | None = None

@@ -54,6 +54,7 @@ class UpstreamError(GatewayError):
     """A failed call, and whether the same call might succeed if tried again."""
 
     worth_retrying: bool = False
+    timed_out: bool = False
 
 
 class Upstream:
@@ -169,9 +170,17 @@ class Upstream:
         except GatewayError:
             self._metrics.breaker_rejected(self.name)
             raise
+        timeout_s = min(self.settings.timeout_s, left_s)
         try:
             result = await self._send(method, path, headers, query, body, unknown_outcome,
-                                      min(self.settings.timeout_s, left_s))
+                                      timeout_s)
+        except UpstreamError as err:
+            # A timeout shorter than the backend's own (the request's deadline, which a
+            # client may set) says nothing about the backend: a client asking for 1 ms
+            # must not open the breaker for everyone.
+            cut_short = err.timed_out and timeout_s < self.settings.timeout_s
+            self.breaker.release(permit, Outcome.IGNORED if cut_short else Outcome.FAILURE)
+            raise
         except GatewayError:
             self.breaker.release(permit, Outcome.FAILURE)
             raise
@@ -207,8 +216,10 @@ class Upstream:
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
                                worth_retrying=True) from None
         except TimeoutError:
-            raise self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
-                               {"backend": self.name, "timeout_s": round(timeout_s, 3)}) from None
+            failure = self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
+                                   {"backend": self.name, "timeout_s": round(timeout_s, 3)})
+            failure.timed_out = True
+            raise failure from None
         except (aiohttp.ClientError, ValueError):
             # Reset, disconnect or a malformed HTTP answer once the request was sent;
             # a reset before any answer is worth another try, a broken answer is not.
