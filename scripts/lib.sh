@@ -13,14 +13,16 @@ find_python() {
   return 1
 }
 
-# ensure_venv EXTRAS: create .venv if missing and install the package with EXTRAS.
+# ensure_venv EXTRAS: create .venv if missing and install the package with EXTRAS, at the
+# exact versions of constraints.txt (the tested set; pyproject.toml holds the ranges).
 ensure_venv() {
   local extras="$1"
   if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv
   fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+    -e ".${extras}"
 }
 
 as_root() {
