@@ -7,9 +7,10 @@ the gateway on `--port`, and an admin token is generated and printed.
 from __future__ import annotations
 
 import secrets
+import sys
 
 from gateway.observability import configure_logging
-from gateway.server import run, serve, stop_event_on_signals
+from gateway.server import ListenError, run, serve, stop_event_on_signals
 from gateway.settings import load_settings
 from upstreams.runner import start_simulators
 
@@ -41,5 +42,10 @@ async def _demo(port: int) -> None:
 
 def run_demo(port: int) -> int:
     configure_logging("info")
-    run(_demo(port))
+    try:
+        run(_demo(port))
+    except ListenError as exc:
+        print(f"order-gateway demo: {exc} (port {port}; choose another with --port)",
+              file=sys.stderr)
+        return 1
     return 0

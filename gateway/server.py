@@ -41,6 +41,10 @@ _RESTART_WINDOW_S = 10.0
 _MAX_RESTARTS_IN_WINDOW = 5
 
 
+class ListenError(Exception):
+    """The gateway could not open its listener (the message says why)."""
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine on uvloop where it is installed, else the default loop."""
     try:
@@ -75,12 +79,17 @@ async def serve(settings: Settings, stop: asyncio.Event,
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port, backlog=1024,
                        reuse_port=server.workers > 1 or None)
-    await site.start()
-    port = runner.addresses[0][1]
-    log.info("listening", extra={"fields": {"host": server.host, "port": port,
-                                            "pid": os.getpid()}})
-    if settings.admin.token is not None and settings.admin.port is not None:
-        await _admin_listener(runner, settings)
+    try:
+        await site.start()
+        port = runner.addresses[0][1]
+        log.info("listening", extra={"fields": {"host": server.host, "port": port,
+                                                "pid": os.getpid()}})
+        if settings.admin.token is not None and settings.admin.port is not None:
+            await _admin_listener(runner, settings)
+    except OSError as exc:
+        # A port in use or not ours to bind: one clear line, and the app closed cleanly.
+        await runner.cleanup()
+        raise ListenError(f"cannot listen: {exc.strerror or exc}") from None
     if on_listening is not None:
         on_listening(port)
     await stop.wait()
@@ -110,14 +119,23 @@ async def _serve_until_signal(settings: Settings) -> None:
 def _worker_main(settings_data: dict[str, Any]) -> None:
     settings = Settings.model_validate(settings_data)
     configure_logging(settings.server.log_level)
-    run(_serve_until_signal(settings))
+    try:
+        run(_serve_until_signal(settings))
+    except ListenError as exc:
+        log.error(str(exc))
+        raise SystemExit(1) from None
 
 
 def serve_forever(settings: Settings) -> int:
     """The `serve` command: one process, or a supervisor of N workers."""
     configure_logging(settings.server.log_level)
     if settings.server.workers == 1:
-        run(_serve_until_signal(settings))
+        try:
+            run(_serve_until_signal(settings))
+        except ListenError as exc:
+            log.error(str(exc), extra={"fields": {"host": settings.server.host,
+                                                  "port": settings.server.port}})
+            return 1
         return 0
     return _supervise(settings)
 

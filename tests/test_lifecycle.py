@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import GOOD_ORDER
 from tests.procs import BIN, Gateway, Proc, Upstreams, free_port
@@ -137,3 +141,23 @@ async def test_several_workers_share_the_port_and_stop_together(
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--host", "127.0.0.1", "--port", "{port}"],
+    ["serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", "2"],
+    ["demo", "--port", "{port}"],
+])
+def test_a_port_in_use_is_one_clear_line_and_exit_1(argv: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(BIN / "order-gateway"),
+                               *(a.format(port=port) for a in argv)],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "GATEWAY_CONFIG": ""})
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "cannot listen" in output and "address already in use" in output
+    assert "Traceback" not in output and "Unclosed" not in output
