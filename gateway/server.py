@@ -39,6 +39,7 @@ _STRONG_TOKEN_LENGTH = 16
 # A worker that keeps dying right after start is not restarted forever.
 _RESTART_WINDOW_S = 10.0
 _MAX_RESTARTS_IN_WINDOW = 5
+_CANNOT_LISTEN = 3  # a worker's exit code when its listener cannot be opened
 
 
 class ListenError(Exception):
@@ -123,7 +124,7 @@ def _worker_main(settings_data: dict[str, Any]) -> None:
         run(_serve_until_signal(settings))
     except ListenError as exc:
         log.error(str(exc))
-        raise SystemExit(1) from None
+        raise SystemExit(_CANNOT_LISTEN) from None
 
 
 def serve_forever(settings: Settings) -> int:
@@ -181,6 +182,11 @@ def _supervise(settings: Settings) -> int:
                 if proc.is_alive() or stopping or failed:
                     continue
                 _mark_dead(proc.pid)
+                if proc.exitcode == _CANNOT_LISTEN:
+                    # Another start would meet the same port: stop at once.
+                    failed = True
+                    on_signal(signal.SIGTERM, None)
+                    break
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < _RESTART_WINDOW_S] + [now]
                 if len(restarts) > _MAX_RESTARTS_IN_WINDOW:

@@ -73,8 +73,8 @@ class Profile:
 PROFILES = {
     # Baseline 20 customers, ramp to 100 in 4 s, plateau, decay.
     "full": Profile(((30, 20, 20), (150, 100, 20), (180, 20, 10)), (60, 120)),
-    # The same shape compressed for the test suite (about 80 s with set-up).
-    "ci": Profile(((10, 6, 6), (45, 30, 8), (60, 6, 4)), (18, 34)),
+    # The same shape compressed for the test suite (about 60 s with set-up).
+    "ci": Profile(((8, 6, 6), (33, 30, 8), (45, 6, 4)), (13, 26)),
 }
 
 # p99 bounds in ms per route. The payment outage lets payment submissions take up
