@@ -258,9 +258,10 @@ class Edge:
         elapsed = time.perf_counter() - started
         self._metrics.observe_request(route, response.status, code, elapsed)
         if self._access_log.enabled:
+            path = request.path[:_MAX_ECHOED_PATH]
             self._access_log.write({
                 "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                "route": route, "path": privacy.scrub(request.path[:_MAX_ECHOED_PATH]),
+                "route": route, "path": path if path == route else privacy.scrub(path),
                 "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
                 "replayed": REPLAY_HEADER in headers,
             })
