@@ -41,6 +41,10 @@ BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ACTOR_HEADER = "X-Admin-Actor"
+_TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
+# Where the guard leaves, on the request, who is acting and the body limits.
+_WHO = "admin_who"
+_BODY = "admin_body_limits"
 _MAX_REMOTES = 10_000
 
 
@@ -92,10 +96,6 @@ def _guarded(settings: Settings, tokens: AdminTokens, listener: Listener,
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
 
     return check
-
-
-_WHO = "admin_who"
-_BODY = "admin_body_limits"
 
 
 def _fingerprint(token: str) -> str:
@@ -247,9 +247,6 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
     _audit(request, "api_key.revoke", client.public(), None)
     return json_response({"revoked": [client.key_id]})
-
-
-_TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
 
 
 def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
