@@ -15,6 +15,7 @@ state before and after.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -66,15 +67,17 @@ class Listener:
 ADMIN_LISTENER = web.AppKey("admin_listener", Listener)
 
 
-def _guarded(settings: Settings, tokens: AdminTokens, listener: Listener,
-             handler: Handler) -> Handler:
+def _guard(settings: Settings, tokens: AdminTokens,
+           listener: Listener) -> Callable[[Handler], Handler]:
+    """The checks every admin route passes; one guard, so one bucket per address for the
+    whole admin API, not one per route."""
     buckets = MemoryStore(max_buckets=_MAX_REMOTES)
     rate, burst = settings.admin.rate_per_s, settings.admin.burst
     limit, timeout_s = settings.server.max_body_bytes, settings.server.body_timeout_s
     fingerprints = {"current": _fingerprint(settings.admin.token or ""),
                     "previous": _fingerprint(settings.admin.previous_token or "")}
 
-    async def check(request: web.Request) -> web.StreamResponse:
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not listener.admits(request):
             raise GatewayError(errors.NOT_FOUND, params={"path": privacy.scrub(request.path)})
         wait = await buckets.take_token(request.remote or "unknown", rate, burst)
@@ -95,7 +98,10 @@ def _guarded(settings: Settings, tokens: AdminTokens, listener: Listener,
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
 
-    return check
+    def guarded(handler: Handler) -> Handler:
+        return functools.partial(check, handler=handler)
+
+    return guarded
 
 
 def _fingerprint(token: str) -> str:
@@ -254,8 +260,10 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     app[ADMIN_LISTENER] = listener
     app[_TIERS] = tuple(settings.rate_limit.tiers)
 
+    guarded = _guard(settings, tokens, listener)
+
     def route(method: str, path: str, handler: Handler) -> None:
-        app.router.add_route(method, path, _guarded(settings, tokens, listener, handler))
+        app.router.add_route(method, path, guarded(handler))
 
     route("GET", "/admin/breakers", list_breakers)
     route("PUT", "/admin/breakers/{name}", change_breaker)

@@ -160,18 +160,18 @@ class EdgeConnection(web.RequestHandler):
 class EdgeServer(web.Server):
     """aiohttp's server, making EdgeConnections."""
 
-    def __init__(self, handler: Any, *, refuse: Refuse, head_timeout_answer: Callable[[], bytes],
-                 header_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: Any, *, request_factory: Any, handler_cancellation: bool,
+                 refuse: Refuse, head_timeout_answer: Callable[[], bytes],
+                 header_timeout_s: float, **handler_kwargs: Any) -> None:
+        super().__init__(handler, request_factory=request_factory,
+                         handler_cancellation=handler_cancellation, **handler_kwargs)
         self.refuse = refuse
         self.head_timeout_answer = head_timeout_answer
         self.header_timeout_s = header_timeout_s
-        self._handler_kwargs = kwargs
+        self._handler_kwargs = handler_kwargs  # what each connection handler is made with
 
     def __call__(self) -> web.RequestHandler:
-        kwargs = {k: v for k, v in self._handler_kwargs.items()
-                  if k not in ("request_factory", "handler_cancellation", "loop")}
-        return EdgeConnection(self, loop=asyncio.get_running_loop(), **kwargs)
+        return EdgeConnection(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
 
 
 class EdgeRunner(web.AppRunner):
