@@ -1,5 +1,5 @@
 """The admin API for SREs: breakers, maintenance windows, client API keys
-(CONTRACT.md, "Admin API").
+(docs/api.md, "Admin API"; docs/operations.md shows each in use).
 
 Registered only when an admin token is configured; otherwise `/admin/*` is
 simply not found. Every admin request passes, in order:

@@ -8,8 +8,12 @@ the backends as X-Client-ID; a client-sent X-Client-ID is ignored), a role
 `403 FORBIDDEN`) and a rate-limit tier.
 
 Only the SHA-256 of a key is ever configured or stored. A key sent is hashed
-and looked up by its hash, so the lookup's timing depends on a hash the
-caller cannot aim, and the final comparison is constant-time as well. Keys
+and looked up by its hash in a dict. That lookup is not constant-time, and
+need not be: what its timing could reveal is how much of a stored *digest*
+the digest of a guess matches, and a caller cannot aim a guess's digest at
+chosen bytes, nor turn a learnt digest back into the key (keys are 256 random
+bits). What it protects against is therefore recovering a key byte by byte
+through timing, the attack a plain string comparison of keys would allow. Keys
 added through the admin API live in the shared store and reach every process
 on the sync timer, so keys rotate without a restart: add the new key, move
 the clients over, revoke the old one. A key is never logged; its `key_id`
@@ -72,11 +76,9 @@ class ClientKeys:
     def __init__(self, settings: AuthSettings, store: Store) -> None:
         self.enabled = settings.enabled
         self._store = store
-        self._config = {bytes.fromhex(k.key_sha256): (bytes.fromhex(k.key_sha256),
-                                                       self._client(k, "config"))
+        self._config = {bytes.fromhex(k.key_sha256): self._client(k, "config")
                         for k in settings.api_keys}
-        # digest -> (the stored digest, its client)
-        self._by_digest: dict[bytes, tuple[bytes, Client]] = dict(self._config)
+        self._by_digest: dict[bytes, Client] = dict(self._config)
 
     @staticmethod
     def _client(key: ApiKeySettings, source: str) -> Client:
@@ -85,14 +87,13 @@ class ClientKeys:
     def identify(self, sent: str | None) -> Client:
         if not sent or len(sent) > _MAX_KEY_CHARS:
             raise unauthorized()
-        digest = hashlib.sha256(sent.encode()).digest()
-        found = self._by_digest.get(digest)
-        if found is None or not hmac.compare_digest(found[0], digest):
+        found = self._by_digest.get(hashlib.sha256(sent.encode()).digest())
+        if found is None:
             raise unauthorized()
-        return found[1]
+        return found
 
     def clients(self) -> list[Client]:
-        return sorted((c for _, c in self._by_digest.values()), key=lambda c: (c.id, c.key_id))
+        return sorted(self._by_digest.values(), key=lambda c: (c.id, c.key_id))
 
     async def sync(self) -> None:
         """Config keys plus the keys added through the admin API (any process)."""
@@ -105,8 +106,7 @@ class ClientKeys:
                 log.error("ignoring an unreadable API key in the store",
                           extra={"fields": {"key_id": hex_digest[:KEY_ID_CHARS]}})
                 continue
-            digest = bytes.fromhex(hex_digest)
-            merged.setdefault(digest, (digest, self._client(key, "admin")))
+            merged.setdefault(bytes.fromhex(hex_digest), self._client(key, "admin"))
         self._by_digest = merged
 
     async def add(self, key: ApiKeySettings) -> Client:
@@ -118,12 +118,12 @@ class ClientKeys:
         data = {"client_id": key.client_id, "role": key.role, "tier": key.tier}
         await self._store.put_api_key(key.key_sha256, orjson.dumps(data))
         await self.sync()
-        return self._by_digest[digest][1]
+        return self._by_digest[digest]
 
     async def revoke(self, key_id: str) -> Client | None:
         """Revoke an admin-added key by its id; config keys go with a config change."""
         await self.sync()
-        for digest, (_, client) in self._by_digest.items():
+        for digest, client in self._by_digest.items():
             if client.key_id == key_id and client.source == "admin":
                 await self._store.delete_api_key(digest.hex())
                 await self.sync()

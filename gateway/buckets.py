@@ -2,7 +2,7 @@
 
 Shared by the breaker's window (calls, failures, slow calls) and the retry
 budget (calls, retries). Scanning a list of past events instead fell to a fifth
-of the bare proxy's throughput (DESIGN.md), so nothing here ever scans more than
+of the bare proxy's throughput (docs/performance.md), so nothing here ever scans more than
 the buckets that expired since the last record.
 """
 

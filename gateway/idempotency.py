@@ -10,10 +10,19 @@ request walks it like this (`Idempotency.run`):
       new              -> forward once
       outcome unknown  -> ask the backend what it did with the key first, then
                           return what it found, or forward if it certainly has nothing
+    forward, and after a failure that may have landed (reset, 5xx) never send
+    again blindly: look the key up first, within the retry budget and deadline
+      found            -> that answer
+      certainly absent -> send again
+      cannot say       -> stop here
     settle the record
       backend answered (2xx, 4xx)          -> store the answer
       backend certainly not reached        -> forget the record: the client may retry
       request may have reached the backend -> outcome unknown: the next claim reconciles
+
+A request that may have reached the backend is therefore sent again only after
+the backend said it has no record of the key, whatever the backend's own
+deduplication: that is a second line of defence, never the reason to resend.
 
 A claim carries a lease: if the process holding it dies, the record is taken
 over once the lease has run out, and the taker reconciles first, exactly as for
@@ -30,6 +39,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from gateway import errors
 from gateway.errors import ErrorSpec, GatewayError
@@ -49,10 +59,21 @@ MAX_POLL_S = 0.1
 
 EVENTS = ("claimed", "replayed", "in_progress", "reused", "released", "outcome_unknown",
           "taken_over", "reconciled_found", "reconciled_absent", "reconcile_failed",
-          "store_unavailable", "lease_lost")
+          "store_unavailable", "lease_lost", "resent_after_lookup")
 
 Call = Callable[[], Awaitable[Reply]]
 Count = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Calls:
+    """The backend calls of one keyed submission, bound to its request."""
+
+    forward: Call  # sends the submission; only attempts that surely were not sent are repeated
+    lookup: Call  # asks the backend what it did with the key (GET ...?idempotency_key=K)
+    # After failed forward attempt N (from 0) that may have landed: may another follow
+    # (retry budget, deadline)? Sleeps the backoff before saying yes.
+    may_resend: Callable[[GatewayError, int], Awaitable[bool]]
 
 
 # Visible ASCII: what a UUID or any sane token is made of; no spaces, no control codes.
@@ -96,8 +117,8 @@ class Idempotency:
         self._unknown_outcome = unknown_outcome
         self._fail_open = fail_open
 
-    async def run(self, scope: str, key: str, body: bytes, forward: Call,
-                  lookup: Call) -> tuple[Reply, bool]:
+    async def run(self, scope: str, key: str, body: bytes,
+                  calls: Calls) -> tuple[Reply, bool]:
         """The answer for this submission, and whether it is a replay (not forwarded)."""
         record = record_id(scope, self._route, key)
         owner = secrets.token_hex(8)
@@ -108,7 +129,7 @@ class Idempotency:
             if self._fail_open:
                 log.warning("idempotency store unavailable, forwarding without a record",
                             extra={"fields": {"route": self._route, "error": str(exc)}})
-                return await forward(), False
+                return await calls.forward(), False
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
         if claim.status is ClaimStatus.COMPLETED:
             assert claim.reply is not None
@@ -116,7 +137,7 @@ class Idempotency:
             return claim.reply, True
         reconcile = claim.status is ClaimStatus.RECONCILE
         self._count("taken_over" if reconcile else "claimed")
-        return await self._settle(record, owner, reconcile, forward, lookup)
+        return await self._settle(record, owner, reconcile, calls)
 
     async def _claim(self, record: str, fp: str, owner: str) -> Claim:
         """Claim the record; while another holds it, wait up to the configured time."""
@@ -137,18 +158,18 @@ class Idempotency:
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, MAX_POLL_S)
 
-    async def _settle(self, record: str, owner: str, reconcile: bool, forward: Call,
-                      lookup: Call) -> tuple[Reply, bool]:
+    async def _settle(self, record: str, owner: str, reconcile: bool,
+                      calls: Calls) -> tuple[Reply, bool]:
         # True once nothing done earlier with this key can have had an effect.
         clean = not reconcile
         try:
             if reconcile:
-                found = await self._reconcile(lookup)
+                found = await self._reconcile(calls.lookup)
                 if found is not None:
                     await self._complete(record, owner, found)
                     return found, True
                 clean = True
-            reply = await forward()
+            reply = await self._forward(calls)
         except GatewayError as err:
             if err.reached_backend or not clean:
                 await self._keep_unknown(record, owner)
@@ -161,6 +182,31 @@ class Idempotency:
             raise
         await self._complete(record, owner, reply)
         return reply, False
+
+    async def _forward(self, calls: Calls) -> Reply:
+        """Forward; after a failure that may have landed, resend only once a lookup says absent.
+
+        A reset after the request was written usually means the backend acted and
+        the answer was lost: the lookup then finds it, and the client gets its
+        answer now instead of an unknown outcome. Timeouts are not worth another
+        try (`may_resend` says no), so they end in an unknown outcome at once.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await calls.forward()
+            except GatewayError as err:
+                if not err.reached_backend or not await calls.may_resend(err, attempt):
+                    raise
+                failure = err
+            attempt += 1
+            try:
+                found = await self._reconcile(calls.lookup)
+            except GatewayError:
+                raise failure from None  # the lookup could not say: the failure stands
+            if found is not None:
+                return found
+            self._count("resent_after_lookup")
 
     async def _reconcile(self, lookup: Call) -> Reply | None:
         """What the backend did with this key: its answer, None if nothing, else raise."""
@@ -180,11 +226,14 @@ class Idempotency:
         raise self._still_unknown(None)
 
     def _still_unknown(self, cause: GatewayError | None) -> GatewayError:
+        """The error of a lookup that could not say: the earlier request may have landed."""
         if self._unknown_outcome is not None:
             return GatewayError(self._unknown_outcome, reached_backend=True)
-        if cause is not None:
-            return cause
-        return GatewayError(errors.UPSTREAM_UNAVAILABLE, reached_backend=True)
+        if cause is None:
+            return GatewayError(errors.UPSTREAM_UNAVAILABLE, reached_backend=True)
+        # The lookup itself may not have reached the backend; the request before it may.
+        cause.reached_backend = True
+        return cause
 
     async def _complete(self, record: str, owner: str, reply: Reply) -> None:
         try:

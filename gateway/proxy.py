@@ -35,7 +35,7 @@ from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
-from gateway.upstream import Upstream
+from gateway.upstream import Repeat, Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 audit = logging.getLogger("gateway.audit")
@@ -71,9 +71,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
     admit_below = admission.limit(policy.priority)
-    # A keyed POST may be repeated only where the backend answers a repeated key with
-    # its first answer; reads always may.
-    retry_forward = upstream.settings.dedups_by_key
+    repeat = Repeat.ALWAYS if policy.safe_to_retry else Repeat.IF_UNSENT
 
     async def admitted(request: web.Request) -> web.StreamResponse:
         # Shed before reading anything: under overload this must cost microseconds.
@@ -124,7 +122,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             try:
                 reply = await upstream.call(policy.method, path, headers=headers, query=query,
                                             body=body, unknown_outcome=unknown_outcome,
-                                            deadline=deadline, retryable=policy.safe_to_retry)
+                                            deadline=deadline, repeat=repeat)
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
@@ -136,14 +134,18 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         async def forward() -> Reply:
             return await upstream.call(policy.method, path, headers=headers, body=body,
                                        unknown_outcome=unknown_outcome, deadline=deadline,
-                                       retryable=retry_forward)
+                                       repeat=Repeat.IF_UNSENT)
 
         async def lookup() -> Reply:
             return await upstream.call("GET", lookup_path, headers=_lookup_headers(headers),
                                        query={"idempotency_key": key}, deadline=deadline,
-                                       retryable=True)
+                                       repeat=Repeat.ALWAYS)
 
-        reply, replayed = await guard.run(scope, key, body, forward, lookup)
+        async def may_resend(err: GatewayError, attempt: int) -> bool:
+            return await upstream.pause_before_retry(err, attempt, deadline)
+
+        reply, replayed = await guard.run(scope, key, body,
+                                          idempotency.Calls(forward, lookup, may_resend))
         response = _respond(reply)
         if replayed:
             response.headers[idempotency.REPLAY_HEADER] = "true"

@@ -203,14 +203,22 @@ class RedisStore:
         async with _translated():
             return bool(await self._redis.hdel(API_KEYS_KEY, key_sha256))
 
-    async def _eval(self, script: _Script, key: str, *args: str | bytes | int | float) -> Any:
-        """Run one script on one key: one round trip, shared with concurrent callers."""
+    async def _eval(self, script: _Script, key: str, *args: str | bytes | int | float,
+                    repeatable: bool) -> Any:
+        """Run one script on one key: one round trip, shared with concurrent callers.
+
+        `repeatable`: running it twice is harmless, so a reply lost to a dropped
+        connection may be asked for again by running it again.
+        """
+        wire = self._wire
         try:
-            reply = await self._wire.call("EVALSHA", script.sha, 1, key, *args)
+            reply = await wire.call("EVALSHA", script.sha, 1, key, *args, repeatable=repeatable)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
-                # A restarted Redis has forgotten its scripts: load this one, run it again.
-                await self._wire.call("SCRIPT", "LOAD", script.source)
-                reply = await self._wire.call("EVALSHA", script.sha, 1, key, *args)
+                # A restarted Redis has forgotten its scripts (so this one did not run):
+                # load it, run it again.
+                await wire.call("SCRIPT", "LOAD", script.source, repeatable=True)
+                reply = await wire.call("EVALSHA", script.sha, 1, key, *args,
+                                        repeatable=repeatable)
         except WireError as exc:
             raise StoreUnavailable(str(exc)) from exc
         if isinstance(reply, ReplyError):
@@ -220,14 +228,17 @@ class RedisStore:
     async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
         # Idle longer than a full refill, a bucket is full again: no need to keep it.
         ttl_ms = int(burst / rate_per_s * 1000) + 1000
+        # Not repeatable: run twice, it would take two tokens.
         wait = await self._eval(_TAKE_TOKEN, RATE_KEY.format(scope=scope), rate_per_s, burst,
-                                ttl_ms)
+                                ttl_ms, repeatable=False)
         return float(wait)
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
+        # The idempotency steps are guarded by the owner token: repeated, each answers
+        # as the first run did and changes nothing more.
         answer = await self._eval(_CLAIM, IDEMPOTENCY_KEY.format(record=record), fingerprint,
-                                  owner, int(lease_s * 1000), ttl_s * 1000)
+                                  owner, int(lease_s * 1000), ttl_s * 1000, repeatable=True)
         status = ClaimStatus(answer[0].decode())
         if status is ClaimStatus.COMPLETED:
             return Claim(status, _decode_reply(answer[1:]))
@@ -238,14 +249,16 @@ class RedisStore:
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         done = await self._eval(_COMPLETE, IDEMPOTENCY_KEY.format(record=record), owner,
                                 reply.status, reply.content_type, orjson.dumps(reply.headers),
-                                reply.body)
+                                reply.body, repeatable=True)
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
-        await self._eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner)
+        await self._eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner,
+                         repeatable=True)
 
     async def abandon(self, record: str, owner: str) -> None:
-        await self._eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner)
+        await self._eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner,
+                         repeatable=True)
 
     async def close(self) -> None:
         self._wire.close()

@@ -11,9 +11,12 @@ is not on the hot path (breaker controls, its URL parsing).
 Failure handling, all of it surfacing as `WireError`:
 - no connection, or connecting takes longer than the timeout;
 - the connection drops: every command waiting on it fails at once, and the
-  next call connects afresh (a command that failed on a connection that had
-  already gone is retried once on the new one: callers send only commands that
-  are safe to repeat);
+  next call connects afresh. A command that was never written (the connection
+  had already gone when its batch was flushed) is sent once more on the new
+  connection. One that was written may have run, so it is sent again only if
+  its caller says running it twice is harmless (`repeatable`: the idempotency
+  scripts, guarded by their owner token); otherwise (the token-bucket script,
+  which would take two tokens) its caller gets the failure;
 - Redis stops answering: a watchdog sees no reply for `timeout_s` while
   commands wait, and drops the connection.
 """
@@ -36,8 +39,12 @@ class WireError(Exception):
     """Redis could not be reached, or dropped the connection, or did not answer in time."""
 
 
-class _Gone(WireError):
-    """The connection was already lost: the command may be retried on a new one."""
+class _NotSent(WireError):
+    """The connection had gone before the command was written: safe to send on a new one."""
+
+
+class _Lost(WireError):
+    """The connection dropped after the command was written: it may or may not have run."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -68,12 +75,12 @@ class _Protocol(asyncio.Protocol):
             self._fail(WireError(f"Redis protocol error: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(_Gone(f"Redis connection lost: {exc or 'closed by the server'}"))
+        self._fail(_Lost(f"Redis connection lost: {exc or 'closed by the server'}"))
 
     def send(self, packed: bytes, futures: list[asyncio.Future[Any]]) -> None:
         if self.closed or self.transport is None:
             for future in futures:
-                future.set_exception(_Gone("Redis connection lost"))
+                future.set_exception(_NotSent("Redis connection lost"))
             return
         self.waiting.extend(futures)
         self.transport.write(packed)
@@ -130,15 +137,24 @@ class Wire:
         self._batch: list[bytes] = []
         self._futures: list[asyncio.Future[Any]] = []
 
-    async def call(self, *args: str | bytes | int | float) -> Any:
-        """One command's reply; a Redis error reply comes back as `hiredis.ReplyError`."""
+    async def call(self, *args: str | bytes | int | float, repeatable: bool = False) -> Any:
+        """One command's reply; a Redis error reply comes back as `hiredis.ReplyError`.
+
+        `repeatable`: running the command twice does no harm, so one whose connection
+        dropped before its reply came is sent once more on a new connection.
+        """
         packed = hiredis.pack_command(args)
         try:
             reply = await self._send(packed)
-        except _Gone:
+        except _NotSent:
+            return await self._send(packed)
+        except _Lost:
+            if not repeatable:
+                raise
             return await self._send(packed)
         if self._sentinel is not None and _demoted(reply):
-            # A failover made our master a replica: ask the sentinels again, once.
+            # A failover made our master a replica, which refused the command without
+            # running it: ask the sentinels again and send it once more.
             self.close()
             reply = await self._send(packed)
         return reply

@@ -78,9 +78,17 @@ class UpstreamSettings(_Model):
     keepalive_s: float = Field(15.0, gt=0)
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
-    # The backend answers a repeated Idempotency-Key with its first answer, so a POST
-    # carrying one may be retried. Meaningless for backends without keyed POSTs.
-    dedups_by_key: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        # Once the reason keyed POSTs were resent; a backend's own deduplication is never
+        # that reason now, so a config still naming it is told rather than obeyed.
+        if isinstance(data, dict) and "dedups_by_key" in data:
+            raise ValueError("dedups_by_key: no longer a setting; remove it (a POST that may "
+                             "have reached the backend is resent only after a lookup says "
+                             "the backend has no record of it, see docs/operations.md)")
+        return data
 
     @model_validator(mode="after")
     def _bulkhead_within_pool(self) -> UpstreamSettings:

@@ -10,6 +10,12 @@ fail is translated here, at exactly one boundary, into a catalog error:
 - for a call that may have had an effect and whose outcome is unknown (sent,
   then timed out or reset), the route's own error (`PAYMENT_OUTCOME_UNKNOWN`).
 
+A call is sent again by the gateway itself only when that cannot do harm: a read
+after any failure worth retrying, a call that changes state (a keyed POST) only
+when the failed attempt certainly never reached the backend (no connection).
+Whether a keyed POST that may have landed is sent again is decided above this
+module, after a lookup (`gateway/idempotency.py`), never here.
+
 A backend's 2xx and 4xx JSON answers pass through untouched. Every call first
 takes a slot of the backend's bulkhead (waiting at most until the request's
 deadline), then goes through the backend's circuit breaker: an open breaker answers `CIRCUIT_OPEN`
@@ -23,6 +29,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import aiohttp
 import orjson
@@ -47,6 +54,13 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 
 # Backend statuses that say "not now" rather than "broken": worth another try.
 RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class Repeat(Enum):
+    """Which failed attempts of a call the gateway itself may send again."""
+
+    ALWAYS = "always"  # a read: repeating it changes nothing at the backend
+    IF_UNSENT = "if_unsent"  # changes state: only an attempt that certainly was not sent
 
 
 @dataclass
@@ -107,7 +121,7 @@ class Upstream:
         body: bytes | None = None,
         unknown_outcome: ErrorSpec | None = None,
         deadline: float | None = None,
-        retryable: bool = False,
+        repeat: Repeat = Repeat.IF_UNSENT,
     ) -> Reply:
         """Send one request and return a pass-through answer, or raise a GatewayError.
 
@@ -115,7 +129,7 @@ class Upstream:
         the backend but whose answer was lost; None means the route is a read
         and a lost answer is a plain timeout or unavailability. `deadline` (loop
         time) bounds the wait for a bulkhead slot and the call itself, retries
-        included; `retryable` says repeating the call can do no harm.
+        included; `repeat` says which failed attempts may be sent again.
         """
         loop = asyncio.get_running_loop()
         if deadline is None:
@@ -128,14 +142,14 @@ class Upstream:
             raise
         try:
             return await self._with_retries(method, path, headers, query, body,
-                                            unknown_outcome, deadline, retryable)
+                                            unknown_outcome, deadline, repeat)
         finally:
             self.bulkhead.release()
 
     async def _with_retries(self, method: str, path: str, headers: Mapping[str, str],
                             query: Mapping[str, str] | None, body: bytes | None,
                             unknown_outcome: ErrorSpec | None, deadline: float,
-                            retryable: bool) -> Reply:
+                            repeat: Repeat) -> Reply:
         loop = asyncio.get_running_loop()
         self._budget.called()
         reached = False
@@ -147,17 +161,34 @@ class Upstream:
             except UpstreamError as err:
                 reached = reached or err.reached_backend
                 err.reached_backend = reached
-                if not (retryable and err.worth_retrying) or retry >= self._retry.max_retries:
+                if reached and repeat is Repeat.IF_UNSENT:
                     raise
-                pause = self._backoff.delay(retry)
-                if deadline - loop.time() - pause < self._retry.min_time_left_ms / 1000:
+                if not await self.pause_before_retry(err, retry, deadline):
                     raise
-                if not self._budget.try_spend():
-                    self._metrics.retry_budget_exhausted(self.name)
-                    raise
-            self._metrics.retried(self.name)
             retry += 1
-            await asyncio.sleep(pause)
+
+    async def pause_before_retry(self, err: GatewayError, retry: int, deadline: float) -> bool:
+        """Whether failed attempt number `retry` (from 0) may be followed by another.
+
+        Only for failures worth another try, within `max_retries`, with time left
+        before `deadline` after the backoff, and within the retry budget; if so,
+        the backoff is slept before answering True. Whether a repeat is *safe* is
+        the caller's question, not this one's.
+        """
+        if not (isinstance(err, UpstreamError) and err.worth_retrying):
+            return False
+        if retry >= self._retry.max_retries:
+            return False
+        pause = self._backoff.delay(retry)
+        left = deadline - asyncio.get_running_loop().time()
+        if left - pause < self._retry.min_time_left_ms / 1000:
+            return False
+        if not self._budget.try_spend():
+            self._metrics.retry_budget_exhausted(self.name)
+            return False
+        self._metrics.retried(self.name)
+        await asyncio.sleep(pause)
+        return True
 
     async def _through_breaker(self, method: str, path: str, headers: Mapping[str, str],
                                query: Mapping[str, str] | None, body: bytes | None,

@@ -110,8 +110,7 @@ def start_rig(log_dir: Path, workers: int) -> Rig:
     config = {
         "redis": {"url": redis.url},
         "upstreams": {
-            "payment": {"timeout_s": 2.5, "dedups_by_key": False,
-                        "breaker": {"open_seconds": 5.0}},
+            "payment": {"timeout_s": 2.5, "breaker": {"open_seconds": 5.0}},
             "order": {"breaker": {"open_seconds": 5.0}},
         },
     }

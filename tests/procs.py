@@ -148,11 +148,14 @@ class Gateway:
 
     def __init__(self, log_dir: Path, upstream_urls: dict[str, str],
                  config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, short_timeouts: bool = True) -> None:
+        """`short_timeouts` (1 s per call) keeps failure tests quick; tests of a guarantee
+        also run without it, on the shipped defaults."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tree: dict[str, Any] = {"server": {"host": "127.0.0.1", "port": self.port}}
-        tree["upstreams"] = {name: {"url": url, "timeout_s": 1.0, "connect_timeout_s": 0.5}
+        timeouts = {"timeout_s": 1.0, "connect_timeout_s": 0.5} if short_timeouts else {}
+        tree["upstreams"] = {name: {"url": url, **timeouts}
                              for name, url in upstream_urls.items()}
         _merge(tree, config or {})
         self.config_path = log_dir / f"gateway-{self.port}.yaml"

@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.settings import UpstreamSettings
+from tests.conftest import GOOD_ORDER
 from tests.procs import Gateway, RedisServer, Upstreams
 from tests.test_idempotency import Answer, payment, submit
 
@@ -38,33 +41,39 @@ LENIENT_BREAKER = {"failure_rate_threshold": 1.0, "consecutive_failures": 100_00
 class Rig:
     sims: Upstreams
     redis: RedisServer
+    timeout_s: float  # the payment backend timeout the gateways run with
     gateways: list[Gateway] = field(default_factory=list)
 
 
-@pytest.fixture
-def rig(log_dir: Path) -> Iterator[Rig]:
+@contextmanager
+def _two_gateways(log_dir: Path, settings: dict[str, Any], *,
+                  short_timeouts: bool = True) -> Iterator[Rig]:
     """Fresh simulators (clean counts), a persistent Redis, and two gateways sharing it."""
     sims = Upstreams(log_dir)
     redis = RedisServer(log_dir, persistent=True)
-    sims.set_faults("payment", dedup=False)
-    config = {
-        "redis": {"url": redis.url},
-        "idempotency": {"lease_s": 2.0},
-        # Told the truth about the payment backend: it does not deduplicate, so a
-        # payment is never retried by the gateway itself.
-        "upstreams": {"order": {"timeout_s": 0.5},
-                      "payment": {"timeout_s": 0.5, "breaker": LENIENT_BREAKER,
-                                  "dedups_by_key": False}},
-    }
-    setup = Rig(sims, redis)
+    payment_settings = settings.get("upstreams", {}).get("payment", {})
+    setup = Rig(sims, redis, UpstreamSettings(url="http://x", **payment_settings).timeout_s)
     try:
-        setup.gateways = [Gateway(log_dir, sims.urls, config=config) for _ in range(2)]
+        setup.gateways = [Gateway(log_dir, sims.urls, short_timeouts=short_timeouts,
+                                  config={**settings, "redis": {"url": redis.url}})
+                          for _ in range(2)]
         yield setup
     finally:
         for gw in setup.gateways:
             gw.stop()
         redis.stop()
         sims.proc.stop()
+
+
+@pytest.fixture
+def rig(log_dir: Path) -> Iterator[Rig]:
+    with _two_gateways(log_dir, {
+        "idempotency": {"lease_s": 2.0},
+        "upstreams": {"order": {"timeout_s": 0.5},
+                      "payment": {"timeout_s": 0.5, "breaker": LENIENT_BREAKER}},
+    }) as setup:
+        setup.sims.set_faults("payment", dedup=False)
+        yield setup
 
 
 def _keys(n: int) -> dict[str, dict[str, Any]]:
@@ -225,3 +234,123 @@ async def _charged(http: aiohttp.ClientSession, sims: Upstreams, k: str) -> byte
                         headers={"X-Client-ID": CLIENT}) as resp:
         assert resp.status == 200
         return await resp.read()
+
+
+# -- the same guarantee on the shipped defaults ----------------------------------------------
+#
+# A new user's setup: two gateways sharing one Redis, nothing tuned, and backends that do not
+# deduplicate by key. Five clients per key, some impatient (they give up and resubmit), while
+# the backend resets connections after acting or answers around its timeout. Then the backend
+# heals and each key is resubmitted until it has a final answer (waiting out an open breaker).
+
+DEFAULTS: dict[str, Any] = {}
+TUNED: dict[str, Any] = {"idempotency": {"lease_s": 2.0},
+                         "upstreams": {"order": {"timeout_s": 0.5},
+                                       "payment": {"timeout_s": 0.5}}}
+CLIENTS_PER_KEY = 5
+
+
+@dataclass(frozen=True)
+class Resource:
+    route: str
+    backend: str
+    made_by_key: str  # the simulator's count of what it created, per key
+    id_field: str
+
+    def body(self) -> dict[str, Any]:
+        return payment() if self.backend == "payment" else dict(GOOD_ORDER)
+
+
+PAYMENTS = Resource("/v1/payments", "payment", "charges_by_key", "payment_id")
+ORDERS = Resource("/v1/orders", "order", "orders_by_key", "order_id")
+
+
+@pytest.fixture(params=["defaults", "tuned"])
+def fleet(request: pytest.FixtureRequest, log_dir: Path) -> Iterator[Rig]:
+    settings = DEFAULTS if request.param == "defaults" else TUNED
+    with _two_gateways(log_dir, settings, short_timeouts=False) as setup:
+        yield setup
+
+
+async def _customer(http: aiohttp.ClientSession, gw: Gateway, what: Resource, k: str,
+                    body: dict[str, Any], *, give_up_s: float, until: float) -> Answer | None:
+    """Submits and resubmits (same key, same body) until a final answer or `until`."""
+    while time.monotonic() < until:
+        try:
+            answer = await asyncio.wait_for(
+                submit(http, gw, what.route, k, body, client=CLIENT), give_up_s)
+        except (aiohttp.ClientError, TimeoutError):
+            continue  # gave up waiting (the gateway carries on) or lost the connection
+        if answer.code not in RETRYABLE:
+            return answer
+        retry_after = float(answer.headers.get("Retry-After", "0"))
+        await asyncio.sleep(min(retry_after, 2.0) if answer.code == "CIRCUIT_OPEN" else 0.1)
+    return None
+
+
+async def _run_incident(http: aiohttp.ClientSession, fleet: Rig, what: Resource,
+                        fault_s: float, **faults: Any) -> dict[str, list[Answer]]:
+    """The scenario above; every final answer a client got, by key."""
+    keys = {str(uuid.uuid4()): what.body() for _ in range(20)}
+    fleet.sims.set_faults(what.backend, dedup=False, **faults)
+    until = time.monotonic() + fault_s
+    jobs = [(k, i) for k in keys for i in range(CLIENTS_PER_KEY)]
+    answers = await asyncio.gather(*(
+        _customer(http, fleet.gateways[i % 2], what, k, keys[k], until=until,
+                  # Odd clients are impatient: they give up well before the gateway does.
+                  give_up_s=fleet.timeout_s * 0.3 if i % 2 else 60.0)
+        for k, i in jobs))
+    finals: dict[str, list[Answer]] = {k: [] for k in keys}
+    for (k, _), answer in zip(jobs, answers, strict=True):
+        if answer is not None:
+            finals[k].append(answer)
+    fleet.sims.heal()
+    fleet.sims.set_faults(what.backend, dedup=False)
+    until = time.monotonic() + 45
+    healed = await asyncio.gather(*(
+        _customer(http, fleet.gateways[n % 2], what, k, body, give_up_s=60.0, until=until)
+        for n, (k, body) in enumerate(keys.items())))
+    for k, answer in zip(keys, healed, strict=True):
+        assert answer is not None, f"{k} never got a final answer after the backend healed"
+        finals[k].append(answer)
+    return finals
+
+
+def _assert_exactly_once(fleet: Rig, what: Resource, finals: dict[str, list[Answer]]) -> None:
+    made = fleet.sims.stats(what.backend)[what.made_by_key]
+    assert {k: made.get(k) for k in finals} == dict.fromkeys(finals, 1), "made once per key"
+    for k, answers in finals.items():
+        assert {a.status for a in answers} == {201}, answers
+        assert len({a.json[what.id_field] for a in answers}) == 1, f"{k}: clients disagree"
+
+
+async def _events(http: aiohttp.ClientSession, fleet: Rig, event: str) -> float:
+    """How often the gateways counted an idempotency event, summed over routes."""
+    total = 0.0
+    for gw in fleet.gateways:
+        async with http.get(gw.url + "/metrics") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith("gateway_idempotency_events_total{") and \
+                        f'event="{event}"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("what", [PAYMENTS, ORDERS], ids=["payments", "orders"])
+async def test_resets_after_acting_never_make_anything_twice(
+        fleet: Rig, what: Resource, http: aiohttp.ClientSession) -> None:
+    finals = await _run_incident(http, fleet, what, fault_s=8 * fleet.timeout_s,
+                                 reset_rate=0.3)
+    _assert_exactly_once(fleet, what, finals)
+    assert await _events(http, fleet, "reconciled_found") > 0, "the resets never bit"
+
+
+async def test_answers_around_the_timeout_never_charge_twice(
+        fleet: Rig, http: aiohttp.ClientSession) -> None:
+    # Half the calls outlast the gateway's timeout: some are charged just before it, their
+    # answers lost; the rest are dropped unprocessed once the gateway hangs up.
+    latency_ms = int(fleet.timeout_s * 1000 * 0.95)
+    finals = await _run_incident(http, fleet, PAYMENTS, fault_s=4 * fleet.timeout_s,
+                                 latency_ms=latency_ms, jitter_ms=latency_ms // 10)
+    _assert_exactly_once(fleet, PAYMENTS, finals)
+    assert await _events(http, fleet, "outcome_unknown") > 0, "no call ever timed out"

@@ -12,7 +12,7 @@ import pytest
 
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.idempotency import Idempotency, fingerprint, record_id
+from gateway.idempotency import Calls, Idempotency, fingerprint, record_id
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
 from gateway.store import ClaimStatus, MemoryStore, StoreUnavailable
@@ -22,19 +22,29 @@ BODY = b'{"amount":1}'
 
 
 class Backend:
-    """What the guard calls: counts calls, answers as told."""
+    """What the guard calls: counts calls, answers as told (`then`: later forwards)."""
 
     def __init__(self, answer: Reply | GatewayError = CREATED,
-                 found: Reply | GatewayError | None = None, delay_s: float = 0.0) -> None:
+                 found: Reply | GatewayError | None = None, delay_s: float = 0.0,
+                 then: Reply | GatewayError | None = None, resends: int = 0) -> None:
         self.answer, self.found, self.delay_s = answer, found, delay_s
+        self.then = then
+        self.resends = resends  # how many resends the retry budget allows
         self.forwards = self.lookups = 0
+
+    def calls(self) -> Calls:
+        return Calls(self.forward, self.lookup, self.may_resend)
 
     async def forward(self) -> Reply:
         self.forwards += 1
         await asyncio.sleep(self.delay_s)
-        if isinstance(self.answer, GatewayError):
-            raise self.answer
-        return self.answer
+        answer = self.answer if self.forwards == 1 or self.then is None else self.then
+        if isinstance(answer, GatewayError):
+            raise answer
+        return answer
+
+    async def may_resend(self, _err: GatewayError, attempt: int) -> bool:
+        return attempt < self.resends
 
     async def lookup(self) -> Reply:
         self.lookups += 1
@@ -62,8 +72,7 @@ async def status_of(store: MemoryStore) -> ClaimStatus:
 
 async def test_cancelled_mid_call_leaves_the_outcome_unknown() -> None:
     store, backend = MemoryStore(), Backend(delay_s=10)
-    task = asyncio.create_task(guard(store).run("anonymous", "k", BODY, backend.forward,
-                                                backend.lookup))
+    task = asyncio.create_task(guard(store).run("anonymous", "k", BODY, backend.calls()))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -76,9 +85,9 @@ async def test_a_waiter_takes_over_a_claim_released_by_the_first() -> None:
     refused = Backend(answer=GatewayError(errors.CIRCUIT_OPEN), delay_s=0.1)
     healthy = Backend()
     gate = guard(store, wait_ms=2000, events=events)
-    first = asyncio.create_task(gate.run("anonymous", "k", BODY, refused.forward, refused.lookup))
+    first = asyncio.create_task(gate.run("anonymous", "k", BODY, refused.calls()))
     await asyncio.sleep(0.02)
-    reply, replayed = await gate.run("anonymous", "k", BODY, healthy.forward, healthy.lookup)
+    reply, replayed = await gate.run("anonymous", "k", BODY, healthy.calls())
     with pytest.raises(GatewayError):
         await first
     assert (reply, replayed, healthy.forwards, healthy.lookups) == (CREATED, False, 1, 0)
@@ -90,10 +99,10 @@ async def test_an_unknown_order_outcome_with_a_failing_lookup_answers_the_lookup
     gate = guard(store, payment=False)
     lost = Backend(answer=GatewayError(errors.UPSTREAM_TIMEOUT, reached_backend=True))
     with pytest.raises(GatewayError):
-        await gate.run("anonymous", "k", BODY, lost.forward, lost.lookup)
+        await gate.run("anonymous", "k", BODY, lost.calls())
     down = Backend(found=GatewayError(errors.CIRCUIT_OPEN))
     with pytest.raises(GatewayError) as caught:
-        await gate.run("anonymous", "k", BODY, down.forward, down.lookup)
+        await gate.run("anonymous", "k", BODY, down.calls())
     assert caught.value.spec is errors.CIRCUIT_OPEN
     assert down.forwards == 0
     assert await status_of(store) is ClaimStatus.RECONCILE, "still unknown, still reconciled"
@@ -104,10 +113,10 @@ async def test_a_lookup_answering_neither_found_nor_absent_keeps_the_payment_unk
     gate = guard(store)
     lost = Backend(answer=GatewayError(errors.PAYMENT_OUTCOME_UNKNOWN, reached_backend=True))
     with pytest.raises(GatewayError):
-        await gate.run("anonymous", "k", BODY, lost.forward, lost.lookup)
+        await gate.run("anonymous", "k", BODY, lost.calls())
     odd = Backend(found=Reply(400, b'{"code":"BAD_REQUEST"}', "application/json"))
     with pytest.raises(GatewayError) as caught:
-        await gate.run("anonymous", "k", BODY, odd.forward, odd.lookup)
+        await gate.run("anonymous", "k", BODY, odd.calls())
     assert caught.value.spec is errors.PAYMENT_OUTCOME_UNKNOWN
     assert odd.forwards == 0
 
@@ -121,8 +130,65 @@ async def test_the_client_still_gets_the_answer_when_storing_it_fails() -> None:
     store, events = FailingCompletion(), []
     backend = Backend()
     reply, replayed = await guard(store, events=events).run(
-        "anonymous", "k", BODY, backend.forward, backend.lookup)
+        "anonymous", "k", BODY, backend.calls())
     assert (reply, replayed) == (CREATED, False)
     assert "store_unavailable" in events
     # The claim stays until its lease runs out; then a resubmission reconciles.
     assert await status_of(store) is ClaimStatus.IN_FLIGHT
+
+
+def _landed() -> GatewayError:
+    """A reset after the request was written: it may have been charged."""
+    return GatewayError(errors.PAYMENT_OUTCOME_UNKNOWN, reached_backend=True)
+
+
+async def test_a_failure_that_may_have_landed_is_looked_up_and_the_charge_found_returned() -> None:
+    store, events = MemoryStore(), []
+    backend = Backend(answer=_landed(), found=Reply(200, CREATED.body, "application/json"),
+                      resends=2)
+    reply, replayed = await guard(store, events=events).run("anonymous", "k", BODY,
+                                                            backend.calls())
+    assert (reply, replayed) == (CREATED, False), "the client's first answer, not a replay"
+    assert (backend.forwards, backend.lookups) == (1, 1), "never sent twice"
+    assert await status_of(store) is ClaimStatus.COMPLETED
+
+
+async def test_it_is_sent_again_only_after_the_lookup_says_absent() -> None:
+    store, events = MemoryStore(), []
+    backend = Backend(answer=_landed(), then=CREATED, resends=2)
+    reply, _ = await guard(store, events=events).run("anonymous", "k", BODY, backend.calls())
+    assert reply == CREATED
+    assert (backend.forwards, backend.lookups) == (2, 1)
+    assert "resent_after_lookup" in events
+
+
+async def test_without_budget_for_another_try_it_is_not_sent_again_nor_looked_up() -> None:
+    store = MemoryStore()
+    backend = Backend(answer=_landed(), then=CREATED, resends=0)
+    with pytest.raises(GatewayError) as caught:
+        await guard(store).run("anonymous", "k", BODY, backend.calls())
+    assert caught.value.spec is errors.PAYMENT_OUTCOME_UNKNOWN
+    assert (backend.forwards, backend.lookups) == (1, 0)
+    assert await status_of(store) is ClaimStatus.RECONCILE
+
+
+async def test_an_order_whose_lookup_was_refused_stays_unknown_not_forgotten() -> None:
+    # The lookup's own error says "not reached", but the order before it may have landed:
+    # forgetting the record would let the next submission forward blindly.
+    store = MemoryStore()
+    backend = Backend(answer=GatewayError(errors.UPSTREAM_UNAVAILABLE, reached_backend=True),
+                      found=GatewayError(errors.UPSTREAM_UNAVAILABLE), resends=2)
+    with pytest.raises(GatewayError) as caught:
+        await guard(store, payment=False).run("anonymous", "k", BODY, backend.calls())
+    assert caught.value.spec is errors.UPSTREAM_UNAVAILABLE and caught.value.reached_backend
+    assert (backend.forwards, backend.lookups) == (1, 1)
+    assert await status_of(store) is ClaimStatus.RECONCILE
+
+
+async def test_a_failure_that_certainly_was_not_sent_forgets_the_record_without_a_lookup() -> None:
+    store = MemoryStore()
+    backend = Backend(answer=GatewayError(errors.UPSTREAM_UNAVAILABLE), resends=2)
+    with pytest.raises(GatewayError):
+        await guard(store).run("anonymous", "k", BODY, backend.calls())
+    assert (backend.forwards, backend.lookups) == (1, 0)
+    assert await status_of(store) is ClaimStatus.CLAIMED

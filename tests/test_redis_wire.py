@@ -15,7 +15,9 @@ from pathlib import Path
 import hiredis
 import pytest
 
+from gateway.redis_store import RATE_KEY, RedisStore
 from gateway.redis_wire import Wire, WireError
+from gateway.store import StoreUnavailable
 from tests.procs import Proc, RedisServer, free_port
 
 
@@ -138,3 +140,103 @@ async def test_a_server_that_is_not_redis_is_refused() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class ReplyCutter:
+    """A relay in front of a real Redis that can cut the connection when a reply comes back:
+    the command reached Redis and ran, and its caller never hears of it."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self.cut_next_reply = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, client_in: asyncio.StreamReader,
+                     client_out: asyncio.StreamWriter) -> None:
+        self._connections.add(asyncio.current_task())  # type: ignore[arg-type]
+        redis_in, redis_out = await asyncio.open_connection("127.0.0.1", self._redis_port)
+
+        async def requests() -> None:
+            while data := await client_in.read(65536):
+                redis_out.write(data)
+
+        async def replies() -> None:
+            while data := await redis_in.read(65536):
+                if self.cut_next_reply:
+                    self.cut_next_reply = False
+                    return
+                client_out.write(data)
+
+        pumps = [asyncio.create_task(requests()), asyncio.create_task(replies())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            client_out.transport.abort()
+            redis_out.transport.abort()
+            client_out.close()
+            redis_out.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+
+@pytest.fixture
+async def cutter(redis_server: RedisServer) -> AsyncIterator[ReplyCutter]:
+    relay = ReplyCutter(redis_server.port)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+async def test_a_command_whose_reply_was_lost_is_not_sent_again(cutter: ReplyCutter) -> None:
+    wire = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    try:
+        await wire.call("SET", "wire:runs", 0)
+        cutter.cut_next_reply = True
+        with pytest.raises(WireError):
+            await wire.call("INCR", "wire:runs")
+        assert await wire.call("GET", "wire:runs") == b"1", "ran once, never resent"
+    finally:
+        wire.close()
+
+
+async def test_a_repeatable_command_whose_reply_was_lost_is_sent_once_more(
+        cutter: ReplyCutter) -> None:
+    wire = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    try:
+        cutter.cut_next_reply = True
+        assert await wire.call("SET", "wire:again", "x", repeatable=True) == b"OK"
+        with pytest.raises(WireError):
+            cutter.cut_next_reply = True
+            await wire.call("SET", "wire:again", "y")  # not said to be repeatable
+    finally:
+        wire.close()
+
+
+async def test_a_lost_reply_takes_one_token_not_two(cutter: ReplyCutter) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    direct = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    try:
+        await direct.call("DEL", RATE_KEY.format(scope="cut"))
+        assert await store.take_token("cut", 0.001, 5) == 0  # 4 tokens left
+        cutter.cut_next_reply = True
+        with pytest.raises(StoreUnavailable):
+            await store.take_token("cut", 0.001, 5)
+        tokens = await direct.call("HGET", RATE_KEY.format(scope="cut"), "tokens")
+        assert float(tokens) == pytest.approx(3, abs=0.01), "the script ran exactly once"
+    finally:
+        await store.close()
+        direct.close()

@@ -51,7 +51,7 @@ def cluster(log_dir: Path) -> Iterator[Cluster]:
         "server": {"drain_delay_s": 1.0, "drain_timeout_s": 5.0},
         "idempotency": {"lease_s": 2.0},
         "upstreams": {"order": {"timeout_s": 0.5},
-                      "payment": {"timeout_s": 0.5, "dedups_by_key": False}},
+                      "payment": {"timeout_s": 0.5}},
     }
     replicas: list[Gateway] = []
     lb = None

@@ -15,7 +15,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.retry import Backoff, RetryBudget
 from gateway.settings import RetrySettings
-from tests.conftest import GOOD_PAYMENT, NO_STALE_ANSWERS
+from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
 from tests.procs import Gateway, Upstreams
 
 LENIENT_BREAKER = {"failure_rate_threshold": 1.0, "consecutive_failures": 100_000,
@@ -79,18 +79,43 @@ async def test_a_get_in_front_of_a_flaky_backend_mostly_succeeds(
     assert sims.stats("availability")["requests"] > 60, "retries were made"
 
 
-async def test_a_post_to_a_backend_without_dedup_is_never_retried(
+async def test_a_keyed_post_that_may_have_landed_is_looked_up_never_resent_blindly(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    blind = gateway(payment={"dedups_by_key": False})
-    keyed = gateway(payment={})
-    sims.set_faults("payment", error_rate=1.0, error_status=503)
-    for gw, expected in ((blind, 1), (keyed, 3)):
-        before = sims.stats("payment")["requests"]
-        async with http.post(gw.url + "/v1/payments", json=GOOD_PAYMENT,
-                             headers={"Idempotency-Key": str(uuid.uuid4())}) as resp:
-            assert resp.status == 502
-        assert sims.stats("payment")["requests"] - before == expected
+    gw = gateway(payment={})  # the shipped retry settings
+    # Every POST is charged and then its connection reset; so is every lookup's.
+    sims.set_faults("payment", dedup=False, reset_rate=1.0)
+    k = str(uuid.uuid4())
+    async with http.post(gw.url + "/v1/payments", json=GOOD_PAYMENT,
+                         headers={"Idempotency-Key": k}) as resp:
+        assert (resp.status, (await resp.json())["code"]) == (502, "PAYMENT_OUTCOME_UNKNOWN")
+    stats = sims.stats("payment")
+    assert (stats["requests_by_key"][k], stats["charges_by_key"][k]) == (1, 1)
+    assert stats["requests"] > 1, "the gateway asked about the key before anything else"
+    sims.heal()
+    sims.set_faults("payment", dedup=False)
+    async with http.post(gw.url + "/v1/payments", json=GOOD_PAYMENT,
+                         headers={"Idempotency-Key": k}) as resp:
+        assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
+    stats = sims.stats("payment")
+    assert (stats["requests_by_key"][k], stats["charges_by_key"][k]) == (1, 1)
+
+
+async def test_a_keyed_post_answered_503_is_sent_again_only_after_a_lookup(
+        rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
+    sims, gateway = rig
+    gw = gateway(order={})
+    sims.set_faults("order", error_rate=1.0, error_status=503)
+    before = sims.stats("order")["requests"]
+    async with http.post(gw.url + "/v1/orders", json=GOOD_ORDER,
+                         headers={"Idempotency-Key": str(uuid.uuid4())}) as resp:
+        assert resp.status == 502
+    made = sims.stats("order")["requests"] - before
+    # One POST, then one lookup (a GET, retried as reads are) that never got an answer:
+    # the POST was not sent again.
+    assert made == 1 + 1 + RetrySettings().max_retries
+    last = sims.stats("order")["last_request"]
+    assert last["method"] == "GET" and "idempotency_key" in last["query"]
 
 
 async def test_the_retry_budget_caps_amplification(

@@ -161,3 +161,11 @@ def test_a_lease_shorter_than_a_claim_can_be_held_is_refused() -> None:
     assert caught.value.problems == [
         "idempotency.lease_s: must be more than 6.5 s (twice upstreams.payment.timeout_s plus "
         "two Redis timeouts), so a claim cannot run out while its request is still in flight"]
+
+
+def test_the_retired_dedups_by_key_is_named_not_obeyed() -> None:
+    # It once let the gateway resend keyed POSTs; nothing may make such a resend safe now.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={}, overrides={("upstreams", "payment", "dedups_by_key"): True})
+    (line,) = caught.value.problems
+    assert line.startswith("upstreams.payment: dedups_by_key: no longer a setting")

@@ -148,7 +148,8 @@ async def test_redis_store_recovers_after_a_restart(log_dir: Path) -> None:
         record = _record()
         await store.claim(record, "fp", "a", LEASE_S, TTL_S)  # a pooled connection now exists
         redis_server.restart()
-        # The dead pooled connection is retried once on a fresh one: no error surfaces.
+        # A claim is repeatable (guarded by its owner), so a claim lost with the dead
+        # connection is sent once more on a fresh one: no error surfaces.
         assert (await store.claim(_record(), "fp", "a", LEASE_S, TTL_S)).status \
             is ClaimStatus.CLAIMED
     finally:

@@ -2,11 +2,13 @@
 
 Business errors: a product whose name starts with `withdrawn-` is no longer
 sold (422 PRODUCT_WITHDRAWN); one starting with `conflict-` conflicts with an
-existing order at the address (409 ORDER_CONFLICT).
+existing order at the address (409 ORDER_CONFLICT). `GET /_stats` adds `orders`
+(orders actually created), `orders_by_key` and `requests_by_key`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,16 +38,20 @@ def _check(data: dict[str, Any]) -> web.Response | None:
 def build_app(state: SimulatorState) -> web.Application:
     ledger = Ledger()
     orders: dict[str, bytes] = {}
+    orders_by_key: Counter[str] = Counter()
     state.extra_stats = lambda: {
-        "requests_by_key": dict(ledger.received_by_key), "orders": len(orders)}
+        "requests_by_key": dict(ledger.received_by_key), "orders": len(orders),
+        "orders_by_key": dict(orders_by_key)}
 
-    def place(data: dict[str, Any], _key: str | None) -> bytes:
+    def place(data: dict[str, Any], key: str | None) -> bytes:
         order_id = f"ord_{state.rng.getrandbits(64):016x}"
         orders[order_id] = body = orjson.dumps({
             "order_id": order_id, "status": "created", "product": data["product"],
             "address": data["address"],
             "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         })
+        if key:
+            orders_by_key[key] += 1
         return body
 
     app = new_app(state)
