@@ -237,8 +237,8 @@ async def add_api_key(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise validation.failed(validation.field_errors(exc)) from None
     tiers = request.app[_TIERS]
-    if given.tier != "default" and given.tier not in tiers:
-        raise validation.invalid_field("tier", f"must be one of: default, {', '.join(tiers)}")
+    if given.tier not in tiers:
+        raise validation.invalid_field("tier", f"must be one of: {', '.join(tiers)}")
     client = await request.app[CLIENT_KEYS].add(given)
     _audit(request, "api_key.add", None, client.public())
     shown: dict[str, Any] = client.public()
@@ -258,7 +258,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
     listener = Listener(separate=settings.admin.port is not None)
     app[ADMIN_LISTENER] = listener
-    app[_TIERS] = tuple(settings.rate_limit.tiers)
+    app[_TIERS] = settings.rate_limit.tier_names
 
     guarded = _guard(settings, tokens, listener)
 

@@ -160,7 +160,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/openapi.json", _openapi(openapi.document_bytes()))
+    app.router.add_get("/openapi.json", _openapi(openapi.document_bytes(settings)))
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_control_sync)

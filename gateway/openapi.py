@@ -16,17 +16,20 @@ from gateway import errors
 from gateway.idempotency import KEY_PATTERN
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.schemas import ID_PATTERN, MaintenanceWindowView, Problem, StatusResponse
-from gateway.settings import BreakerSettings, MaintenanceWindowSettings
+from gateway.settings import BreakerSettings, MaintenanceWindowSettings, Settings
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
 _COMMON_ERRORS = ("UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "OVERLOADED",
                   "RATE_LIMITED", "MAINTENANCE")
-# What any request may meet at the edge, before its route (gateway/connections.py, auth.py).
-_EDGE_ERRORS = ("MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT",
-                "UNAUTHORIZED", "FORBIDDEN")
+# What any request to any path may meet before its handler: the connection layer's
+# refusals (gateway/connections.py) and a method the path does not take.
+_CONNECTION_ERRORS = ("MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE",
+                      "REQUEST_TIMEOUT", "METHOD_NOT_ALLOWED")
+# ... and on the public API routes, client authentication (auth.py).
+_EDGE_ERRORS = (*_CONNECTION_ERRORS, "UNAUTHORIZED", "FORBIDDEN")
 _ADMIN_ERRORS = ("UNAUTHORIZED", "NOT_FOUND", "RATE_LIMITED", "STATE_UNAVAILABLE",
-                 "MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT")
+                 *_CONNECTION_ERRORS)
 _ADMIN_BODY_ERRORS = ("VALIDATION_FAILED", "MALFORMED_JSON", "PAYLOAD_TOO_LARGE",
                       "UNSUPPORTED_MEDIA_TYPE")
 
@@ -129,13 +132,18 @@ def _operation(policy: RoutePolicy) -> dict[str, Any]:
     return op
 
 
-def _plain(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    content = {"application/json": {"schema": schema or {"type": "object"}}}
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def _plain(description: str, schema: dict[str, Any] | None = _ANY_OBJECT,
+           media_type: str = "application/json") -> dict[str, Any]:
+    """A GET the gateway answers itself, open to all; `schema` None: not JSON."""
+    content = {media_type: {} if schema is None else {"schema": schema}}
     return {"get": {"summary": description, "responses": {"200": {
-        "description": description, "content": content}}}}
+        "description": description, "content": content}, **_problems(_CONNECTION_ERRORS)}}}
 
 
-def _admin_paths() -> dict[str, Any]:
+def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
     secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
     name = {"name": "name", "in": "path", "required": True,
             "schema": {"enum": ["order", "payment", "availability"]}}
@@ -206,7 +214,7 @@ def _admin_paths() -> dict[str, Any]:
                          "client_id": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
                          "key_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                          "role": {"enum": ["client", "reader"]},
-                         "tier": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}}}}},
+                         "tier": {"enum": list(tiers)}}}}}},
                  "responses": {"201": {"description": "The key added", "content": {
                      "application/json": {"schema": key_view}}}, **body_problems}},
     }
@@ -220,7 +228,9 @@ def _admin_paths() -> dict[str, Any]:
     return paths
 
 
-def build_document() -> dict[str, Any]:
+def build_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The document for these settings (the tiers an API key may name depend on them)."""
+    tiers = (settings or Settings()).rate_limit.tier_names
     models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
     models |= {policy.response_schema for policy in ROUTES}
     models |= {Problem, StatusResponse, BreakerSettings, MaintenanceWindowSettings,
@@ -235,14 +245,13 @@ def build_document() -> dict[str, Any]:
     paths["/healthz"] = _plain("Liveness: 200 while the process can serve")
     paths["/readyz"] = _plain("Readiness: 200 when ready, 503 while starting or draining")
     paths["/readyz"]["get"]["responses"]["503"] = {"description": "Starting or draining"}
-    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
-        "description": "Prometheus text format", "content": {"text/plain": {}}}}}}
+    paths["/metrics"] = _plain("Prometheus metrics (text format)", None, "text/plain")
     return {
         "openapi": "3.1.0",
         "info": {"title": "order-gateway", "version": "0.1.0",
                  "description": "Resilient self-service order gateway. Every gateway-made "
                                 "error is application/problem+json with a stable `code`."},
-        "paths": paths | _admin_paths(),
+        "paths": paths | _admin_paths(tiers),
         "components": {
             "schemas": defs["$defs"],
             "securitySchemes": {
@@ -253,5 +262,5 @@ def build_document() -> dict[str, Any]:
     }
 
 
-def document_bytes() -> bytes:
-    return orjson.dumps(build_document())
+def document_bytes(settings: Settings) -> bytes:
+    return orjson.dumps(build_document(settings))

@@ -16,11 +16,18 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from gateway.json_types import ACCEPT_WHOLE_FLOATS
+
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _MOBILE = re.compile(r"1[3-9]\d{9}")
 _RESIDENT_ID = re.compile(r"\d{17}[\dX]")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK_CHARS = "10X98765432"
+_BIRTH_YEARS = (1800, 2099)  # what the published pattern allows: 18xx, 19xx, 20xx
+# The shape of a resident ID as far as a pattern can say it: area code, a date of birth
+# (year 1800-2099, month, day up to 31), sequence number, check character.
+RESIDENT_ID_PATTERN = (r"^[0-9]{6}(18|19|20)[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])"
+                       r"[0-9]{3}[0-9Xx]$")
 _SPACES = re.compile(r"\s+")
 
 
@@ -57,8 +64,11 @@ def _check_resident_id(value: str) -> str:
     value = value.upper()
     if not _RESIDENT_ID.fullmatch(value):
         raise ValueError("must be 18 characters: 17 digits and a digit or X")
+    year = int(value[6:10])
     try:
-        date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+        if not _BIRTH_YEARS[0] <= year <= _BIRTH_YEARS[1]:
+            raise ValueError
+        date(year, int(value[10:12]), int(value[12:14]))
     except ValueError:
         raise ValueError("contains an impossible date of birth") from None
     if resident_id_check_char(value[:17]) != value[17]:
@@ -89,20 +99,25 @@ Mobile = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_mobile)
                        "description": "An 11-digit mainland mobile number. " + _LENIENT})]
 ResidentId = Annotated[str, BeforeValidator(_compact), AfterValidator(_check_resident_id),
                        _at_most(32), Field(examples=["11010519491231002X"], json_schema_extra={
-                           "pattern": "^[0-9]{17}[0-9Xx]$", "maxLength": 32,
-                           "description": "An 18-character resident ID with a valid check "
-                                          "character. " + _LENIENT})]
+                           "pattern": RESIDENT_ID_PATTERN, "maxLength": 32,
+                           "description": "An 18-character resident ID. Beyond the pattern, "
+                                          "its date of birth must exist (no 30 February) and "
+                                          "its last character must be the ISO 7064 MOD 11-2 "
+                                          "check character of the first 17. " + _LENIENT})]
 ResourceId = Annotated[str, Field(pattern=ID_PATTERN), BeforeValidator(normalise_text),
                        _at_most(64)]
 
 
-# Lengths are checked on the text as sent and again on the normalised text.
-Name = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text),
-                 _at_most(64)]
-Product = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(normalise_text),
-                    _at_most(64)]
-Address = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(normalise_text),
-                    _at_most(200)]
+# Lengths are checked on the text as sent and again on the normalised text. Text of
+# nothing but spaces is empty once normalised, so the published pattern asks for one
+# character that is not a space (\x1c-\x1f count as spaces when trimming).
+_NOT_BLANK = {"pattern": r"[^\s\x1c-\x1f]"}
+Name = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=_NOT_BLANK),
+                 BeforeValidator(normalise_text), _at_most(64)]
+Product = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=_NOT_BLANK),
+                    BeforeValidator(normalise_text), _at_most(64)]
+Address = Annotated[str, Field(min_length=1, max_length=200, json_schema_extra=_NOT_BLANK),
+                    BeforeValidator(normalise_text), _at_most(200)]
 
 
 class _Schema(BaseModel):
@@ -124,7 +139,8 @@ class OrderRequest(_Schema):
 
 class PaymentRequest(_Schema):
     order_id: ResourceId
-    amount: Annotated[int, Field(gt=0, le=10**12, description="minor units (fen)")]
+    amount: Annotated[int, Field(gt=0, le=10**12, description="minor units (fen)"),
+                      ACCEPT_WHOLE_FLOATS]
     currency: Literal["CNY"]
     method: Literal["alipay", "wechat", "card", "balance"]
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gateway import redis_sentinel
+from gateway.json_types import ACCEPT_WHOLE_FLOATS
 
 BACKENDS = ("order", "payment", "availability")
 Backend = Literal["order", "payment", "availability"]
@@ -42,13 +43,13 @@ class BreakerSettings(_Model):
     """When a backend's circuit breaker trips and how it recovers (see docs/operations.md)."""
 
     failure_rate_threshold: float = Field(0.5, ge=0, le=1)
-    slow_call_duration_ms: int = Field(2000, gt=0)
+    slow_call_duration_ms: Annotated[int, Field(gt=0), ACCEPT_WHOLE_FLOATS] = 2000
     slow_call_rate_threshold: float = Field(0.8, ge=0, le=1)
-    minimum_calls: int = Field(10, ge=1)
-    window_seconds: int = Field(30, ge=1, le=3600)
-    consecutive_failures: int = Field(5, ge=1)
+    minimum_calls: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 10
+    window_seconds: Annotated[int, Field(ge=1, le=3600), ACCEPT_WHOLE_FLOATS] = 30
+    consecutive_failures: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 5
     open_seconds: float = Field(10.0, gt=0)
-    half_open_calls: int = Field(2, ge=1)
+    half_open_calls: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 2
 
 
 class RetrySettings(_Model):
@@ -326,6 +327,11 @@ class RateLimitSettings(_Model):
     # Bound of the in-memory buckets (no Redis); least recently used go first.
     memory_max_clients: int = Field(100_000, ge=100)
 
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        """The tiers an API key may name: `default` and the configured ones."""
+        return ("default", *(name for name in self.tiers if name != "default"))
+
 
 class StaleCacheSettings(_Model):
     # A kept availability answer older than this is never served in place of an error.
@@ -409,7 +415,7 @@ class Settings(_Model):
     @model_validator(mode="after")
     def _known_tiers(self) -> Settings:
         for i, key in enumerate(self.auth.api_keys):
-            if key.tier != "default" and key.tier not in self.rate_limit.tiers:
+            if key.tier not in self.rate_limit.tier_names:
                 raise ValueError(f"auth.api_keys.{i}.tier: no such tier in rate_limit.tiers "
                                  f"({key.tier!r})")
         return self

@@ -1,0 +1,24 @@
+"""JSON value types shared by the request schemas and the settings.
+
+JSON has one number type: `59.0` and `59` are the same integer to JSON Schema,
+and so to every client library that writes whole numbers with a decimal point.
+Strict validation (which must still refuse `true` and `"59"`) would refuse
+`59.0`; `ACCEPT_WHOLE_FLOATS` turns it into 59 first, and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BeforeValidator
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # anything else goes to the strict integer check as it came
+
+
+# Placed after the type's constraints (`Annotated[int, Field(gt=0), ACCEPT_WHOLE_FLOATS]`),
+# so that they still appear in the published schema.
+ACCEPT_WHOLE_FLOATS = BeforeValidator(_whole)
