@@ -143,6 +143,13 @@ def _plain(description: str, schema: dict[str, Any] | None = _ANY_OBJECT,
         "description": description, "content": content}, **_problems(_CONNECTION_ERRORS)}}}
 
 
+def _link(name: str, path: str, method: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link: what this answer names, another operation takes (path escaped per
+    JSON Pointer), so a client or a stateful test can follow it."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {name: {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}}
+
+
 def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
     secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
     name = {"name": "name", "in": "path", "required": True,
@@ -178,7 +185,9 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref(MaintenanceWindowSettings)}}},
                 "responses": {"200": {"description": "The window", "content": {
-                    "application/json": {"schema": _ref(MaintenanceWindowView)}}},
+                    "application/json": {"schema": _ref(MaintenanceWindowView)}},
+                    "links": _link("EndThisWindow", "/admin/maintenance/{id}", "delete",
+                                   id="$response.body#/id")},
                     **body_problems}},
         "delete": {**secured, "summary": "End every window",
                    "responses": {"200": ended, **problems}},
@@ -216,7 +225,10 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                          "role": {"enum": ["client", "reader"]},
                          "tier": {"enum": list(tiers)}}}}}},
                  "responses": {"201": {"description": "The key added", "content": {
-                     "application/json": {"schema": key_view}}}, **body_problems}},
+                     "application/json": {"schema": key_view}},
+                     "links": _link("RevokeThisKey", "/admin/api-keys/{key_id}", "delete",
+                                    key_id="$response.body#/key_id")},
+                     **body_problems}},
     }
     paths["/admin/api-keys/{key_id}"] = {"delete": {
         **secured, "summary": "Revoke a key added through this API",

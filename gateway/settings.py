@@ -42,14 +42,16 @@ class _Model(BaseModel):
 class BreakerSettings(_Model):
     """When a backend's circuit breaker trips and how it recovers (see docs/operations.md)."""
 
+    # Every number is bounded: an SRE's typo must not become a figure no JSON (or timer)
+    # can carry, which would break every later read of the breakers.
     failure_rate_threshold: float = Field(0.5, ge=0, le=1)
-    slow_call_duration_ms: Annotated[int, Field(gt=0), ACCEPT_WHOLE_FLOATS] = 2000
+    slow_call_duration_ms: Annotated[int, Field(gt=0, le=600_000), ACCEPT_WHOLE_FLOATS] = 2000
     slow_call_rate_threshold: float = Field(0.8, ge=0, le=1)
-    minimum_calls: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 10
+    minimum_calls: Annotated[int, Field(ge=1, le=1_000_000), ACCEPT_WHOLE_FLOATS] = 10
     window_seconds: Annotated[int, Field(ge=1, le=3600), ACCEPT_WHOLE_FLOATS] = 30
-    consecutive_failures: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 5
-    open_seconds: float = Field(10.0, gt=0)
-    half_open_calls: Annotated[int, Field(ge=1), ACCEPT_WHOLE_FLOATS] = 2
+    consecutive_failures: Annotated[int, Field(ge=1, le=1_000_000), ACCEPT_WHOLE_FLOATS] = 5
+    open_seconds: float = Field(10.0, gt=0, le=86_400)
+    half_open_calls: Annotated[int, Field(ge=1, le=10_000), ACCEPT_WHOLE_FLOATS] = 2
 
 
 class RetrySettings(_Model):

@@ -48,8 +48,10 @@ def map_case(_context: Any, case: Any) -> Any:
         _fix_resident_id(body.get("customer"))
         if case.operation.path == "/admin/maintenance":
             _fix_window_times(body)
-        if body.get("method") == "balance" and isinstance(body.get("amount"), int):
-            body["amount"] = min(body["amount"], BALANCE)
+        amount = body.get("amount")
+        if body.get("method") == "balance" and isinstance(amount, int | float) and \
+                not isinstance(amount, bool) and amount > BALANCE:
+            body["amount"] = BALANCE
         if case.operation.path == "/admin/api-keys" and "key_sha256" in body:
             body["key_sha256"] = secrets.token_hex(32)
     return case

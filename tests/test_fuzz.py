@@ -59,6 +59,21 @@ async def test_admin_input_is_typed_strictly(gateway: Gateway, http: aiohttp.Cli
         assert (await resp.json())["code"] == "VALIDATION_FAILED"
 
 
+@pytest.mark.parametrize("huge", [1e300, 10**30, 2**63])
+async def test_a_huge_breaker_figure_is_refused_and_the_breakers_still_read(
+        gateway: Gateway, http: aiohttp.ClientSession, huge: float) -> None:
+    # Found by the fuzzer: 1e300 (a whole number) was taken, and from then on every read
+    # of the breakers failed with 500, since no JSON encoder carries such an integer.
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for name in ("minimum_calls", "half_open_calls", "slow_call_duration_ms",
+                 "consecutive_failures", "open_seconds"):
+        async with http.put(gateway.url + "/admin/breakers/order", json={name: huge},
+                            headers=auth) as resp:
+            assert resp.status == 422, name
+    async with http.get(gateway.url + "/admin/breakers", headers=auth) as resp:
+        assert resp.status == 200
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"name": " " * 10 + "名" * 60}, "customer.name"),  # 70 as sent, 60 once trimmed
     ({"phone": "1" * 40}, "customer.phone"),
