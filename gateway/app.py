@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import (
     admin,
@@ -43,9 +44,9 @@ from gateway.overload import Admission, Unlimited
 from gateway.problem import PROBLEM_JSON, json_response, negotiate_language, problem_body, render
 from gateway.proxy import Handler, Shared, make_handler
 from gateway.rate_limit import RateLimiter
-from gateway.routes import ROUTES, RoutePolicy
+from gateway.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.security_headers import security_headers
-from gateway.settings import BACKENDS, Settings
+from gateway.settings import Settings
 from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
 from gateway.store import MemoryStore, Store, StoreUnavailable, follow
@@ -77,7 +78,7 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 MAINTENANCE = admin.MAINTENANCE
 STATUS = web.AppKey("status", StatusPage)
-ADMISSION = web.AppKey("admission", Admission | Unlimited)
+ADMISSION = web.AppKey[Admission | Unlimited]("admission")
 
 
 def _make_store(settings: Settings, clock: Clock) -> Store:
@@ -94,12 +95,12 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
     store = _make_store(settings, clock)
-    breakers = {
+    breakers: dict[str, Breaker] = {
         name: Breaker(name, settings.upstreams.get(name).breaker, clock,
                       metrics.breaker_transition)
         for name in BACKENDS
     }
-    upstreams = {
+    upstreams: dict[str, Upstream] = {
         name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
                        bulkheads=settings.overload.enabled)
         for name in BACKENDS
@@ -254,7 +255,7 @@ class Edge:
         headers["X-Request-ID"] = rid
         headers.update(self._headers)
         if self.cors is not None:
-            self.cors.decorate(request, response)  # type: ignore[arg-type]
+            self.cors.decorate(request, response)
         elapsed = time.perf_counter() - started
         self._metrics.observe_request(route, response.status, code, elapsed)
         if self._access_log.enabled:
@@ -292,7 +293,7 @@ class Edge:
 EDGE = web.AppKey("edge", Edge)
 
 
-def _edge_middleware(edge: Edge) -> web.middleware:  # type: ignore[valid-type]
+def _edge_middleware(edge: Edge) -> Middleware:
     cors = edge.cors
 
     @web.middleware

@@ -5,7 +5,7 @@ consecutive failures (`fail_max`), counts probe successes (`success_threshold`)
 and tells listeners of every transition. Around it, this wrapper adds what
 pybreaker lacks or gets wrong for an asyncio gateway:
 
-- a sliding window in fixed one-second buckets (O(1) per call) that trips on
+- a sliding window counted per second (O(1) per call) that trips on
   failure rate and slow-call rate once `minimum_calls` were seen;
 - open -> half-open timed by an injected clock, not pybreaker's wall clock;
 - at most `half_open_calls` concurrent probes (pybreaker lets every call through);
@@ -30,9 +30,9 @@ from typing import Any, Literal
 import pybreaker
 
 from gateway import errors
-from gateway.buckets import Buckets
 from gateway.clock import Clock
 from gateway.errors import GatewayError
+from gateway.rolling import RollingCounts
 from gateway.settings import BreakerSettings
 
 log = logging.getLogger("gateway.breaker")
@@ -51,7 +51,7 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class WindowFigures:
+class CallFigures:
     calls: int
     failures: int
     slow_calls: int
@@ -65,30 +65,30 @@ class WindowFigures:
         return self.slow_calls / self.calls if self.calls else 0.0
 
 
-class Window:
-    """Calls, failures and slow calls of the last `seconds` seconds (see `Buckets`)."""
+class CallWindow:
+    """Calls, failures and slow calls of the last `seconds` seconds (see `RollingCounts`)."""
 
     def __init__(self, seconds: int) -> None:
         self.seconds = seconds
-        self._buckets = Buckets(seconds, 3)
+        self._counts = RollingCounts(seconds, 3)
 
     def clear(self) -> None:
-        self._buckets.clear()
+        self._counts.clear()
 
     def record(self, now: float, *, failed: bool, slow: bool) -> None:
-        buckets = self._buckets
-        buckets.add(now, 0)
+        counts = self._counts
+        counts.add(now, 0)
         if failed:
-            buckets.add(now, 1)
+            counts.add(now, 1)
         if slow:
-            buckets.add(now, 2)
+            counts.add(now, 2)
 
-    def figures(self, now: float) -> WindowFigures:
-        self._buckets.advance(now)
-        return WindowFigures(*self._buckets.totals)
+    def figures(self, now: float) -> CallFigures:
+        self._counts.advance(now)
+        return CallFigures(*self._counts.totals)
 
 
-def trip_reason(figures: WindowFigures, settings: BreakerSettings) -> str | None:
+def trip_reason(figures: CallFigures, settings: BreakerSettings) -> str | None:
     """Why the window says the breaker should open, or None."""
     if figures.calls < settings.minimum_calls:
         return None
@@ -105,7 +105,7 @@ class Transition:
     old: State
     new: State
     reason: str
-    figures: WindowFigures
+    figures: CallFigures
 
 
 @dataclass(slots=True)
@@ -138,7 +138,7 @@ class Breaker:
         self.forced: Forced = None
         self._clock = clock
         self._on_transition = on_transition
-        self._window = Window(settings.window_seconds)
+        self._window = CallWindow(settings.window_seconds)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=settings.consecutive_failures, reset_timeout=settings.open_seconds,
             success_threshold=settings.half_open_calls, throw_new_error_on_trip=False,
@@ -266,7 +266,7 @@ class Breaker:
         self._cb.reset_timeout = settings.open_seconds
         self._cb.success_threshold = settings.half_open_calls
         if settings.window_seconds != self._window.seconds:
-            self._window = Window(settings.window_seconds)
+            self._window = CallWindow(settings.window_seconds)
 
     def snapshot(self) -> dict[str, Any]:
         now = self._clock.monotonic()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import ValidationError
@@ -56,7 +56,8 @@ class BreakerBoard:
                       extra={"fields": {"breaker": name}})
         if record.get("reset_seq") != previous.get("reset_seq"):
             breaker.force(None)
-        forced: Forced = record.get("forced") or None  # type: ignore[assignment]
+        # The store holds what an admin call validated: "open", "closed" or nothing.
+        forced = cast(Forced, record.get("forced") or None)
         if forced != breaker.forced:
             breaker.force(forced)
         self._applied[name] = record

@@ -52,7 +52,7 @@ class Cors:
             "Access-Control-Allow-Methods": ", ".join(methods),
             **self._preflight_headers})
 
-    def decorate(self, request: web.Request, response: web.StreamResponse) -> None:
+    def decorate(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         """Name an allowed origin on an ordinary answer; `Vary` either way, for caches."""
         origin = request.headers.get("Origin")
         response.headers.add("Vary", "Origin")

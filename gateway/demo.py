@@ -20,8 +20,8 @@ DEMO_HOST = "127.0.0.1"
 async def _demo(port: int) -> None:
     sims = await start_simulators(DEMO_HOST, {}, seed=None)
     token = secrets.token_urlsafe(24)
-    overrides = {("server", "host"): DEMO_HOST, ("server", "port"): port,
-                 ("admin", "token"): token}
+    overrides: dict[tuple[str, ...], object] = {
+        ("server", "host"): DEMO_HOST, ("server", "port"): port, ("admin", "token"): token}
     overrides |= {("upstreams", name, "url"): url for name, url in sims.urls.items()}
     # The demo ignores GATEWAY_* variables and config files: it is always the same embedded setup.
     settings = load_settings(None, env={}, overrides=overrides)

@@ -172,13 +172,13 @@ class Idempotency:
             reply = await self._forward(calls)
         except GatewayError as err:
             if err.reached_backend or not clean:
-                await self._keep_unknown(record, owner)
+                await self._abandon(record, owner)
             else:
-                await self._forget(record, owner)
+                await self._release(record, owner)
             raise
         except asyncio.CancelledError:
             # The client went away or the gateway is stopping, perhaps mid-request.
-            await self._keep_unknown(record, owner)
+            await self._abandon(record, owner)
             raise
         await self._complete(record, owner, reply)
         return reply, False
@@ -249,14 +249,14 @@ class Idempotency:
                         "idempotency.lease_s is too short", extra={"fields": {
                             "route": self._route}})
 
-    async def _forget(self, record: str, owner: str) -> None:
+    async def _release(self, record: str, owner: str) -> None:
         self._count("released")
         try:
             await self._store.release(record, owner)
         except StoreUnavailable as exc:
             self._store_failed("release", exc)
 
-    async def _keep_unknown(self, record: str, owner: str) -> None:
+    async def _abandon(self, record: str, owner: str) -> None:
         self._count("outcome_unknown")
         try:
             await self._store.abandon(record, owner)

@@ -16,7 +16,7 @@ action it took itself, so with Redis a window set anywhere is enforced
 everywhere within that interval, and survives restarts.
 
 The hot path pays one attribute read per request when no window could cover
-its route: each route has a `Slot` holding the windows that may cover it,
+its route: each route has a `RouteWindows` holding the windows that may cover it,
 recomputed whenever the windows change, not per request.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from gateway import errors
+from gateway import errors, scopes
 from gateway.auth import AdminTokens
 from gateway.clock import Clock
 from gateway.errors import GatewayError, Text
@@ -64,8 +64,7 @@ class Window:
         return self.ends_at is not None and now >= self.ends_at
 
     def covers(self, policy: RoutePolicy) -> bool:
-        scope = self.scope
-        return scope in ("all", policy.backend, policy.path, policy.route_key)
+        return scopes.covers(self.scope, policy)
 
     def refuses(self, method: str) -> bool:
         return not self.read_only or method not in READ_METHODS
@@ -118,7 +117,7 @@ def config_window_id(given: MaintenanceWindowSettings) -> str:
     return f"cfg-{digest}"
 
 
-class Slot:
+class RouteWindows:
     """The windows that may cover one route (current or scheduled)."""
 
     __slots__ = ("windows",)
@@ -135,7 +134,7 @@ class Maintenance:
         self._bypass = bypass
         self._clock = clock
         self._policies = {policy.route_key: policy for policy in routes}
-        self._slots = {key: Slot() for key in self._policies}
+        self._slots = {key: RouteWindows() for key in self._policies}
         now = clock.wall()
         # A config window's start, when not given, is when this process read it: the
         # same declaration read later by another process must keep one id, so the id
@@ -149,10 +148,10 @@ class Maintenance:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def slot(self, policy: RoutePolicy) -> Slot:
+    def slot(self, policy: RoutePolicy) -> RouteWindows:
         return self._slots[policy.route_key]
 
-    def refusal(self, slot: Slot, method: str) -> Window | None:
+    def refusal(self, slot: RouteWindows, method: str) -> Window | None:
         """The window that refuses this request now, if any (the one ending last)."""
         now = self._clock.wall()
         chosen: Window | None = None

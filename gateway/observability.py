@@ -33,7 +33,8 @@ from prometheus_client import multiprocess as prom_multiprocess
 from gateway import privacy
 
 # `_created` samples double the series count and no dashboard of ours reads them.
-disable_created_metrics()
+# (unannotated in prometheus-client)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 if TYPE_CHECKING:
     from gateway.breaker import Transition
@@ -158,7 +159,8 @@ class Metrics:
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):
             merged = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(merged)
+            # unannotated in prometheus-client
+            prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
 

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway import errors
 from gateway.idempotency import KEY_PATTERN
-from gateway.routes import ROUTES, RoutePolicy
+from gateway.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.schemas import ID_PATTERN, MaintenanceWindowView, Problem, StatusResponse
 from gateway.settings import BreakerSettings, MaintenanceWindowSettings, Settings
 
@@ -153,7 +153,7 @@ def _link(name: str, path: str, method: str, **parameters: str) -> dict[str, Any
 def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
     secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
     name = {"name": "name", "in": "path", "required": True,
-            "schema": {"enum": ["order", "payment", "availability"]}}
+            "schema": {"enum": list(BACKENDS)}}
     snapshot = {"description": "The breaker: name, state, forced, settings, window figures",
                 "content": {"application/json": {"schema": {"type": "object"}}}}
     problems = _problems(_ADMIN_ERRORS)

@@ -29,7 +29,7 @@ from gateway import connections, errors, idempotency, identity, overload, privac
 from gateway.auth import API_KEY_HEADER, ClientKeys
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
-from gateway.maintenance import Maintenance, Slot
+from gateway.maintenance import Maintenance, RouteWindows
 from gateway.overload import Admission, Unlimited
 from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
@@ -158,7 +158,7 @@ def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(query.items())) if query else ()
 
 
-def _check_maintenance(maintenance: Maintenance, slot: Slot, request: web.Request) -> None:
+def _check_maintenance(maintenance: Maintenance, slot: RouteWindows, request: web.Request) -> None:
     window = maintenance.refusal(slot, request.method)
     if window is None:
         return

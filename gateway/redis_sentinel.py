@@ -35,7 +35,8 @@ class SentinelTarget:
         # Imported here: settings validation parses these URLs without needing redis.
         from redis.asyncio.sentinel import Sentinel
 
-        return Sentinel(list(self.sentinels), socket_timeout=timeout_s,
+        # redis-py leaves Sentinel.__init__ unannotated
+        return Sentinel(list(self.sentinels), socket_timeout=timeout_s,  # type: ignore[no-untyped-call]
                         socket_connect_timeout=timeout_s)
 
     async def master(self, timeout_s: float) -> tuple[str, int]:

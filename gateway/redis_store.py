@@ -141,19 +141,24 @@ class RedisStore:
     shared = True
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                   "retry": Retry(NoBackoff(), 1), "health_check_interval": 30}
+        # The client of everything off the hot path, whose commands are all safe to
+        # repeat once (field sets, a reset count that only has to change).
+        retry = Retry(NoBackoff(), 1)
         sentinel = redis_sentinel.parse(url)
         if sentinel is None:
-            self._redis = aioredis.Redis.from_url(url, **options)
+            self._redis = aioredis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry,
+                health_check_interval=30)
         else:
             self._redis = sentinel.sentinel(timeout_s).master_for(
                 sentinel.service, db=sentinel.db, username=sentinel.username,
-                password=sentinel.password, **options)
+                password=sentinel.password, socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s, retry=retry, health_check_interval=30)
         self._wire = Wire(url, timeout_s)
 
     async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
         async with _translated():
+            # redis-py's stub wants a mapping of its own wider key and value unions
             await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)  # type: ignore[arg-type]
 
     async def reset_breaker(self, name: str) -> None:
@@ -192,7 +197,8 @@ class RedisStore:
 
     async def api_keys(self) -> dict[str, bytes]:
         async with _translated():
-            found = await self._redis.hgetall(API_KEYS_KEY)
+            # bytes: the client does not decode
+            found: dict[bytes, bytes] = await self._redis.hgetall(API_KEYS_KEY)  # type: ignore[assignment]
         return {k.decode(): v for k, v in found.items()}
 
     async def put_api_key(self, key_sha256: str, data: bytes) -> None:

@@ -126,7 +126,7 @@ class Wire:
     def __init__(self, url: str, timeout_s: float) -> None:
         self._sentinel = redis_sentinel.parse(url)
         if self._sentinel is None:
-            self._params = parse_url(url)
+            self._params: dict[str, Any] = dict(parse_url(url))
         else:  # the address is asked of the sentinels at every connect
             target = self._sentinel
             self._params = {"username": target.username, "password": target.password,
@@ -143,7 +143,8 @@ class Wire:
         `repeatable`: running the command twice does no harm, so one whose connection
         dropped before its reply came is sent once more on a new connection.
         """
-        packed = hiredis.pack_command(args)
+        # hiredis's stub says a 1-tuple; it packs a command of any length.
+        packed = hiredis.pack_command(args)  # type: ignore[arg-type]
         try:
             reply = await self._send(packed)
         except _NotSent:
@@ -217,7 +218,9 @@ class Wire:
             return
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        protocol.send(b"".join(hiredis.pack_command(c) for c in commands), futures)
+        # hiredis's stub says a 1-tuple; it packs a command of any length
+        packed = (hiredis.pack_command(c) for c in commands)  # type: ignore[arg-type]
+        protocol.send(b"".join(packed), futures)
         for command, reply in zip(commands, await asyncio.gather(*futures), strict=True):
             if isinstance(reply, hiredis.ReplyError):
                 protocol.close()

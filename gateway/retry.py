@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import random
 
-from gateway.buckets import Buckets
 from gateway.clock import Clock
+from gateway.rolling import RollingCounts
 from gateway.settings import RetrySettings
 
 BUDGET_WINDOW_S = 10
@@ -31,7 +31,7 @@ class RetryBudget:
         self._ratio = settings.budget_ratio
         self._floor = settings.min_retries_per_s * BUDGET_WINDOW_S
         self._clock = clock
-        self._counts = Buckets(BUDGET_WINDOW_S, 2)  # calls, retries
+        self._counts = RollingCounts(BUDGET_WINDOW_S, 2)  # calls, retries
 
     def called(self) -> None:
         self._counts.add(self._clock.monotonic(), _CALLS)

@@ -8,6 +8,7 @@ shed first under overload (lower is shed first).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
@@ -21,8 +22,10 @@ from gateway.schemas import (
     PaymentRequest,
     PaymentResponse,
 )
-from gateway.settings import Backend
 
+# The backends, here and nowhere else: settings, metrics and documents take them from here.
+Backend = Literal["order", "payment", "availability"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 PRIORITY_BROWSE = 0
 PRIORITY_READ = 1
 PRIORITY_WRITE = 2
@@ -95,9 +98,6 @@ ROUTES: tuple[RoutePolicy, ...] = (
 )
 
 
-def maintenance_scopes() -> frozenset[str]:
-    """What a maintenance window may cover: all, a backend, a route with or without method."""
-    scopes = {"all", "order", "payment", "availability"}
-    for policy in ROUTES:
-        scopes |= {policy.path, policy.route_key}
-    return frozenset(scopes)
+# Backends of the routes that take an Idempotency-Key (their lookups and leases).
+IDEMPOTENT_BACKENDS: tuple[Backend, ...] = tuple(
+    dict.fromkeys(p.backend for p in ROUTES if p.requires_idempotency_key))

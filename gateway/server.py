@@ -208,4 +208,5 @@ def _supervise(settings: Settings) -> int:
 
 def _mark_dead(pid: int | None) -> None:
     if pid is not None:
-        prom_multiprocess.mark_process_dead(pid)
+        # unannotated in prometheus-client
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

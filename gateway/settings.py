@@ -27,12 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from gateway import redis_sentinel
+from gateway import redis_sentinel, scopes
 from gateway.json_types import ACCEPT_WHOLE_FLOATS
-
-BACKENDS = ("order", "payment", "availability")
-Backend = Literal["order", "payment", "availability"]
-IDEMPOTENT_BACKENDS = ("order", "payment")  # backends of the POST routes that take a key
+from gateway.routes import IDEMPOTENT_BACKENDS, Backend
 
 
 class _Model(BaseModel):
@@ -112,8 +109,9 @@ class UpstreamSettings(_Model):
 
 
 # Where each backend is when nothing says otherwise: the local simulators' ports.
-DEFAULT_URLS = {"order": "http://127.0.0.1:9101", "payment": "http://127.0.0.1:9102",
-                "availability": "http://127.0.0.1:9103"}
+DEFAULT_URLS: dict[Backend, str] = {"order": "http://127.0.0.1:9101",
+                                     "payment": "http://127.0.0.1:9102",
+                                     "availability": "http://127.0.0.1:9103"}
 
 
 class UpstreamsSettings(_Model):
@@ -190,9 +188,6 @@ class AdminSettings(_Model):
         if self.previous_token is not None and self.previous_token == self.token:
             raise ValueError("previous_token: must differ from token")
         return self
-
-
-ROLES = ("client", "reader")  # reader: GET routes only
 
 
 class ApiKeySettings(_Model):
@@ -350,13 +345,6 @@ class MaintenanceMessage(_Model):
     zh_cn: str | None = Field(None, alias="zh-CN", min_length=1, max_length=1000)
 
 
-def _scope_choices(schema: dict[str, Any]) -> None:
-    """The published schema lists the scopes (the route table imports this module)."""
-    from gateway.routes import maintenance_scopes
-
-    schema["enum"] = sorted(maintenance_scopes())
-
-
 class MaintenanceWindowSettings(_Model):
     """A maintenance window, as the admin API takes it and as the config file declares it.
 
@@ -366,7 +354,7 @@ class MaintenanceWindowSettings(_Model):
     taken as UTC. No `starts_at`: from now. No `ends_at`: until cleared.
     """
 
-    scope: str = Field(min_length=1, max_length=200, json_schema_extra=_scope_choices)
+    scope: str = Field(min_length=1, max_length=200, json_schema_extra=scopes.publish_choices)
     read_only: StrictBool = False
     starts_at: datetime | None = None
     ends_at: datetime | None = None
@@ -375,12 +363,7 @@ class MaintenanceWindowSettings(_Model):
     @field_validator("scope")
     @classmethod
     def _known_scope(cls, value: str) -> str:
-        from gateway.routes import maintenance_scopes  # the route table imports this module
-
-        if value not in maintenance_scopes():
-            raise ValueError("must be all, a backend (order, payment, availability) or a "
-                             "route such as 'POST /v1/payments' or '/v1/orders/{order_id}'")
-        return value
+        return scopes.check(value)
 
     @field_validator("starts_at", "ends_at")
     @classmethod

@@ -47,12 +47,12 @@ _ZH_VALUE_ERRORS: dict[str, str] = {
 }
 
 
-def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     """Pydantic's errors as the contract's `errors: [{field, message}]`, in English.
 
     The `type` member lets `localise` translate them later without re-validating.
     """
-    out = []
+    out: list[dict[str, Any]] = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(part) for part in err["loc"]) or "body"
         message = err["msg"].removeprefix("Value error, ")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (venv, package with test extras, redis-server, wrk, nginx), then lint, audit the
-# dependencies and run the whole suite.
+# Set up (venv, package with test extras, redis-server, wrk, nginx), then lint, type-check
+# (mypy strict over gateway/ and upstreams/), audit the dependencies and run the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ ensure_redis_server
 ensure_system_package wrk  # the benchmark's load generator, tested in tests/test_loadgen.py
 ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/test_replicas.py)
 .venv/bin/ruff check .
+.venv/bin/mypy
 # Known vulnerabilities in the pinned versions fail the run; a vulnerability service out of
 # reach is reported, and fails it only with AUDIT_REQUIRED=1 (scripts/audit.py).
 .venv/bin/python scripts/audit.py constraints.txt

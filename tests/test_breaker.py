@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.breaker import Breaker, Outcome, Transition, Window, WindowFigures, trip_reason
+from gateway.breaker import Breaker, CallFigures, CallWindow, Outcome, Transition, trip_reason
 from gateway.clock import FakeClock
 from gateway.errors import GatewayError
 from gateway.settings import BreakerSettings
@@ -29,23 +29,23 @@ def call(breaker: Breaker, clock: FakeClock, outcome: Outcome, seconds: float = 
 
 
 def test_window_counts_and_expires() -> None:
-    window = Window(3)
+    window = CallWindow(3)
     window.record(10.0, failed=True, slow=False)
     window.record(11.5, failed=False, slow=True)
     window.record(12.2, failed=False, slow=False)
-    assert window.figures(12.9) == WindowFigures(3, 1, 1)
-    assert window.figures(13.0) == WindowFigures(2, 0, 1)  # second 10 has left the window
-    assert window.figures(100.0) == WindowFigures(0, 0, 0)
+    assert window.figures(12.9) == CallFigures(3, 1, 1)
+    assert window.figures(13.0) == CallFigures(2, 0, 1)  # second 10 has left the window
+    assert window.figures(100.0) == CallFigures(0, 0, 0)
     window.record(100.5, failed=True, slow=False)
-    assert window.figures(100.5) == WindowFigures(1, 1, 0)
+    assert window.figures(100.5) == CallFigures(1, 1, 0)
 
 
 def test_trip_reason_needs_minimum_calls() -> None:
     settings = BreakerSettings(minimum_calls=10, failure_rate_threshold=0.5)
-    assert trip_reason(WindowFigures(9, 9, 0), settings) is None
-    assert trip_reason(WindowFigures(10, 5, 0), settings) == "failure_rate"
-    assert trip_reason(WindowFigures(10, 4, 0), settings) is None
-    assert trip_reason(WindowFigures(10, 0, 8), settings) == "slow_call_rate"
+    assert trip_reason(CallFigures(9, 9, 0), settings) is None
+    assert trip_reason(CallFigures(10, 5, 0), settings) == "failure_rate"
+    assert trip_reason(CallFigures(10, 4, 0), settings) is None
+    assert trip_reason(CallFigures(10, 0, 8), settings) == "slow_call_rate"
 
 
 def test_failure_rate_trips_after_minimum_calls() -> None:

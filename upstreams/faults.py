@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from upstreams.http import error, json_response
 
@@ -88,8 +89,7 @@ def _reset_connection(request: web.Request) -> None:
     transport.abort()
 
 
-def fault_middleware(state: SimulatorState) -> Callable[[web.Request, Handler], Awaitable[
-        web.StreamResponse]]:
+def fault_middleware(state: SimulatorState) -> Middleware:
     @web.middleware
     async def apply_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_"):

@@ -86,6 +86,7 @@ def create_handler(
             return data
         refusal = check(data)
         if refusal is not None:
+            # aiohttp types a body as bytes or a payload; error() always gives bytes
             ledger.remember(client, key, refusal.status, bytes(refusal.body))  # type: ignore[arg-type]
             return refusal
         body = create(data, key)

@@ -1,20 +1,22 @@
-"""Counts over the last N seconds in one-second buckets: O(1) per record, totals kept.
+"""Counts over the last N seconds, kept per second: O(1) per record, totals kept.
 
-Shared by the breaker's window (calls, failures, slow calls) and the retry
+Shared by the breaker's call window (calls, failures, slow calls) and the retry
 budget (calls, retries). Scanning a list of past events instead fell to a fifth
-of the bare proxy's throughput (docs/performance.md), so nothing here ever scans more than
-the buckets that expired since the last record.
+of the bare proxy's throughput (docs/performance.md), so nothing here ever scans
+more than the seconds that expired since the last record.
 """
 
 from __future__ import annotations
 
 
-class Buckets:
+class RollingCounts:
+    """`kinds` counters, each the sum of its counts over the last `seconds` seconds."""
+
     def __init__(self, seconds: int, kinds: int) -> None:
         self.seconds = seconds
-        self._counts = [[0] * seconds for _ in range(kinds)]
+        self._counts = [[0] * seconds for _ in range(kinds)]  # [kind][second % seconds]
         self.totals = [0] * kinds
-        self._head: int | None = None  # the newest second with a bucket
+        self._head: int | None = None  # the newest second counted
 
     def clear(self) -> None:
         for counts in self._counts:
@@ -23,7 +25,7 @@ class Buckets:
         self._head = None
 
     def advance(self, now: float) -> int:
-        """Expire the buckets older than the window; the bucket index of `now`."""
+        """Drop the seconds that left the window; the index of `now`'s second."""
         second = int(now)
         if self._head is None:
             self._head = second
