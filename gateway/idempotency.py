@@ -61,16 +61,16 @@ EVENTS = ("claimed", "replayed", "in_progress", "reused", "released", "outcome_u
           "taken_over", "reconciled_found", "reconciled_absent", "reconcile_failed",
           "store_unavailable", "lease_lost", "resent_after_lookup")
 
-Call = Callable[[], Awaitable[Reply]]
+Send = Callable[[], Awaitable[Reply]]
 Count = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
-class Calls:
+class Submission:
     """The backend calls of one keyed submission, bound to its request."""
 
-    forward: Call  # sends the submission; only attempts that surely were not sent are repeated
-    lookup: Call  # asks the backend what it did with the key (GET ...?idempotency_key=K)
+    forward: Send  # sends the submission; only attempts that surely were not sent are repeated
+    lookup: Send  # asks the backend what it did with the key (GET ...?idempotency_key=K)
     # After failed forward attempt N (from 0) that may have landed: may another follow
     # (retry budget, deadline)? Sleeps the backoff before saying yes.
     may_resend: Callable[[GatewayError, int], Awaitable[bool]]
@@ -118,7 +118,7 @@ class Idempotency:
         self._fail_open = fail_open
 
     async def run(self, scope: str, key: str, body: bytes,
-                  calls: Calls) -> tuple[Reply, bool]:
+                  submission: Submission) -> tuple[Reply, bool]:
         """The answer for this submission, and whether it is a replay (not forwarded)."""
         record = record_id(scope, self._route, key)
         owner = secrets.token_hex(8)
@@ -129,7 +129,7 @@ class Idempotency:
             if self._fail_open:
                 log.warning("idempotency store unavailable, forwarding without a record",
                             extra={"fields": {"route": self._route, "error": str(exc)}})
-                return await calls.forward(), False
+                return await submission.forward(), False
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
         if claim.status is ClaimStatus.COMPLETED:
             assert claim.reply is not None
@@ -137,7 +137,7 @@ class Idempotency:
             return claim.reply, True
         reconcile = claim.status is ClaimStatus.RECONCILE
         self._count("taken_over" if reconcile else "claimed")
-        return await self._settle(record, owner, reconcile, calls)
+        return await self._settle(record, owner, reconcile, submission)
 
     async def _claim(self, record: str, fp: str, owner: str) -> Claim:
         """Claim the record; while another holds it, wait up to the configured time."""
@@ -159,17 +159,17 @@ class Idempotency:
             pause = min(pause * 2, MAX_POLL_S)
 
     async def _settle(self, record: str, owner: str, reconcile: bool,
-                      calls: Calls) -> tuple[Reply, bool]:
+                      submission: Submission) -> tuple[Reply, bool]:
         # True once nothing done earlier with this key can have had an effect.
         clean = not reconcile
         try:
             if reconcile:
-                found = await self._reconcile(calls.lookup)
+                found = await self._reconcile(submission.lookup)
                 if found is not None:
                     await self._complete(record, owner, found)
                     return found, True
                 clean = True
-            reply = await self._forward(calls)
+            reply = await self._forward(submission)
         except GatewayError as err:
             if err.reached_backend or not clean:
                 await self._abandon(record, owner)
@@ -183,7 +183,7 @@ class Idempotency:
         await self._complete(record, owner, reply)
         return reply, False
 
-    async def _forward(self, calls: Calls) -> Reply:
+    async def _forward(self, submission: Submission) -> Reply:
         """Forward; after a failure that may have landed, resend only once a lookup says absent.
 
         A reset after the request was written usually means the backend acted and
@@ -194,21 +194,21 @@ class Idempotency:
         attempt = 0
         while True:
             try:
-                return await calls.forward()
+                return await submission.forward()
             except GatewayError as err:
-                if not err.reached_backend or not await calls.may_resend(err, attempt):
+                if not err.reached_backend or not await submission.may_resend(err, attempt):
                     raise
                 failure = err
             attempt += 1
             try:
-                found = await self._reconcile(calls.lookup)
+                found = await self._reconcile(submission.lookup)
             except GatewayError:
                 raise failure from None  # the lookup could not say: the failure stands
             if found is not None:
                 return found
             self._count("resent_after_lookup")
 
-    async def _reconcile(self, lookup: Call) -> Reply | None:
+    async def _reconcile(self, lookup: Send) -> Reply | None:
         """What the backend did with this key: its answer, None if nothing, else raise."""
         try:
             answer = await lookup()

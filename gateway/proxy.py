@@ -35,7 +35,7 @@ from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
-from gateway.upstream import Repeat, Upstream
+from gateway.upstream import Call, Repeat, Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 audit = logging.getLogger("gateway.audit")
@@ -120,9 +120,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
             try:
-                reply = await upstream.call(policy.method, path, headers=headers, query=query,
-                                            body=body, unknown_outcome=unknown_outcome,
-                                            deadline=deadline, repeat=repeat)
+                reply = await upstream.call(Call(policy.method, path, headers, deadline, query,
+                                                 body, repeat, unknown_outcome))
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
@@ -131,21 +130,22 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                 stale.keep(_cache_key(query), reply)
             return _respond(reply)
 
+        submit = Call(policy.method, path, headers, deadline, body=body,
+                      unknown_outcome=unknown_outcome)
+        look_up = Call("GET", lookup_path, _lookup_headers(headers), deadline,
+                       query={"idempotency_key": key}, repeat=Repeat.ALWAYS)
+
         async def forward() -> Reply:
-            return await upstream.call(policy.method, path, headers=headers, body=body,
-                                       unknown_outcome=unknown_outcome, deadline=deadline,
-                                       repeat=Repeat.IF_UNSENT)
+            return await upstream.call(submit)
 
         async def lookup() -> Reply:
-            return await upstream.call("GET", lookup_path, headers=_lookup_headers(headers),
-                                       query={"idempotency_key": key}, deadline=deadline,
-                                       repeat=Repeat.ALWAYS)
+            return await upstream.call(look_up)
 
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)
 
         reply, replayed = await guard.run(scope, key, body,
-                                          idempotency.Calls(forward, lookup, may_resend))
+                                          idempotency.Submission(forward, lookup, may_resend))
         response = _respond(reply)
         if replayed:
             response.headers[idempotency.REPLAY_HEADER] = "true"

@@ -63,6 +63,29 @@ class Repeat(Enum):
     IF_UNSENT = "if_unsent"  # changes state: only an attempt that certainly was not sent
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request to a backend, with what the route says about repeating it.
+
+    Built once per request by the route pipeline and handed down unchanged
+    through the bulkhead, the retries, the breaker and the send.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    # Loop time bounding the wait for a bulkhead slot, every attempt and every backoff;
+    # None: the backend's own timeout from now.
+    deadline: float | None = None
+    query: Mapping[str, str] | None = None
+    body: bytes | None = None
+    repeat: Repeat = Repeat.IF_UNSENT
+    # The error for a call that may have changed state but whose answer was lost (a
+    # payment's PAYMENT_OUTCOME_UNKNOWN); None: a lost answer is a plain timeout or
+    # unavailability.
+    unknown_outcome: ErrorSpec | None = None
+
+
 @dataclass
 class UpstreamError(GatewayError):
     """A failed call, and whether the same call might succeed if tried again."""
@@ -111,29 +134,11 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: Mapping[str, str],
-        query: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        unknown_outcome: ErrorSpec | None = None,
-        deadline: float | None = None,
-        repeat: Repeat = Repeat.IF_UNSENT,
-    ) -> Reply:
-        """Send one request and return a pass-through answer, or raise a GatewayError.
-
-        `unknown_outcome` is the error for a call that may have changed state at
-        the backend but whose answer was lost; None means the route is a read
-        and a lost answer is a plain timeout or unavailability. `deadline` (loop
-        time) bounds the wait for a bulkhead slot and the call itself, retries
-        included; `repeat` says which failed attempts may be sent again.
-        """
-        loop = asyncio.get_running_loop()
+    async def call(self, call: Call) -> Reply:
+        """Send one request and return a pass-through answer, or raise a GatewayError."""
+        deadline = call.deadline
         if deadline is None:
-            deadline = loop.time() + self.settings.timeout_s
+            deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
         try:
             if await self.bulkhead.acquire(deadline):
                 self._metrics.bulkhead_queued(self.name)
@@ -141,27 +146,22 @@ class Upstream:
             self._metrics.bulkhead_rejected(self.name)
             raise
         try:
-            return await self._with_retries(method, path, headers, query, body,
-                                            unknown_outcome, deadline, repeat)
+            return await self._with_retries(call, deadline)
         finally:
             self.bulkhead.release()
 
-    async def _with_retries(self, method: str, path: str, headers: Mapping[str, str],
-                            query: Mapping[str, str] | None, body: bytes | None,
-                            unknown_outcome: ErrorSpec | None, deadline: float,
-                            repeat: Repeat) -> Reply:
+    async def _with_retries(self, call: Call, deadline: float) -> Reply:
         loop = asyncio.get_running_loop()
         self._budget.called()
         reached = False
         retry = 0
         while True:
             try:
-                return await self._through_breaker(method, path, headers, query, body,
-                                                   unknown_outcome, deadline - loop.time())
+                return await self._through_breaker(call, deadline - loop.time())
             except UpstreamError as err:
                 reached = reached or err.reached_backend
                 err.reached_backend = reached
-                if reached and repeat is Repeat.IF_UNSENT:
+                if reached and call.repeat is Repeat.IF_UNSENT:
                     raise
                 if not await self.pause_before_retry(err, retry, deadline):
                     raise
@@ -190,9 +190,7 @@ class Upstream:
         await asyncio.sleep(pause)
         return True
 
-    async def _through_breaker(self, method: str, path: str, headers: Mapping[str, str],
-                               query: Mapping[str, str] | None, body: bytes | None,
-                               unknown_outcome: ErrorSpec | None, left_s: float) -> Reply:
+    async def _through_breaker(self, call: Call, left_s: float) -> Reply:
         if left_s <= 0:
             # The deadline passed while queueing: nothing was sent.
             raise GatewayError(errors.UPSTREAM_TIMEOUT, params=self._timeout_error_params)
@@ -203,8 +201,7 @@ class Upstream:
             raise
         timeout_s = min(self.settings.timeout_s, left_s)
         try:
-            result = await self._send(method, path, headers, query, body, unknown_outcome,
-                                      timeout_s)
+            result = await self._send(call, timeout_s)
         except UpstreamError as err:
             # A timeout shorter than the backend's own (the request's deadline, which a
             # client may set) says nothing about the backend: a client asking for 1 ms
@@ -222,17 +219,15 @@ class Upstream:
         self.breaker.release(permit, Outcome.SUCCESS)
         return result
 
-    async def _send(self, method: str, path: str, headers: Mapping[str, str],
-                    query: Mapping[str, str] | None, body: bytes | None,
-                    unknown_outcome: ErrorSpec | None, timeout_s: float) -> Reply:
+    async def _send(self, call: Call, timeout_s: float) -> Reply:
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
         answered = False
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._session.request(
-                    method, self._base + path, params=query, data=body, headers=headers,
-                    allow_redirects=False,
+                    call.method, self._base + call.path, params=call.query, data=call.body,
+                    headers=call.headers, allow_redirects=False,
                 ) as resp:
                     answered = True
                     payload = await _read_limited(resp)
@@ -247,14 +242,14 @@ class Upstream:
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
                                worth_retrying=True) from None
         except TimeoutError:
-            failure = self._failed(unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
+            failure = self._failed(call.unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
                                    {"backend": self.name, "timeout_s": round(timeout_s, 3)})
             failure.timed_out = True
             raise failure from None
         except (aiohttp.ClientError, ValueError):
             # Reset, disconnect or a malformed HTTP answer once the request was sent;
             # a reset before any answer is worth another try, a broken answer is not.
-            raise self._failed(unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started,
+            raise self._failed(call.unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started,
                                worth_retrying=not answered) from None
         if result.status >= 500 or not _is_json(result):
             # A 5xx does not promise the backend did nothing: treated as reached.

@@ -12,7 +12,7 @@ import pytest
 
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.idempotency import Calls, Idempotency, fingerprint, record_id
+from gateway.idempotency import Idempotency, Submission, fingerprint, record_id
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
 from gateway.store import ClaimStatus, MemoryStore, StoreUnavailable
@@ -32,8 +32,8 @@ class Backend:
         self.resends = resends  # how many resends the retry budget allows
         self.forwards = self.lookups = 0
 
-    def calls(self) -> Calls:
-        return Calls(self.forward, self.lookup, self.may_resend)
+    def calls(self) -> Submission:
+        return Submission(self.forward, self.lookup, self.may_resend)
 
     async def forward(self) -> Reply:
         self.forwards += 1
