@@ -1,9 +1,9 @@
-"""The HTTP surface: the app factory, the edge middleware and the operational routes.
+"""The composition root: `build_app` makes every part once and wires them together.
 
-One middleware wraps every request (a layer costs microseconds, so there is
-only one): it assigns the request id, turns every exception into a
-problem+json answer (never a traceback, never an HTML page), and records the
-metrics and the access-log line. Proxied routes come from the route table.
+It builds the store, the breakers and backends, the edge (`edge.py`), the
+pipeline of each route in the route table (`proxy.py`), the admin API, and
+the operational routes (`/healthz`, `/readyz`, `/metrics`, `/v1/status`,
+`/openapi.json`), plus the background tasks that live as long as the app.
 """
 
 from __future__ import annotations
@@ -11,23 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway import (
     admin,
     connections,
-    errors,
     idempotency,
-    identity,
     openapi,
-    privacy,
     rate_limit,
     status,
 )
@@ -35,17 +29,15 @@ from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
-from gateway.cors import Cors
-from gateway.errors import GatewayError
-from gateway.idempotency import REPLAY_HEADER, Idempotency
+from gateway.edge import EDGE, Edge, Handler, middleware
+from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.overload import Admission, Unlimited
-from gateway.problem import PROBLEM_JSON, json_response, negotiate_language, problem_body, render
-from gateway.proxy import Handler, Shared, make_handler
+from gateway.problem import json_response, negotiate_language
+from gateway.proxy import Shared, make_handler
 from gateway.rate_limit import RateLimiter
 from gateway.routes import BACKENDS, ROUTES, RoutePolicy
-from gateway.security_headers import security_headers
 from gateway.settings import Settings
 from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
@@ -55,7 +47,6 @@ from gateway.upstream import Upstream
 log = logging.getLogger("gateway")
 
 HOUSEKEEPING_S = 0.5
-_MAX_ECHOED_PATH = 200
 
 
 @dataclass(slots=True)
@@ -112,7 +103,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                     "protected only by the backends' own key deduplication")
     edge = Edge(settings, metrics, access_log)
     app = web.Application(
-        middlewares=[_edge_middleware(edge)],
+        middlewares=[middleware(edge)],
         client_max_size=settings.server.max_body_bytes,
         handler_args=connections.handler_args(settings.server),
     )
@@ -236,119 +227,6 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
                 _background(follow("api_keys", keys.sync, interval))):
         yield
     await store.close()
-
-
-class Edge:
-    """What every answer goes through on its way out, the parser's refusals included:
-    request id, security and CORS headers, metrics, one access-log line."""
-
-    def __init__(self, settings: Settings, metrics: Metrics, access_log: AccessLog) -> None:
-        self._server = settings.server
-        self._metrics = metrics
-        self._access_log = access_log
-        self._headers = security_headers(settings.security_headers)
-        self.cors = Cors(settings.cors) if settings.cors.allow_origins else None
-
-    def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
-               code: str, route: str, started: float) -> None:
-        headers = response.headers
-        headers["X-Request-ID"] = rid
-        headers.update(self._headers)
-        if self.cors is not None:
-            self.cors.decorate(request, response)
-        elapsed = time.perf_counter() - started
-        self._metrics.observe_request(route, response.status, code, elapsed)
-        if self._access_log.enabled:
-            path = request.path[:_MAX_ECHOED_PATH]
-            self._access_log.write({
-                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                "route": route, "path": path if path == route else privacy.scrub(path),
-                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
-                "replayed": REPLAY_HEADER in headers,
-            })
-
-    def refuse(self, request: web.BaseRequest, status: int,
-               exc: BaseException | None) -> web.StreamResponse:
-        """A request the HTTP parser gave up on: no route, no handler, just the answer."""
-        started = time.perf_counter()
-        rid = identity.request_id(None)
-        err = connections.parser_refusal(self._server, status, exc)
-        response = render(err, rid, "en")
-        self.finish(request, response, rid, err.spec.code, "unparsed", started)
-        return response
-
-    def head_timeout_answer(self) -> bytes:
-        """408 for a request head that never completed, as bytes for the bare socket."""
-        rid = identity.request_id(None)
-        err = connections.timeout_error("head", self._server.header_timeout_s)
-        body = orjson.dumps(problem_body(err, rid, "en"))
-        lines = ["HTTP/1.1 408 Request Timeout", f"Content-Type: {PROBLEM_JSON}",
-                 f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1",
-                 "Cache-Control: no-store", f"X-Request-ID: {rid}",
-                 *(f"{name}: {value}" for name, value in self._headers.items())]
-        self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-EDGE = web.AppKey("edge", Edge)
-
-
-def _edge_middleware(edge: Edge) -> Middleware:
-    cors = edge.cors
-
-    @web.middleware
-    async def edge_step(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        rid = identity.request_id(request.headers.get("X-Request-ID"))
-        request[identity.REQUEST_ID] = rid
-        code = "none"
-        response: web.StreamResponse
-        try:
-            if cors is not None and cors.is_preflight(request):
-                response = cors.preflight(request)
-            else:
-                response = await handler(request)
-        except GatewayError as err:
-            code, response = _problem(err, request, rid)
-        except web.HTTPException as exc:
-            code, response = _problem(_translate_http_exception(exc, request), request, rid)
-        except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": rid}})
-            code, response = _problem(GatewayError(errors.INTERNAL_ERROR), request, rid)
-        resource = request.match_info.route.resource
-        edge.finish(request, response, rid, code,
-                    resource.canonical if resource is not None else "unmatched", started)
-        return response
-
-    return edge_step
-
-
-# After these the rest of the request is not worth keeping the connection for.
-_CLOSING = frozenset((errors.PAYLOAD_TOO_LARGE, errors.REQUEST_TIMEOUT))
-
-
-def _problem(err: GatewayError, request: web.Request, rid: str) -> tuple[str, web.Response]:
-    response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
-    if err.spec in _CLOSING:
-        response.force_close()
-    return err.spec.code, response
-
-
-def _translate_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
-    """aiohttp's own refusals (no route, wrong method, body too large) as catalog errors."""
-    path = privacy.scrub(request.path[:_MAX_ECHOED_PATH])
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return GatewayError(errors.METHOD_NOT_ALLOWED,
-                            params={"method": request.method, "path": path},
-                            headers={"Allow": allowed})
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return GatewayError(errors.PAYLOAD_TOO_LARGE,
-                            params={"limit": request.app[SETTINGS].server.max_body_bytes})
-    if isinstance(exc, web.HTTPNotFound):
-        return GatewayError(errors.NOT_FOUND, params={"path": path})
-    log.error("unexpected HTTP exception %s", exc.status)
-    return GatewayError(errors.INTERNAL_ERROR)
 
 
 async def _healthz(_request: web.Request) -> web.Response:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway import connections, errors, idempotency, identity, overload, privacy, validation
 from gateway.auth import API_KEY_HEADER, ClientKeys
+from gateway.edge import Handler
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, RouteWindows
@@ -37,7 +38,6 @@ from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
 from gateway.upstream import Call, Repeat, Upstream
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 audit = logging.getLogger("gateway.audit")
 BYPASS_HEADER = "X-Maintenance-Bypass"
 

@@ -27,8 +27,9 @@ from aiohttp import web
 from prometheus_client import multiprocess as prom_multiprocess
 
 from gateway.admin import ADMIN_LISTENER
-from gateway.app import EDGE, LIFECYCLE, build_app
+from gateway.app import LIFECYCLE, build_app
 from gateway.connections import EdgeRunner
+from gateway.edge import EDGE
 from gateway.observability import MULTIPROC_ENV, configure_logging
 from gateway.settings import Settings
 

@@ -1,0 +1,154 @@
+"""The edge: what every request meets first and every answer passes on its way out.
+
+One aiohttp middleware (a layer costs microseconds, so there is only one) gives
+each request its id, answers CORS preflights, and turns every exception into a
+problem+json answer: catalog errors as they are, aiohttp's own refusals (no
+route, wrong method, body too large) translated, anything else a logged
+`INTERNAL_ERROR`, never a traceback or an HTML page. `Edge.finish` then adds
+the request id, the security and CORS headers, the metrics and one access-log
+line, for the parser's refusals too (`Edge.refuse`, `Edge.head_timeout_answer`,
+used by `connections.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from gateway import connections, errors, identity, privacy
+from gateway.cors import Cors
+from gateway.errors import GatewayError
+from gateway.idempotency import REPLAY_HEADER
+from gateway.observability import AccessLog, Metrics
+from gateway.problem import PROBLEM_JSON, negotiate_language, problem_body, render
+from gateway.security_headers import security_headers
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_MAX_ECHOED_PATH = 200
+
+
+class Edge:
+    """What every answer goes through on its way out, the parser's refusals included:
+    request id, security and CORS headers, metrics, one access-log line."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, access_log: AccessLog) -> None:
+        self._server = settings.server
+        self.max_body_bytes = settings.server.max_body_bytes
+        self._metrics = metrics
+        self._access_log = access_log
+        self._headers = security_headers(settings.security_headers)
+        self.cors = Cors(settings.cors) if settings.cors.allow_origins else None
+
+    def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
+               code: str, route: str, started: float) -> None:
+        headers = response.headers
+        headers["X-Request-ID"] = rid
+        headers.update(self._headers)
+        if self.cors is not None:
+            self.cors.decorate(request, response)
+        elapsed = time.perf_counter() - started
+        self._metrics.observe_request(route, response.status, code, elapsed)
+        if self._access_log.enabled:
+            path = request.path[:_MAX_ECHOED_PATH]
+            self._access_log.write({
+                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
+                "route": route, "path": path if path == route else privacy.scrub(path),
+                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
+                "replayed": REPLAY_HEADER in headers,
+            })
+
+    def refuse(self, request: web.BaseRequest, status: int,
+               exc: BaseException | None) -> web.StreamResponse:
+        """A request the HTTP parser gave up on: no route, no handler, just the answer."""
+        started = time.perf_counter()
+        rid = identity.request_id(None)
+        err = connections.parser_refusal(self._server, status, exc)
+        response = render(err, rid, "en")
+        self.finish(request, response, rid, err.spec.code, "unparsed", started)
+        return response
+
+    def head_timeout_answer(self) -> bytes:
+        """408 for a request head that never completed, as bytes for the bare socket."""
+        rid = identity.request_id(None)
+        err = connections.timeout_error("head", self._server.header_timeout_s)
+        body = orjson.dumps(problem_body(err, rid, "en"))
+        lines = ["HTTP/1.1 408 Request Timeout", f"Content-Type: {PROBLEM_JSON}",
+                 f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1",
+                 "Cache-Control: no-store", f"X-Request-ID: {rid}",
+                 *(f"{name}: {value}" for name, value in self._headers.items())]
+        self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+EDGE = web.AppKey("edge", Edge)
+
+
+def middleware(edge: Edge) -> Middleware:
+    """The one middleware: request id, CORS preflight, every exception as problem+json,
+    and `Edge.finish` on the way out."""
+    cors = edge.cors
+    max_body_bytes = edge.max_body_bytes
+
+    @web.middleware
+    async def edge_step(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = identity.request_id(request.headers.get("X-Request-ID"))
+        request[identity.REQUEST_ID] = rid
+        code = "none"
+        response: web.StreamResponse
+        try:
+            if cors is not None and cors.is_preflight(request):
+                response = cors.preflight(request)
+            else:
+                response = await handler(request)
+        except GatewayError as err:
+            code, response = _problem(err, request, rid)
+        except web.HTTPException as exc:
+            code, response = _problem(
+                _translate_http_exception(exc, request, max_body_bytes), request, rid)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": rid}})
+            code, response = _problem(GatewayError(errors.INTERNAL_ERROR), request, rid)
+        resource = request.match_info.route.resource
+        edge.finish(request, response, rid, code,
+                    resource.canonical if resource is not None else "unmatched", started)
+        return response
+
+    return edge_step
+
+
+# After these the rest of the request is not worth keeping the connection for.
+_CLOSING = frozenset((errors.PAYLOAD_TOO_LARGE, errors.REQUEST_TIMEOUT))
+
+
+def _problem(err: GatewayError, request: web.Request, rid: str) -> tuple[str, web.Response]:
+    response = render(err, rid, negotiate_language(request.headers.get("Accept-Language")))
+    if err.spec in _CLOSING:
+        response.force_close()
+    return err.spec.code, response
+
+
+def _translate_http_exception(exc: web.HTTPException, request: web.Request,
+                              max_body_bytes: int) -> GatewayError:
+    """aiohttp's own refusals (no route, wrong method, body too large) as catalog errors."""
+    path = privacy.scrub(request.path[:_MAX_ECHOED_PATH])
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return GatewayError(errors.METHOD_NOT_ALLOWED,
+                            params={"method": request.method, "path": path},
+                            headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return GatewayError(errors.PAYLOAD_TOO_LARGE,
+                            params={"limit": max_body_bytes})
+    if isinstance(exc, web.HTTPNotFound):
+        return GatewayError(errors.NOT_FOUND, params={"path": path})
+    log.error("unexpected HTTP exception %s", exc.status)
+    return GatewayError(errors.INTERNAL_ERROR)
