@@ -34,7 +34,7 @@ from gateway.errors import GatewayError
 from gateway.maintenance import Maintenance
 from gateway.problem import json_response
 from gateway.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
-from gateway.store import MemoryStore, StoreUnavailable
+from gateway.store import MemoryTokenBuckets, StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,7 +71,7 @@ def _guard(settings: Settings, tokens: AdminTokens,
            listener: Listener) -> Callable[[Handler], Handler]:
     """The checks every admin route passes; one guard, so one bucket per address for the
     whole admin API, not one per route."""
-    buckets = MemoryStore(max_buckets=_MAX_REMOTES)
+    buckets = MemoryTokenBuckets(max_buckets=_MAX_REMOTES)
     rate, burst = settings.admin.rate_per_s, settings.admin.burst
     limit, timeout_s = settings.server.max_body_bytes, settings.server.body_timeout_s
     fingerprints = {"current": _fingerprint(settings.admin.token or ""),
@@ -80,7 +80,7 @@ def _guard(settings: Settings, tokens: AdminTokens,
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not listener.admits(request):
             raise GatewayError(errors.NOT_FOUND, params={"path": privacy.scrub(request.path)})
-        wait = await buckets.take_token(request.remote or "unknown", rate, burst)
+        wait = await buckets.take(request.remote or "unknown", rate, burst)
         if wait > 0:
             raise GatewayError(errors.RATE_LIMITED, retry_after_s=max(1, math.ceil(wait)))
         which = tokens.match_bearer(request.headers.get("Authorization"))

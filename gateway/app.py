@@ -1,6 +1,6 @@
 """The composition root: `build_app` makes every part once and wires them together.
 
-It builds the store, the breakers and backends, the edge (`edge.py`), the
+It builds the stores, the breakers and backends, the edge (`edge.py`), the
 pipeline of each route in the route table (`proxy.py`), the admin API, and
 the operational routes (`/healthz`, `/readyz`, `/metrics`, `/v1/status`,
 `/openapi.json`), plus the background tasks that live as long as the app.
@@ -41,7 +41,7 @@ from gateway.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.settings import Settings
 from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
-from gateway.store import MemoryStore, Store, StoreUnavailable, follow
+from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -66,26 +66,27 @@ UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
-STORE = web.AppKey("store", Store)
+STORES = web.AppKey("stores", Stores)
 MAINTENANCE = admin.MAINTENANCE
 STATUS = web.AppKey("status", StatusPage)
 ADMISSION = web.AppKey[Admission | Unlimited]("admission")
 
 
-def _make_store(settings: Settings, clock: Clock) -> Store:
+def _make_stores(settings: Settings, clock: Clock) -> Stores:
     if settings.redis.url is None:
-        return MemoryStore(clock, settings.idempotency.memory_max_records,
-                           settings.rate_limit.memory_max_clients)
-    from gateway.redis_store import RedisStore
+        return memory_stores(clock, settings.idempotency.memory_max_records,
+                             settings.rate_limit.memory_max_clients)
+    # Imported only when used: the demo and single-process setups never load redis-py.
+    from gateway.redis_store import redis_stores
 
-    return RedisStore(settings.redis.url, settings.redis.timeout_s)
+    return redis_stores(settings.redis.url, settings.redis.timeout_s)
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
-    store = _make_store(settings, clock)
+    stores = _make_stores(settings, clock)
     breakers: dict[str, Breaker] = {
         name: Breaker(name, settings.upstreams.get(name).breaker, clock,
                       metrics.breaker_transition)
@@ -113,21 +114,22 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = metrics
     app[ACCESS_LOG] = access_log
-    app[STORE] = store
-    app[admin.BOARD] = BreakerBoard(breakers, store)
+    app[STORES] = stores
+    app[admin.BOARD] = BreakerBoard(breakers, stores.breakers)
     admin_tokens = None
     if settings.admin.token is not None:
         admin_tokens = AdminTokens(settings.admin.token, settings.admin.previous_token)
-    maintenance = Maintenance(ROUTES, store, clock, settings.maintenance.windows, admin_tokens)
+    maintenance = Maintenance(ROUTES, stores.windows, clock, settings.maintenance.windows,
+                              admin_tokens)
     app[MAINTENANCE] = maintenance
     app[STATUS] = StatusPage(upstreams, maintenance, clock)
     if admin_tokens is not None:
         admin.add_routes(app, settings, admin_tokens)
     limiter = None
     if limits := rate_limit.tier_limits(settings.rate_limit):
-        limiter = RateLimiter(store, limits,
+        limiter = RateLimiter(stores.buckets, limits,
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
-    keys = ClientKeys(settings.auth, store)
+    keys = ClientKeys(settings.auth, stores.keys)
     app[admin.CLIENT_KEYS] = keys
     admission: Admission | Unlimited = Unlimited()
     if settings.overload.enabled:
@@ -146,7 +148,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                                metrics.stale_served.labels(policy.route_key).inc)
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, store, settings, metrics), stale,
+            _idempotency(policy, stores.records, settings, metrics), stale,
             metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
@@ -159,12 +161,12 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     return app
 
 
-def _idempotency(policy: RoutePolicy, store: Store, settings: Settings,
+def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Settings,
                  metrics: Metrics) -> Idempotency | None:
     if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
     return Idempotency(
-        policy.route_key, store, settings.idempotency,
+        policy.route_key, records, settings.idempotency,
         metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key),
         success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
         fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open)
@@ -211,10 +213,10 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
 async def _control_sync(app: web.Application) -> AsyncIterator[None]:
     """With a shared store, follow SRE changes made through other processes."""
-    store = app[STORE]
-    if not store.shared:
+    stores = app[STORES]
+    if not stores.shared:
         yield
-        await store.close()
+        await stores.close()
         return
     interval = app[SETTINGS].redis.sync_interval_s
     maintenance = app[MAINTENANCE]
@@ -226,7 +228,7 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
                 _background(follow("maintenance", maintenance.sync, interval)),
                 _background(follow("api_keys", keys.sync, interval))):
         yield
-    await store.close()
+    await stores.close()
 
 
 async def _healthz(_request: web.Request) -> web.Response:

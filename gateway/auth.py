@@ -33,7 +33,7 @@ import orjson
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.settings import ApiKeySettings, AuthSettings
-from gateway.store import Store
+from gateway.store import KeyStore
 
 log = logging.getLogger("gateway.auth")
 
@@ -73,7 +73,7 @@ def unauthorized() -> GatewayError:
 
 
 class ClientKeys:
-    def __init__(self, settings: AuthSettings, store: Store) -> None:
+    def __init__(self, settings: AuthSettings, store: KeyStore) -> None:
         self.enabled = settings.enabled
         self._store = store
         self._config = {bytes.fromhex(k.key_sha256): self._client(k, "config")
@@ -98,7 +98,7 @@ class ClientKeys:
     async def sync(self) -> None:
         """Config keys plus the keys added through the admin API (any process)."""
         merged = dict(self._config)
-        for hex_digest, data in (await self._store.api_keys()).items():
+        for hex_digest, data in (await self._store.keys()).items():
             try:
                 key = ApiKeySettings.model_validate({**orjson.loads(data),
                                                      "key_sha256": hex_digest})
@@ -116,7 +116,7 @@ class ClientKeys:
                 "field": "key_sha256", "message": "this key is already configured",
                 "type": "value_error", "_ctx": {}}]})
         data = {"client_id": key.client_id, "role": key.role, "tier": key.tier}
-        await self._store.put_api_key(key.key_sha256, orjson.dumps(data))
+        await self._store.put(key.key_sha256, orjson.dumps(data))
         await self.sync()
         return self._by_digest[digest]
 
@@ -125,7 +125,7 @@ class ClientKeys:
         await self.sync()
         for digest, client in self._by_digest.items():
             if client.key_id == key_id and client.source == "admin":
-                await self._store.delete_api_key(digest.hex())
+                await self._store.delete(digest.hex())
                 await self.sync()
                 return client
         return None

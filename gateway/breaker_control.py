@@ -21,14 +21,14 @@ from pydantic import ValidationError
 
 from gateway.breaker import Breaker, Forced
 from gateway.settings import BreakerSettings
-from gateway.store import Store
+from gateway.store import BreakerIntents
 
 log = logging.getLogger("gateway.breaker_control")
 _SETTING = "setting:"
 
 
 class BreakerBoard:
-    def __init__(self, breakers: Mapping[str, Breaker], store: Store) -> None:
+    def __init__(self, breakers: Mapping[str, Breaker], store: BreakerIntents) -> None:
         self.breakers = dict(breakers)
         self._base = {name: b.settings for name, b in breakers.items()}
         self._store = store
@@ -37,7 +37,7 @@ class BreakerBoard:
     # -- reading the store ---------------------------------------------------
 
     async def sync(self, names: list[str] | None = None) -> None:
-        records = await self._store.breaker_controls(names or list(self.breakers))
+        records = await self._store.controls(names or list(self.breakers))
         for name, record in records.items():
             self._apply(name, record)
 
@@ -72,14 +72,14 @@ class BreakerBoard:
 
     async def change_settings(self, name: str, changes: dict[str, Any]) -> None:
         self.validate_changes(name, changes)
-        await self._store.set_breaker_fields(
+        await self._store.set_fields(
             name, {_SETTING + key: orjson.dumps(value).decode() for key, value in changes.items()})
         await self.sync([name])
 
     async def force(self, name: str, forced: Forced) -> None:
-        await self._store.set_breaker_fields(name, {"forced": forced or ""})
+        await self._store.set_fields(name, {"forced": forced or ""})
         await self.sync([name])
 
     async def reset(self, name: str) -> None:
-        await self._store.reset_breaker(name)
+        await self._store.reset(name)
         await self.sync([name])

@@ -45,7 +45,7 @@ from gateway import errors
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
-from gateway.store import Claim, ClaimStatus, Store, StoreUnavailable
+from gateway.store import Claim, ClaimStatus, IdempotencyRecords, StoreUnavailable
 from gateway.validation import invalid_field
 
 log = logging.getLogger("gateway.idempotency")
@@ -104,8 +104,8 @@ def fingerprint(route: str, body: bytes) -> str:
 class Idempotency:
     """The idempotency guard of one route, built once at start-up."""
 
-    def __init__(self, route: str, store: Store, settings: IdempotencySettings, count: Count,
-                 *, success_status: int, unknown_outcome: ErrorSpec | None,
+    def __init__(self, route: str, store: IdempotencyRecords, settings: IdempotencySettings,
+                 count: Count, *, success_status: int, unknown_outcome: ErrorSpec | None,
                  fail_open: bool) -> None:
         self._route = route
         self._store = store

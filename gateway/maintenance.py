@@ -39,7 +39,7 @@ from gateway.clock import Clock
 from gateway.errors import GatewayError, Text
 from gateway.routes import RoutePolicy
 from gateway.settings import MaintenanceWindowSettings
-from gateway.store import Store
+from gateway.store import WindowStore
 
 log = logging.getLogger("gateway.maintenance")
 
@@ -127,7 +127,7 @@ class RouteWindows:
 
 
 class Maintenance:
-    def __init__(self, routes: Iterable[RoutePolicy], store: Store, clock: Clock,
+    def __init__(self, routes: Iterable[RoutePolicy], store: WindowStore, clock: Clock,
                  declared: Iterable[MaintenanceWindowSettings],
                  bypass: AdminTokens | None = None) -> None:
         self._store = store
@@ -196,7 +196,7 @@ class Maintenance:
 
     async def sync(self) -> None:
         """Follow the store: windows set or ended through any process."""
-        stored, ended = await self._store.maintenance_windows()
+        stored, ended = await self._store.windows()
         if self._seen == (stored, ended):
             return
         self._rebuild(stored, ended)
@@ -220,11 +220,11 @@ class Maintenance:
     async def put(self, given: MaintenanceWindowSettings) -> Window:
         now = self._clock.wall()
         window = build_window(given, f"mw-{secrets.token_hex(4)}", now, "admin")
-        await self._store.put_maintenance_window(window.id, window.dumps())
+        await self._store.put(window.id, window.dumps())
         # Windows that have run out are kept only until the next one is set.
         for old in list(self._windows.values()):
             if old.source == "admin" and old.ended(now):
-                await self._store.delete_maintenance_window(old.id)
+                await self._store.delete(old.id)
         await self.sync()
         return window
 
@@ -235,7 +235,7 @@ class Maintenance:
         if window.source == "config":
             await self._store.end_config_windows([window_id])
         else:
-            await self._store.delete_maintenance_window(window_id)
+            await self._store.delete(window_id)
         await self.sync()
         return window
 
@@ -246,7 +246,7 @@ class Maintenance:
             await self._store.end_config_windows(declared)
         for window in ending:
             if window.source == "admin":
-                await self._store.delete_maintenance_window(window.id)
+                await self._store.delete(window.id)
         await self.sync()
         return ending
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.settings import RateLimitSettings
-from gateway.store import Store, StoreUnavailable
+from gateway.store import StoreUnavailable, TokenBuckets
 
 log = logging.getLogger("gateway.rate_limit")
 
@@ -40,7 +40,7 @@ def tier_limits(settings: RateLimitSettings) -> dict[str, Limits]:
 
 
 class RateLimiter:
-    def __init__(self, store: Store, limits: dict[str, Limits],
+    def __init__(self, store: TokenBuckets, limits: dict[str, Limits],
                  count: Callable[[str], None]) -> None:
         self._store = store
         self._limits = limits
@@ -54,7 +54,7 @@ class RateLimiter:
         rate, burst = limits
         try:
             # Tiers share no bucket: a client moved to another tier starts afresh.
-            wait = await self._store.take_token(f"{tier}/{scope}", rate, burst)
+            wait = await self._store.take(f"{tier}/{scope}", rate, burst)
         except StoreUnavailable as exc:
             self._count("store_unavailable")
             if not self._store_failing:

@@ -1,15 +1,16 @@
-"""The Redis implementation of the store (with `redis_wire`, the only code that imports redis).
+"""The Redis implementation of each store (with `redis_wire`, the only code that imports redis).
 
-Calls have their own short timeout and one immediate retry on a connection
-found dead (after a Redis restart; the retry reconnects). Any Redis error
-surfaces as `StoreUnavailable`, and each concern decides what that means
-for it. Every idempotency operation is one Lua script: atomic, one round trip,
-and safe to repeat (each checks the claim's owner token), which is what makes
-the retry harmless. They go over the hot path's own pipelined connection
-(`gateway/redis_wire.py`), so the scripts that concurrent requests call in the
-same turn of the event loop travel in one write. Each record is
-one hash under one key, so every script touches a single key (one hash slot on
-Redis Cluster).
+One class per interface of `gateway.store`, all sharing one `RedisConnection`:
+redis-py's client for what is off the hot path, the pipelined wire for the
+scripts on it. Calls have their own short timeout; any Redis error surfaces
+as `StoreUnavailable`, and each concern decides what that means for it. Every
+idempotency operation is one Lua script: atomic, one round trip, and safe to
+repeat (each checks the claim's owner token), so one whose reply was lost to
+a dropped connection is run again; the token-bucket script is not. Scripts go
+over the hot path's own pipelined connection (`gateway/redis_wire.py`), so those
+that concurrent requests call in the same turn of the event loop travel in one
+write. Each record is one hash under one key, so every script touches a single
+key (one hash slot on Redis Cluster).
 
 Lease deadlines are Redis's own clock (`TIME`), so gateways on different
 machines agree on when a lease has run out however their clocks drift.
@@ -33,7 +34,7 @@ from redis.exceptions import RedisError
 from gateway import redis_sentinel
 from gateway.redis_wire import Wire, WireError
 from gateway.reply import Reply
-from gateway.store import Claim, ClaimStatus, StoreUnavailable
+from gateway.store import Claim, ClaimStatus, Stores, StoreUnavailable
 
 BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
@@ -137,8 +138,8 @@ async def _translated() -> AsyncIterator[None]:
         raise StoreUnavailable(str(exc)) from exc
 
 
-class RedisStore:
-    shared = True
+class RedisConnection:
+    """The two clients every Redis store shares: redis-py's and the pipelined wire."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         # The client of everything off the hot path, whose commands are all safe to
@@ -146,77 +147,24 @@ class RedisStore:
         retry = Retry(NoBackoff(), 1)
         sentinel = redis_sentinel.parse(url)
         if sentinel is None:
-            self._redis = aioredis.Redis.from_url(
+            self.client = aioredis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry,
                 health_check_interval=30)
         else:
-            self._redis = sentinel.sentinel(timeout_s).master_for(
+            self.client = sentinel.sentinel(timeout_s).master_for(
                 sentinel.service, db=sentinel.db, username=sentinel.username,
                 password=sentinel.password, socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s, retry=retry, health_check_interval=30)
-        self._wire = Wire(url, timeout_s)
+        self.wire = Wire(url, timeout_s)
 
-    async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
-        async with _translated():
-            # redis-py's stub wants a mapping of its own wider key and value unions
-            await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)  # type: ignore[arg-type]
-
-    async def reset_breaker(self, name: str) -> None:
-        key = BREAKER_KEY.format(name=name)
-        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "forced", "")
-            pipe.hincrby(key, "reset_seq", 1)
-            await pipe.execute()
-
-    async def breaker_controls(self, names: list[str]) -> dict[str, dict[str, str]]:
-        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(BREAKER_KEY.format(name=name))
-            records = await pipe.execute()
-        return {name: {k.decode(): v.decode() for k, v in record.items()}
-                for name, record in zip(names, records, strict=True)}
-
-    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
-        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(MAINTENANCE_KEY)
-            pipe.smembers(ENDED_WINDOWS_KEY)
-            windows, ended = await pipe.execute()
-        return ({k.decode(): v for k, v in windows.items()}, {i.decode() for i in ended})
-
-    async def put_maintenance_window(self, window_id: str, data: bytes) -> None:
-        async with _translated():
-            await self._redis.hset(MAINTENANCE_KEY, window_id, data)
-
-    async def delete_maintenance_window(self, window_id: str) -> bool:
-        async with _translated():
-            return bool(await self._redis.hdel(MAINTENANCE_KEY, window_id))
-
-    async def end_config_windows(self, window_ids: list[str]) -> None:
-        async with _translated():
-            await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
-
-    async def api_keys(self) -> dict[str, bytes]:
-        async with _translated():
-            # bytes: the client does not decode
-            found: dict[bytes, bytes] = await self._redis.hgetall(API_KEYS_KEY)  # type: ignore[assignment]
-        return {k.decode(): v for k, v in found.items()}
-
-    async def put_api_key(self, key_sha256: str, data: bytes) -> None:
-        async with _translated():
-            await self._redis.hset(API_KEYS_KEY, key_sha256, data)
-
-    async def delete_api_key(self, key_sha256: str) -> bool:
-        async with _translated():
-            return bool(await self._redis.hdel(API_KEYS_KEY, key_sha256))
-
-    async def _eval(self, script: _Script, key: str, *args: str | bytes | int | float,
-                    repeatable: bool) -> Any:
+    async def eval(self, script: _Script, key: str, *args: str | bytes | int | float,
+                   repeatable: bool) -> Any:
         """Run one script on one key: one round trip, shared with concurrent callers.
 
         `repeatable`: running it twice is harmless, so a reply lost to a dropped
         connection may be asked for again by running it again.
         """
-        wire = self._wire
+        wire = self.wire
         try:
             reply = await wire.call("EVALSHA", script.sha, 1, key, *args, repeatable=repeatable)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
@@ -231,20 +179,103 @@ class RedisStore:
             raise StoreUnavailable(f"Redis refused a script: {reply}")
         return reply
 
-    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
+    async def close(self) -> None:
+        self.wire.close()
+        await self.client.aclose()
+
+
+class RedisBreakerIntents:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.client
+
+    async def set_fields(self, name: str, fields: dict[str, str]) -> None:
+        async with _translated():
+            # redis-py's stub wants a mapping of its own wider key and value unions
+            await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)  # type: ignore[arg-type]
+
+    async def reset(self, name: str) -> None:
+        key = BREAKER_KEY.format(name=name)
+        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "forced", "")
+            pipe.hincrby(key, "reset_seq", 1)
+            await pipe.execute()
+
+    async def controls(self, names: list[str]) -> dict[str, dict[str, str]]:
+        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(BREAKER_KEY.format(name=name))
+            found = await pipe.execute()
+        return {name: {k.decode(): v.decode() for k, v in fields.items()}
+                for name, fields in zip(names, found, strict=True)}
+
+
+class RedisWindows:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.client
+
+    async def windows(self) -> tuple[dict[str, bytes], set[str]]:
+        async with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(MAINTENANCE_KEY)
+            pipe.smembers(ENDED_WINDOWS_KEY)
+            windows, ended = await pipe.execute()
+        return ({k.decode(): v for k, v in windows.items()}, {i.decode() for i in ended})
+
+    async def put(self, window_id: str, data: bytes) -> None:
+        async with _translated():
+            await self._redis.hset(MAINTENANCE_KEY, window_id, data)
+
+    async def delete(self, window_id: str) -> bool:
+        async with _translated():
+            return bool(await self._redis.hdel(MAINTENANCE_KEY, window_id))
+
+    async def end_config_windows(self, window_ids: list[str]) -> None:
+        async with _translated():
+            await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
+
+
+class RedisKeys:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.client
+
+    async def keys(self) -> dict[str, bytes]:
+        async with _translated():
+            # bytes: the client does not decode
+            found: dict[bytes, bytes] = await self._redis.hgetall(API_KEYS_KEY)  # type: ignore[assignment]
+        return {k.decode(): v for k, v in found.items()}
+
+    async def put(self, key_sha256: str, data: bytes) -> None:
+        async with _translated():
+            await self._redis.hset(API_KEYS_KEY, key_sha256, data)
+
+    async def delete(self, key_sha256: str) -> bool:
+        async with _translated():
+            return bool(await self._redis.hdel(API_KEYS_KEY, key_sha256))
+
+
+class RedisTokenBuckets:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+
+    async def take(self, scope: str, rate_per_s: float, burst: int) -> float:
         # Idle longer than a full refill, a bucket is full again: no need to keep it.
         ttl_ms = int(burst / rate_per_s * 1000) + 1000
         # Not repeatable: run twice, it would take two tokens.
-        wait = await self._eval(_TAKE_TOKEN, RATE_KEY.format(scope=scope), rate_per_s, burst,
-                                ttl_ms, repeatable=False)
+        wait = await self._connection.eval(_TAKE_TOKEN, RATE_KEY.format(scope=scope),
+                                           rate_per_s, burst, ttl_ms, repeatable=False)
         return float(wait)
+
+
+class RedisIdempotencyRecords:
+    # Each step is guarded by the owner token: repeated, it answers as the first run did
+    # and changes nothing more, so every one is sent as repeatable.
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
-        # The idempotency steps are guarded by the owner token: repeated, each answers
-        # as the first run did and changes nothing more.
-        answer = await self._eval(_CLAIM, IDEMPOTENCY_KEY.format(record=record), fingerprint,
-                                  owner, int(lease_s * 1000), ttl_s * 1000, repeatable=True)
+        answer = await self._connection.eval(
+            _CLAIM, IDEMPOTENCY_KEY.format(record=record), fingerprint, owner,
+            int(lease_s * 1000), ttl_s * 1000, repeatable=True)
         status = ClaimStatus(answer[0].decode())
         if status is ClaimStatus.COMPLETED:
             return Claim(status, _decode_reply(answer[1:]))
@@ -253,22 +284,27 @@ class RedisStore:
         return Claim(status)
 
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
-        done = await self._eval(_COMPLETE, IDEMPOTENCY_KEY.format(record=record), owner,
-                                reply.status, reply.content_type, orjson.dumps(reply.headers),
-                                reply.body, repeatable=True)
+        done = await self._connection.eval(
+            _COMPLETE, IDEMPOTENCY_KEY.format(record=record), owner, reply.status,
+            reply.content_type, orjson.dumps(reply.headers), reply.body, repeatable=True)
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
-        await self._eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner,
-                         repeatable=True)
+        await self._connection.eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner,
+                                    repeatable=True)
 
     async def abandon(self, record: str, owner: str) -> None:
-        await self._eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner,
-                         repeatable=True)
+        await self._connection.eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner,
+                                    repeatable=True)
 
-    async def close(self) -> None:
-        self._wire.close()
-        await self._redis.aclose()
+
+def redis_stores(url: str, timeout_s: float) -> Stores:
+    """Every concern in the Redis at `url`, over one shared connection."""
+    connection = RedisConnection(url, timeout_s)
+    return Stores(shared=True, breakers=RedisBreakerIntents(connection),
+                  records=RedisIdempotencyRecords(connection),
+                  windows=RedisWindows(connection), keys=RedisKeys(connection),
+                  buckets=RedisTokenBuckets(connection), close=connection.close)
 
 
 def _decode_reply(fields: list[bytes]) -> Reply:

@@ -1,22 +1,23 @@
-"""Shared state behind one small async interface, in memory or in Redis.
+"""Shared state, one small async interface per concern, in memory or in Redis.
 
-What is shared:
-- the SRE's intent for each breaker (setting overrides, forced state, reset
-  count);
-- idempotency records, one per (client scope, route, key): who holds the claim
-  and until when (its lease), the request's fingerprint, and once completed the
-  stored answer;
-- maintenance windows set through the admin API, and which of the windows
-  declared in the config file an SRE has ended;
-- per-client rate-limit buckets (tokens left, last refill).
+- `BreakerIntents`: the SRE's intent per breaker (setting overrides, forced
+  state, reset count), for `breaker_control.py`;
+- `IdempotencyRecords`: one record per (client scope, route, key): claim
+  owner and lease, fingerprint, stored answer, for `idempotency.py`;
+- `WindowStore`: maintenance windows set through the admin API, and the config
+  windows an SRE ended, for `maintenance.py`;
+- `KeyStore`: client API keys added through the admin API, for `auth.py`;
+- `TokenBuckets`: tokens left and last refill per scope, for `rate_limit.py`
+  (and, always in memory, the admin API's per-address limit).
 
 Each operation is one atomic step of the backing store (a hash field set, a
 counter increment, one script), never read-then-write across round trips, so
 two gateway processes acting at once cannot undo each other's change.
 
-`MemoryStore` serves one process (the demo); `gateway.redis_store.RedisStore`
-serves every process and replica that shares the Redis. Both pass the same
-behaviour suite (tests/test_store.py).
+The `Memory*` classes here serve one process (the demo); `gateway.redis_store`
+has one Redis class per interface, sharing one connection, for every process
+and replica that shares the Redis. `Stores` bundles one of each. Every pair
+passes the same behaviour suite (tests/test_store.py).
 """
 
 from __future__ import annotations
@@ -73,17 +74,19 @@ class Claim:
     lease_left_s: float = 0.0
 
 
-class Store(Protocol):
-    shared: bool  # True when other processes see what this one writes
-
-    async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
+class BreakerIntents(Protocol):
+    async def set_fields(self, name: str, fields: dict[str, str]) -> None:
         """Set some fields of a breaker's control record, leaving the others."""
 
-    async def reset_breaker(self, name: str) -> None:
+    async def reset(self, name: str) -> None:
         """Clear the forced state and bump the reset count, in one step."""
 
-    async def breaker_controls(self, names: list[str]) -> dict[str, dict[str, str]]:
+    async def controls(self, names: list[str]) -> dict[str, dict[str, str]]:
         """The control record of each named breaker (empty when never set)."""
+
+
+class IdempotencyRecords(Protocol):
+    """Idempotency records, one per (client scope, route, key)."""
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
@@ -102,33 +105,50 @@ class Store(Protocol):
     async def abandon(self, record: str, owner: str) -> None:
         """Mark the outcome of `owner`'s attempt unknown: the next claim reconciles."""
 
-    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
+
+class WindowStore(Protocol):
+    async def windows(self) -> tuple[dict[str, bytes], set[str]]:
         """Windows set through the admin API (id -> JSON), and ids of config windows ended."""
 
-    async def put_maintenance_window(self, window_id: str, data: bytes) -> None: ...
+    async def put(self, window_id: str, data: bytes) -> None: ...
 
-    async def delete_maintenance_window(self, window_id: str) -> bool:
+    async def delete(self, window_id: str) -> bool:
         """Forget an admin window; False when there was none with this id."""
 
     async def end_config_windows(self, window_ids: list[str]) -> None:
         """Mark windows declared in the config file as ended, for good."""
 
-    async def api_keys(self) -> dict[str, bytes]:
+
+class KeyStore(Protocol):
+    async def keys(self) -> dict[str, bytes]:
         """Client API keys added through the admin API: SHA-256 hex -> client JSON."""
 
-    async def put_api_key(self, key_sha256: str, data: bytes) -> None: ...
+    async def put(self, key_sha256: str, data: bytes) -> None: ...
 
-    async def delete_api_key(self, key_sha256: str) -> bool:
+    async def delete(self, key_sha256: str) -> bool:
         """Revoke a key added through the admin API; False when there was none."""
 
-    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
-        """Take one token from the client's bucket: 0.0 if taken, else seconds until one is due.
 
-        A token bucket refilled at `rate_per_s` up to `burst`; a client never seen
+class TokenBuckets(Protocol):
+    async def take(self, scope: str, rate_per_s: float, burst: int) -> float:
+        """Take one token from the bucket: 0.0 if taken, else seconds until one is due.
+
+        A token bucket refilled at `rate_per_s` up to `burst`; a scope never seen
         starts full. Read, refill and take are one atomic step.
         """
 
-    async def close(self) -> None: ...
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """One store per concern, all of one kind (memory, or one shared Redis)."""
+
+    shared: bool  # True when other processes see what this one writes
+    breakers: BreakerIntents
+    records: IdempotencyRecords
+    windows: WindowStore
+    keys: KeyStore
+    buckets: TokenBuckets
+    close: Callable[[], Awaitable[None]]
 
 
 def refill_and_take(tokens: float, last: float, now: float, rate_per_s: float,
@@ -152,33 +172,28 @@ class _Record:
     reply: Reply | None = None
 
 
-class MemoryStore:
-    shared = False
-
-    def __init__(self, clock: Clock | None = None, max_records: int = 100_000,
-                 max_buckets: int = 100_000) -> None:
-        self._clock = clock or SystemClock()
-        self._max_records = max_records
-        self._max_buckets = max_buckets
-        # Least recently used first; a bucket dropped for room comes back full.
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+class MemoryBreakerIntents:
+    def __init__(self) -> None:
         self._breakers: dict[str, dict[str, str]] = {}
-        # Insertion order is expiry order: every record lives the same ttl from creation.
-        self._records: OrderedDict[str, _Record] = OrderedDict()
-        self._windows: dict[str, bytes] = {}
-        self._api_keys: dict[str, bytes] = {}
-        self._ended_windows: set[str] = set()
 
-    async def set_breaker_fields(self, name: str, fields: dict[str, str]) -> None:
+    async def set_fields(self, name: str, fields: dict[str, str]) -> None:
         self._breakers.setdefault(name, {}).update(fields)
 
-    async def reset_breaker(self, name: str) -> None:
+    async def reset(self, name: str) -> None:
         record = self._breakers.setdefault(name, {})
         record["forced"] = ""
         record["reset_seq"] = str(int(record.get("reset_seq", "0")) + 1)
 
-    async def breaker_controls(self, names: list[str]) -> dict[str, dict[str, str]]:
+    async def controls(self, names: list[str]) -> dict[str, dict[str, str]]:
         return {name: dict(self._breakers.get(name, {})) for name in names}
+
+
+class MemoryIdempotencyRecords:
+    def __init__(self, clock: Clock | None = None, max_records: int = 100_000) -> None:
+        self._clock = clock or SystemClock()
+        self._max_records = max_records
+        # Insertion order is expiry order: every record lives the same ttl from creation.
+        self._records: OrderedDict[str, _Record] = OrderedDict()
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
@@ -218,28 +233,57 @@ class MemoryStore:
         if found is not None and found.owner == owner and found.state == "in_flight":
             found.state, found.owner = "unknown", ""
 
-    async def maintenance_windows(self) -> tuple[dict[str, bytes], set[str]]:
-        return dict(self._windows), set(self._ended_windows)
+    def _expire(self, now: float) -> None:
+        records = self._records
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest.expires > now and len(records) < self._max_records:
+                return
+            records.popitem(last=False)
 
-    async def put_maintenance_window(self, window_id: str, data: bytes) -> None:
+
+class MemoryWindows:
+    def __init__(self) -> None:
+        self._windows: dict[str, bytes] = {}
+        self._ended: set[str] = set()
+
+    async def windows(self) -> tuple[dict[str, bytes], set[str]]:
+        return dict(self._windows), set(self._ended)
+
+    async def put(self, window_id: str, data: bytes) -> None:
         self._windows[window_id] = data
 
-    async def delete_maintenance_window(self, window_id: str) -> bool:
+    async def delete(self, window_id: str) -> bool:
         return self._windows.pop(window_id, None) is not None
 
     async def end_config_windows(self, window_ids: list[str]) -> None:
-        self._ended_windows.update(window_ids)
+        self._ended.update(window_ids)
 
-    async def api_keys(self) -> dict[str, bytes]:
-        return dict(self._api_keys)
 
-    async def put_api_key(self, key_sha256: str, data: bytes) -> None:
-        self._api_keys[key_sha256] = data
+class MemoryKeys:
+    def __init__(self) -> None:
+        self._keys: dict[str, bytes] = {}
 
-    async def delete_api_key(self, key_sha256: str) -> bool:
-        return self._api_keys.pop(key_sha256, None) is not None
+    async def keys(self) -> dict[str, bytes]:
+        return dict(self._keys)
 
-    async def take_token(self, scope: str, rate_per_s: float, burst: int) -> float:
+    async def put(self, key_sha256: str, data: bytes) -> None:
+        self._keys[key_sha256] = data
+
+    async def delete(self, key_sha256: str) -> bool:
+        return self._keys.pop(key_sha256, None) is not None
+
+
+class MemoryTokenBuckets:
+    """Token buckets of one process, the least recently used dropped past `max_buckets`
+    (a dropped bucket comes back full)."""
+
+    def __init__(self, clock: Clock | None = None, max_buckets: int = 100_000) -> None:
+        self._clock = clock or SystemClock()
+        self._max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    async def take(self, scope: str, rate_per_s: float, burst: int) -> float:
         now = self._clock.monotonic()
         buckets = self._buckets
         tokens, last = buckets.pop(scope, (float(burst), now))
@@ -249,13 +293,15 @@ class MemoryStore:
             buckets.popitem(last=False)
         return wait
 
-    def _expire(self, now: float) -> None:
-        records = self._records
-        while records:
-            oldest = next(iter(records.values()))
-            if oldest.expires > now and len(records) < self._max_records:
-                return
-            records.popitem(last=False)
 
-    async def close(self) -> None:
-        return None
+async def _nothing_to_close() -> None:
+    return None
+
+
+def memory_stores(clock: Clock | None = None, max_records: int = 100_000,
+                  max_buckets: int = 100_000) -> Stores:
+    """Every concern in this process's memory: the embedded default (one process)."""
+    return Stores(shared=False, breakers=MemoryBreakerIntents(),
+                  records=MemoryIdempotencyRecords(clock, max_records), windows=MemoryWindows(),
+                  keys=MemoryKeys(), buckets=MemoryTokenBuckets(clock, max_buckets),
+                  close=_nothing_to_close)

@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency, Submission, fingerprint, record_id
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
-from gateway.store import ClaimStatus, MemoryStore, StoreUnavailable
+from gateway.store import ClaimStatus, MemoryIdempotencyRecords, StoreUnavailable
 
 CREATED = Reply(201, b'{"payment_id":"pay_1"}', "application/json")
 BODY = b'{"amount":1}'
@@ -55,7 +55,7 @@ class Backend:
         return self.found
 
 
-def guard(store: MemoryStore, *, payment: bool = True, wait_ms: int = 0,
+def guard(store: MemoryIdempotencyRecords, *, payment: bool = True, wait_ms: int = 0,
           events: list[str] | None = None) -> Idempotency:
     seen = events if events is not None else []
     return Idempotency(
@@ -64,14 +64,14 @@ def guard(store: MemoryStore, *, payment: bool = True, wait_ms: int = 0,
         unknown_outcome=errors.PAYMENT_OUTCOME_UNKNOWN if payment else None, fail_open=False)
 
 
-async def status_of(store: MemoryStore) -> ClaimStatus:
+async def status_of(store: MemoryIdempotencyRecords) -> ClaimStatus:
     record = record_id("anonymous", "POST /v1/payments", "k")
     claim = await store.claim(record, fingerprint("POST /v1/payments", BODY), "probe", 30, 60)
     return claim.status
 
 
 async def test_cancelled_mid_call_leaves_the_outcome_unknown() -> None:
-    store, backend = MemoryStore(), Backend(delay_s=10)
+    store, backend = MemoryIdempotencyRecords(), Backend(delay_s=10)
     task = asyncio.create_task(guard(store).run("anonymous", "k", BODY, backend.calls()))
     await asyncio.sleep(0.05)
     task.cancel()
@@ -81,7 +81,7 @@ async def test_cancelled_mid_call_leaves_the_outcome_unknown() -> None:
 
 
 async def test_a_waiter_takes_over_a_claim_released_by_the_first() -> None:
-    store, events = MemoryStore(), []
+    store, events = MemoryIdempotencyRecords(), []
     refused = Backend(answer=GatewayError(errors.CIRCUIT_OPEN), delay_s=0.1)
     healthy = Backend()
     gate = guard(store, wait_ms=2000, events=events)
@@ -95,7 +95,7 @@ async def test_a_waiter_takes_over_a_claim_released_by_the_first() -> None:
 
 
 async def test_an_unknown_order_outcome_with_a_failing_lookup_answers_the_lookups_error() -> None:
-    store = MemoryStore()
+    store = MemoryIdempotencyRecords()
     gate = guard(store, payment=False)
     lost = Backend(answer=GatewayError(errors.UPSTREAM_TIMEOUT, reached_backend=True))
     with pytest.raises(GatewayError):
@@ -109,7 +109,7 @@ async def test_an_unknown_order_outcome_with_a_failing_lookup_answers_the_lookup
 
 
 async def test_a_lookup_answering_neither_found_nor_absent_keeps_the_payment_unknown() -> None:
-    store = MemoryStore()
+    store = MemoryIdempotencyRecords()
     gate = guard(store)
     lost = Backend(answer=GatewayError(errors.PAYMENT_OUTCOME_UNKNOWN, reached_backend=True))
     with pytest.raises(GatewayError):
@@ -121,7 +121,7 @@ async def test_a_lookup_answering_neither_found_nor_absent_keeps_the_payment_unk
     assert odd.forwards == 0
 
 
-class FailingCompletion(MemoryStore):
+class FailingCompletion(MemoryIdempotencyRecords):
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         raise StoreUnavailable("down")
 
@@ -143,7 +143,7 @@ def _landed() -> GatewayError:
 
 
 async def test_a_failure_that_may_have_landed_is_looked_up_and_the_charge_found_returned() -> None:
-    store, events = MemoryStore(), []
+    store, events = MemoryIdempotencyRecords(), []
     backend = Backend(answer=_landed(), found=Reply(200, CREATED.body, "application/json"),
                       resends=2)
     reply, replayed = await guard(store, events=events).run("anonymous", "k", BODY,
@@ -154,7 +154,7 @@ async def test_a_failure_that_may_have_landed_is_looked_up_and_the_charge_found_
 
 
 async def test_it_is_sent_again_only_after_the_lookup_says_absent() -> None:
-    store, events = MemoryStore(), []
+    store, events = MemoryIdempotencyRecords(), []
     backend = Backend(answer=_landed(), then=CREATED, resends=2)
     reply, _ = await guard(store, events=events).run("anonymous", "k", BODY, backend.calls())
     assert reply == CREATED
@@ -163,7 +163,7 @@ async def test_it_is_sent_again_only_after_the_lookup_says_absent() -> None:
 
 
 async def test_without_budget_for_another_try_it_is_not_sent_again_nor_looked_up() -> None:
-    store = MemoryStore()
+    store = MemoryIdempotencyRecords()
     backend = Backend(answer=_landed(), then=CREATED, resends=0)
     with pytest.raises(GatewayError) as caught:
         await guard(store).run("anonymous", "k", BODY, backend.calls())
@@ -175,7 +175,7 @@ async def test_without_budget_for_another_try_it_is_not_sent_again_nor_looked_up
 async def test_an_order_whose_lookup_was_refused_stays_unknown_not_forgotten() -> None:
     # The lookup's own error says "not reached", but the order before it may have landed:
     # forgetting the record would let the next submission forward blindly.
-    store = MemoryStore()
+    store = MemoryIdempotencyRecords()
     backend = Backend(answer=GatewayError(errors.UPSTREAM_UNAVAILABLE, reached_backend=True),
                       found=GatewayError(errors.UPSTREAM_UNAVAILABLE), resends=2)
     with pytest.raises(GatewayError) as caught:
@@ -186,7 +186,7 @@ async def test_an_order_whose_lookup_was_refused_stays_unknown_not_forgotten() -
 
 
 async def test_a_failure_that_certainly_was_not_sent_forgets_the_record_without_a_lookup() -> None:
-    store = MemoryStore()
+    store = MemoryIdempotencyRecords()
     backend = Backend(answer=GatewayError(errors.UPSTREAM_UNAVAILABLE), resends=2)
     with pytest.raises(GatewayError):
         await guard(store).run("anonymous", "k", BODY, backend.calls())

@@ -13,7 +13,7 @@ from gateway.clock import FakeClock
 from gateway.maintenance import Maintenance, Window
 from gateway.routes import ROUTES, RoutePolicy
 from gateway.settings import MaintenanceWindowSettings
-from gateway.store import MemoryStore
+from gateway.store import MemoryWindows
 
 ROUTE = {policy.route_key: policy for policy in ROUTES}
 
@@ -42,7 +42,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def maintenance(clock: FakeClock) -> Maintenance:
-    return Maintenance(ROUTES, MemoryStore(clock), clock, [])
+    return Maintenance(ROUTES, MemoryWindows(), clock, [])
 
 
 @pytest.mark.parametrize(("scope", "expected"), [
@@ -99,12 +99,12 @@ async def test_a_scheduled_window_starts_and_ends_on_time(
 
 
 async def test_windows_that_ran_out_are_dropped_from_the_store(clock: FakeClock) -> None:
-    store = MemoryStore(clock)
+    store = MemoryWindows()
     maintenance = Maintenance(ROUTES, store, clock, [])
     old = await maintenance.put(window(scope="all", ends_at=at(clock, 10)))
     clock.advance(11)
     new = await maintenance.put(window(scope="order"))
-    stored, _ = await store.maintenance_windows()
+    stored, _ = await store.windows()
     assert set(stored) == {new.id} and old.id not in stored
 
 
@@ -127,7 +127,7 @@ async def test_delete_one_and_delete_all(maintenance: Maintenance) -> None:
 
 
 async def test_config_windows_are_in_force_and_stay_ended_once_ended(clock: FakeClock) -> None:
-    store = MemoryStore(clock)
+    store = MemoryWindows()
     declared = [window(scope="availability", message={"en": "Upgrading"})]
     first = Maintenance(ROUTES, store, clock, declared)
     assert covered(first) == {"GET /v1/availability"}
@@ -142,7 +142,7 @@ async def test_config_windows_are_in_force_and_stay_ended_once_ended(clock: Fake
 
 async def test_changes_made_through_another_process_are_picked_up_by_sync(
         clock: FakeClock) -> None:
-    store = MemoryStore(clock)
+    store = MemoryWindows()
     here, there = (Maintenance(ROUTES, store, clock, []) for _ in range(2))
     await there.put(window(scope="all"))
     assert covered(here) == set()
@@ -153,10 +153,10 @@ async def test_changes_made_through_another_process_are_picked_up_by_sync(
 
 
 def test_bypass_needs_the_admin_token(clock: FakeClock) -> None:
-    with_token = Maintenance(ROUTES, MemoryStore(clock), clock, [], AdminTokens("t0ken"))
+    with_token = Maintenance(ROUTES, MemoryWindows(), clock, [], AdminTokens("t0ken"))
     assert with_token.bypassed("t0ken")
     assert not with_token.bypassed("wrong") and not with_token.bypassed(None)
-    assert not Maintenance(ROUTES, MemoryStore(clock), clock, []).bypassed("t0ken")
+    assert not Maintenance(ROUTES, MemoryWindows(), clock, []).bypassed("t0ken")
 
 
 @pytest.mark.parametrize(("fields", "field"), [

@@ -15,7 +15,7 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from gateway.redis_store import RATE_KEY, RedisStore
+from gateway.redis_store import RATE_KEY, redis_stores
 from gateway.redis_wire import Wire, WireError
 from gateway.store import StoreUnavailable
 from tests.procs import Proc, RedisServer, free_port
@@ -227,14 +227,14 @@ async def test_a_repeatable_command_whose_reply_was_lost_is_sent_once_more(
 
 
 async def test_a_lost_reply_takes_one_token_not_two(cutter: ReplyCutter) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    store = redis_stores(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
     direct = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
     try:
         await direct.call("DEL", RATE_KEY.format(scope="cut"))
-        assert await store.take_token("cut", 0.001, 5) == 0  # 4 tokens left
+        assert await store.buckets.take("cut", 0.001, 5) == 0  # 4 tokens left
         cutter.cut_next_reply = True
         with pytest.raises(StoreUnavailable):
-            await store.take_token("cut", 0.001, 5)
+            await store.buckets.take("cut", 0.001, 5)
         tokens = await direct.call("HGET", RATE_KEY.format(scope="cut"), "tokens")
         assert float(tokens) == pytest.approx(3, abs=0.01), "the script ran exactly once"
     finally:
