@@ -251,17 +251,19 @@ class Idempotency:
 
     async def _release(self, record: str, owner: str) -> None:
         self._count("released")
-        try:
-            await self._store.release(record, owner)
-        except StoreUnavailable as exc:
-            self._store_failed("release", exc)
+        await self._quietly("release", self._store.release(record, owner))
 
     async def _abandon(self, record: str, owner: str) -> None:
         self._count("outcome_unknown")
+        await self._quietly("abandon", self._store.abandon(record, owner))
+
+    async def _quietly(self, step: str, done: Awaitable[None]) -> None:
+        """A settling step the client's answer does not wait on: a store failure is logged,
+        and the claim's lease then lets the next submission reconcile."""
         try:
-            await self._store.abandon(record, owner)
+            await done
         except StoreUnavailable as exc:
-            self._store_failed("abandon", exc)
+            self._store_failed(step, exc)
 
     def _store_failed(self, step: str, exc: StoreUnavailable) -> None:
         self._count("store_unavailable")

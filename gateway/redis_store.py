@@ -209,9 +209,25 @@ class RedisBreakerIntents:
                 for name, fields in zip(names, found, strict=True)}
 
 
-class RedisWindows:
+class _JsonByIdHash:
+    """One Redis hash of JSON documents by id: written and deleted a field at a time."""
+
+    key: str
+
     def __init__(self, connection: RedisConnection) -> None:
         self._redis = connection.client
+
+    async def put(self, field: str, data: bytes) -> None:
+        async with _translated():
+            await self._redis.hset(self.key, field, data)
+
+    async def delete(self, field: str) -> bool:
+        async with _translated():
+            return bool(await self._redis.hdel(self.key, field))
+
+
+class RedisWindows(_JsonByIdHash):
+    key = MAINTENANCE_KEY
 
     async def windows(self) -> tuple[dict[str, bytes], set[str]]:
         async with _translated(), self._redis.pipeline(transaction=False) as pipe:
@@ -220,36 +236,19 @@ class RedisWindows:
             windows, ended = await pipe.execute()
         return ({k.decode(): v for k, v in windows.items()}, {i.decode() for i in ended})
 
-    async def put(self, window_id: str, data: bytes) -> None:
-        async with _translated():
-            await self._redis.hset(MAINTENANCE_KEY, window_id, data)
-
-    async def delete(self, window_id: str) -> bool:
-        async with _translated():
-            return bool(await self._redis.hdel(MAINTENANCE_KEY, window_id))
-
     async def end_config_windows(self, window_ids: list[str]) -> None:
         async with _translated():
             await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
 
 
-class RedisKeys:
-    def __init__(self, connection: RedisConnection) -> None:
-        self._redis = connection.client
+class RedisKeys(_JsonByIdHash):
+    key = API_KEYS_KEY
 
     async def keys(self) -> dict[str, bytes]:
         async with _translated():
             # bytes: the client does not decode
             found: dict[bytes, bytes] = await self._redis.hgetall(API_KEYS_KEY)  # type: ignore[assignment]
         return {k.decode(): v for k, v in found.items()}
-
-    async def put(self, key_sha256: str, data: bytes) -> None:
-        async with _translated():
-            await self._redis.hset(API_KEYS_KEY, key_sha256, data)
-
-    async def delete(self, key_sha256: str) -> bool:
-        async with _translated():
-            return bool(await self._redis.hdel(API_KEYS_KEY, key_sha256))
 
 
 class RedisTokenBuckets:

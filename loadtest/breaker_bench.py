@@ -18,8 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtest.harness import Gateway, Upstreams
 from loadtest.rounds import get_ok, timed_round
-from tests.procs import Gateway, Upstreams
 
 TOKEN = "bench-admin-token-0123456789"
 PATH = "/v1/availability?address=Beijing%201&product=fiber"

@@ -26,8 +26,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from loadtest.rounds import Send, cpu_seconds, rounds_parser, timed_round
-from tests.procs import Gateway, RedisServer, Upstreams
 
 ORDER = orjson.dumps({
     "customer": {"name": "Zhang San", "phone": "13800138000", "id_number": "11010519491231002X"},

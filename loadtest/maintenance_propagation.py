@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.procs import Gateway, RedisServer, Upstreams
+from loadtest.harness import Gateway, RedisServer, Upstreams
 
 TOKEN = "propagation-bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

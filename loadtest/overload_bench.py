@@ -32,8 +32,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from loadtest.harness import Gateway, Upstreams
 from loadtest.rounds import cpu_seconds, get_ok, rounds_parser, timed_round
-from tests.procs import Gateway, Upstreams
 
 AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber"
 ORDER = orjson.dumps({

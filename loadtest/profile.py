@@ -32,8 +32,8 @@ from loadtest.bench import (
     start_backends,
     start_bare,
 )
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from loadtest.loadgen import Load, generator
-from tests.procs import Gateway, RedisServer, Upstreams
 
 TOP = 25
 

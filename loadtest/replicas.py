@@ -17,7 +17,7 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.procs import Gateway, LoadBalancer, RedisServer, Upstreams
+from loadtest.harness import Gateway, LoadBalancer, RedisServer, Upstreams
 
 ADMIN_TOKEN = "replicas-admin-token-0123456789"
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import CATALOG
-from tests.procs import BIN, Gateway, RedisServer, Upstreams
+from loadtest.harness import BIN, Gateway, RedisServer, Upstreams
 
 ADMIN_TOKEN = "load-admin-token-0123456789"
 READS = ("GET /v1/availability", "GET /v1/orders/{id}")

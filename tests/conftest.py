@@ -8,13 +8,14 @@ never leak faults or open breakers into each other.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.procs import RUNNING, Gateway, RedisServer, Upstreams
+from loadtest.harness import RUNNING, Gateway, RedisServer, Upstreams
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -41,22 +42,41 @@ def upstreams(log_dir: Path) -> Iterator[Upstreams]:
     sims.proc.stop()
 
 
+@contextmanager
+def admin_gateway(log_dir: Path, upstreams: Upstreams,
+                  config: dict[str, Any] | None = None) -> Iterator[Gateway]:
+    """A gateway on these simulators with the suite's admin token, stopped afterwards."""
+    gw = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+                 config=config)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@contextmanager
+def healed(upstreams: Upstreams, gw: Gateway) -> Iterator[Upstreams]:
+    """Healthy simulators and `gw`'s breakers back to automatic, before and after."""
+    upstreams.heal()
+    gw.reset_breakers(ADMIN_TOKEN)
+    try:
+        yield upstreams
+    finally:
+        upstreams.heal()
+        gw.reset_breakers(ADMIN_TOKEN)
+
+
 @pytest.fixture(scope="session")
 def gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
-    gw = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
-                 config=NO_STALE_ANSWERS)
-    yield gw
-    gw.stop()
+    with admin_gateway(log_dir, upstreams, NO_STALE_ANSWERS) as gw:
+        yield gw
 
 
 @pytest.fixture
 def healthy(upstreams: Upstreams, gateway: Gateway) -> Iterator[Upstreams]:
     """Healthy simulators and closed breakers on the shared gateway, before and after."""
-    upstreams.heal()
-    gateway.reset_breakers(ADMIN_TOKEN)
-    yield upstreams
-    upstreams.heal()
-    gateway.reset_breakers(ADMIN_TOKEN)
+    with healed(upstreams, gateway) as sims:
+        yield sims
 
 
 @pytest.fixture

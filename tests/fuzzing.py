@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.procs import BIN, Gateway, Upstreams
+from loadtest.harness import BIN, Gateway, Upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 

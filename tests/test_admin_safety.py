@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.procs import Gateway, Upstreams, free_port
+from loadtest.harness import Gateway, Upstreams, free_port
 
 NEW_TOKEN = "new-admin-token-0123456789abcdef"
 OLD_TOKEN = "old-admin-token-0123456789abcdef"

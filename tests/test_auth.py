@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER
-from tests.procs import Gateway, RedisServer, Upstreams
 
 WEB_KEY = "ogk_web_" + "w" * 40
 READER_KEY = "ogk_reader_" + "r" * 40

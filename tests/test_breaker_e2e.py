@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS
-from tests.procs import Gateway, RedisServer, Upstreams
+from loadtest.harness import Gateway, RedisServer, Upstreams
+from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS, admin_gateway
 
 AVAILABILITY = "/v1/availability?address=Beijing&product=fiber"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -25,10 +25,8 @@ BASE = {"failure_rate_threshold": 0.5, "slow_call_duration_ms": 2000,
 
 @pytest.fixture(scope="module")
 def gw(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
-    gateway = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
-                      config=NO_STALE_ANSWERS)
-    yield gateway
-    gateway.stop()
+    with admin_gateway(log_dir, upstreams, NO_STALE_ANSWERS) as gateway:
+        yield gateway
 
 
 @pytest.fixture(autouse=True)

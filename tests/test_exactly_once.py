@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 
 from gateway.settings import UpstreamSettings
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import GOOD_ORDER
-from tests.procs import Gateway, RedisServer, Upstreams
 from tests.test_idempotency import Answer, payment, submit
 
 pytestmark = pytest.mark.slow

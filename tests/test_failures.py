@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from loadtest.harness import Gateway, Upstreams, free_port
 from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT, NO_STALE_ANSWERS
-from tests.procs import Gateway, Upstreams, free_port
 
-TIMEOUT_S = 1.0  # the suite's gateway timeout (tests/procs.py)
+TIMEOUT_S = 1.0  # the suite's gateway timeout (loadtest/harness.py)
 MARGIN_S = 0.5
 AVAILABILITY = "/v1/availability?address=Beijing&product=fiber"
 

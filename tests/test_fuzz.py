@@ -11,9 +11,9 @@ import pytest
 
 from gateway.openapi import build_document
 from gateway.settings import Settings
+from loadtest.harness import Gateway, Upstreams
 from tests import fuzzing
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT
-from tests.procs import Gateway, Upstreams
 
 
 @pytest.mark.slow

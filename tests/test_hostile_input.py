@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER
-from tests.procs import Gateway, Upstreams
 
 TIMEOUT_S = 1.0  # header and body timeouts of this module's gateway
 LIMITS = {"server": {"max_url_bytes": 1024, "max_header_bytes": 2048, "max_headers": 32,

@@ -19,8 +19,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT
-from tests.procs import Gateway, RedisServer, Upstreams
+from loadtest.harness import Gateway, RedisServer, Upstreams
+from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT, admin_gateway, healed
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STORES = ["memory", "redis"]
@@ -78,20 +78,15 @@ def _gateway_config(store: str, redis_server: RedisServer | None,
 @pytest.fixture(scope="module", params=STORES)
 def gw(request: pytest.FixtureRequest, log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
     server = request.getfixturevalue("redis_server") if request.param == "redis" else None
-    gateway = Gateway(log_dir, upstreams.urls, config=_gateway_config(request.param, server),
-                      env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
-    yield gateway
-    gateway.stop()
+    with admin_gateway(log_dir, upstreams, _gateway_config(request.param, server)) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 def sims(gw: Gateway, upstreams: Upstreams) -> Iterator[Upstreams]:
     """Healthy simulators and closed breakers before and after each test."""
-    upstreams.heal()
-    gw.reset_breakers(ADMIN_TOKEN)
-    yield upstreams
-    upstreams.heal()
-    gw.reset_breakers(ADMIN_TOKEN)
+    with healed(upstreams, gw) as healthy_sims:
+        yield healthy_sims
 
 
 # -- forwarded once, replayed byte for byte ------------------------------------------------------

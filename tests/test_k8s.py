@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from gateway.settings import load_settings
-from tests.procs import BIN, Gateway, Upstreams
+from loadtest.harness import BIN, Gateway, Upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.harness import BIN, Gateway, Proc, Upstreams, free_port
 from tests.conftest import GOOD_ORDER
-from tests.procs import BIN, Gateway, Proc, Upstreams, free_port
 
 
 def _workers(pid: int) -> list[int]:

@@ -13,9 +13,9 @@ import os
 
 import pytest
 
+from loadtest.harness import Upstreams
 from loadtest.loadgen import Generator, Load, Wrk
 from tests.conftest import GOOD_ORDER
-from tests.procs import Upstreams
 
 CPUS = os.sched_getaffinity(0)
 

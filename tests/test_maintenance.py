@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER
-from tests.procs import Gateway, RedisServer, Upstreams
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"

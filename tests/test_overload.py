@@ -22,8 +22,8 @@ from gateway.errors import GatewayError
 from gateway.overload import Admission, Bulkhead, deadline_of
 from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
 from gateway.settings import OverloadSettings
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
-from tests.procs import Gateway, Upstreams
 
 AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
 

@@ -15,8 +15,8 @@ import redis
 
 from gateway import privacy
 from gateway.schemas import resident_id_check_char
+from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN
-from tests.procs import Gateway, RedisServer, Upstreams
 
 
 def _resident_id(first17: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT
-from tests.procs import Gateway, Upstreams
 
 
 def _key() -> dict[str, str]:
@@ -32,28 +34,23 @@ async def test_availability_is_proxied_with_query(gateway: Gateway, healthy: Ups
     assert forwarded["query"] == {"address": "北京市 1 号", "product": "fiber-500"}
 
 
-async def test_order_create_and_read_back(gateway: Gateway, healthy: Upstreams,
-                                          http: aiohttp.ClientSession) -> None:
-    async with http.post(gateway.url + "/v1/orders", json=GOOD_ORDER, headers=_key()) as resp:
+@pytest.mark.parametrize(("route", "body", "id_field", "expected"), [
+    ("/v1/orders", GOOD_ORDER, "order_id", {"status": "created"}),
+    ("/v1/payments", GOOD_PAYMENT, "payment_id",
+     {"status": "succeeded", "amount": GOOD_PAYMENT["amount"],
+      "order_id": GOOD_PAYMENT["order_id"]}),
+])
+async def test_create_and_read_back(gateway: Gateway, healthy: Upstreams,
+                                    http: aiohttp.ClientSession, route: str,
+                                    body: dict[str, Any], id_field: str,
+                                    expected: dict[str, Any]) -> None:
+    async with http.post(gateway.url + route, json=body, headers=_key()) as resp:
         assert resp.status == 201
         created = await resp.json()
-    assert created["status"] == "created"
-    async with http.get(gateway.url + f"/v1/orders/{created['order_id']}") as resp:
+    assert {name: created[name] for name in expected} == expected
+    async with http.get(gateway.url + f"{route}/{created[id_field]}") as resp:
         assert resp.status == 200
-        assert (await resp.json())["order_id"] == created["order_id"]
-
-
-async def test_payment_create_and_read_back(gateway: Gateway, healthy: Upstreams,
-                                            http: aiohttp.ClientSession) -> None:
-    async with http.post(gateway.url + "/v1/payments", json=GOOD_PAYMENT, headers=_key()) as resp:
-        assert resp.status == 201
-        paid = await resp.json()
-    assert paid["status"] == "succeeded"
-    assert paid["amount"] == GOOD_PAYMENT["amount"]
-    assert paid["order_id"] == GOOD_PAYMENT["order_id"]
-    async with http.get(gateway.url + f"/v1/payments/{paid['payment_id']}") as resp:
-        assert resp.status == 200
-        assert (await resp.json())["payment_id"] == paid["payment_id"]
+        assert (await resp.json())[id_field] == created[id_field]
 
 
 async def test_headers_that_matter_reach_the_backend_and_others_do_not(

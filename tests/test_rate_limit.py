@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.procs import Gateway, RedisServer, Upstreams
+from loadtest.harness import Gateway, RedisServer, Upstreams
 
 AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
 # One token a second: slow enough that a busy machine cannot refill a bucket mid-test.

@@ -20,8 +20,8 @@ import redis
 
 from gateway import redis_sentinel
 from gateway.settings import SettingsError, load_settings
+from loadtest.harness import Gateway, Proc, RedisServer, Upstreams, free_port
 from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT
-from tests.procs import Gateway, Proc, RedisServer, Upstreams, free_port
 
 SERVICE = "orders-redis"
 RECOVERY_S = 5.0  # after the sentinels name the new master

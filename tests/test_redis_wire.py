@@ -18,7 +18,7 @@ import pytest
 from gateway.redis_store import RATE_KEY, redis_stores
 from gateway.redis_wire import Wire, WireError
 from gateway.store import StoreUnavailable
-from tests.procs import Proc, RedisServer, free_port
+from loadtest.harness import Proc, RedisServer, free_port
 
 
 @pytest.fixture

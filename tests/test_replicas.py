@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loadtest.harness import Gateway, LoadBalancer, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN, GOOD_PAYMENT
-from tests.procs import Gateway, LoadBalancer, RedisServer, Upstreams
 
 pytestmark = pytest.mark.slow
 

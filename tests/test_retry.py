@@ -15,8 +15,8 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.retry import Backoff, RetryBudget
 from gateway.settings import RetrySettings
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
-from tests.procs import Gateway, Upstreams
 
 LENIENT_BREAKER = {"failure_rate_threshold": 1.0, "consecutive_failures": 100_000,
                    "minimum_calls": 100_000}

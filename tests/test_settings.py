@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from gateway.settings import Settings, SettingsError, load_settings
-from tests.procs import BIN
+from loadtest.harness import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_EXAMPLE = """

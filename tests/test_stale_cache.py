@@ -13,8 +13,8 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.reply import Reply
 from gateway.stale_cache import StaleCache
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import ADMIN_TOKEN
-from tests.procs import Gateway, Upstreams
 
 OK = Reply(200, b'{"available":true}', "application/json", (("Cache-Control", "no-cache"),))
 

@@ -25,7 +25,7 @@ from gateway.store import (
     memory_stores,
     refill_and_take,
 )
-from tests.procs import RedisServer, free_port
+from loadtest.harness import RedisServer, free_port
 
 LEASE_S = 10.0  # long enough that a busy machine never lets it run out by accident
 SHORT_LEASE_S = 1.0  # for the one test that watches a lease run out

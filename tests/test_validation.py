@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT
-from tests.procs import Gateway, Upstreams
 
 JSON = {"Content-Type": "application/json"}
 

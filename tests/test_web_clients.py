@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.harness import Gateway, Upstreams
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER
-from tests.procs import Gateway, Upstreams
 
 SHOP = "https://shop.example.com"
 ELSEWHERE = "https://evil.example.net"

@@ -1,13 +1,20 @@
-"""Real processes for tests: simulators, gateways (and later redis-server) on free ports.
+"""Real processes on free loopback ports: simulators, gateways, redis-server, nginx.
 
-Every process writes its output to a log file kept for failure messages; each is
-stopped by its own PID. `RUNNING` lists live processes so a failing test's
-report carries their recent logs (see conftest.py).
+The harness of the test suite and of `loadtest/`. Every process writes its
+output to a log file kept for failure messages; each is stopped by its own PID.
+`RUNNING` lists live processes so a failing test's report carries their recent
+logs (see tests/conftest.py).
+
+Ports: a port found free may be taken before the child binds it. Ports are
+drawn at random below the kernel's ephemeral range, which outgoing connections
+and port-0 binds use, so only another deliberate bind can take one; and a
+child that still finds its port taken is started again on new ports.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +33,47 @@ BIN = Path(sys.executable).parent
 RUNNING: list[Proc] = []
 
 
+PORT_ATTEMPTS = 5
+_IN_USE = ("address already in use", "address in use")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = range(10_000, min(_ephemeral_start(), 60_000))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nobody listens on now, outside the ephemeral range."""
+    for _ in range(100):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+class PortTaken(RuntimeError):
+    """A child could not listen: its port was taken after it was found free."""
+
+
+def on_free_ports(launch: Callable[[], None]) -> None:
+    """Run `launch` (which picks its ports with free_port) again while a port it picked
+    turns out taken, a few times at most."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            launch()
+            return
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
 
 
 class Proc:
@@ -68,8 +112,7 @@ class Proc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n"
-                                   f"{self.log_tail()}")
+                raise self.exited()
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status == 200:
@@ -78,6 +121,12 @@ class Proc:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not answer {url} in {timeout}s:\n{self.log_tail()}")
+
+    def exited(self) -> RuntimeError:
+        """Why the process is gone: `PortTaken` if it could not listen."""
+        log = self.log_tail()
+        error = PortTaken if any(s in log.lower() for s in _IN_USE) else RuntimeError
+        return error(f"{self.name} exited with {self.popen.poll()}:\n{log}")
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -113,14 +162,18 @@ class Upstreams:
     """The three simulators in one `order-upstreams` process."""
 
     def __init__(self, log_dir: Path, seed: int = 7) -> None:
+        self._log_dir, self._seed = log_dir, seed
+        on_free_ports(self._launch)
+
+    def _launch(self) -> None:
         self.ports = {name: free_port() for name in ("order", "payment", "availability")}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         self.proc = Proc("upstreams", [
-            str(BIN / "order-upstreams"), "--seed", str(seed),
+            str(BIN / "order-upstreams"), "--seed", str(self._seed),
             "--order-port", str(self.ports["order"]),
             "--payment-port", str(self.ports["payment"]),
             "--availability-port", str(self.ports["availability"]),
-        ], log_dir)
+        ], self._log_dir)
         for url in self.urls.values():
             _started_or_stopped(self.proc, url + "/_stats")
 
@@ -151,19 +204,24 @@ class Gateway:
                  workers: int = 1, short_timeouts: bool = True) -> None:
         """`short_timeouts` (1 s per call) keeps failure tests quick; tests of a guarantee
         also run without it, on the shipped defaults."""
+        timeouts = {"timeout_s": 1.0, "connect_timeout_s": 0.5} if short_timeouts else {}
+        self._tree: dict[str, Any] = {"upstreams": {
+            name: {"url": url, **timeouts} for name, url in upstream_urls.items()}}
+        _merge(self._tree, config or {})
+        self._log_dir, self._env, self._workers = log_dir, env, workers
+        on_free_ports(self._launch)
+
+    def _launch(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tree: dict[str, Any] = {"server": {"host": "127.0.0.1", "port": self.port}}
-        timeouts = {"timeout_s": 1.0, "connect_timeout_s": 0.5} if short_timeouts else {}
-        tree["upstreams"] = {name: {"url": url, **timeouts}
-                             for name, url in upstream_urls.items()}
-        _merge(tree, config or {})
-        self.config_path = log_dir / f"gateway-{self.port}.yaml"
+        _merge(tree, self._tree)
+        self.config_path = self._log_dir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(tree))
         argv = [str(BIN / "order-gateway"), "serve", "--config", str(self.config_path)]
-        if workers > 1:
-            argv += ["--workers", str(workers)]
-        self.proc = Proc(f"gateway-{self.port}", argv, log_dir, env)
+        if self._workers > 1:
+            argv += ["--workers", str(self._workers)]
+        self.proc = Proc(f"gateway-{self.port}", argv, self._log_dir, self._env)
         _started_or_stopped(self.proc, self.url + "/readyz")
 
     def admin(self, method: str, path: str, token: str, body: Any = None) -> Any:
@@ -209,14 +267,17 @@ class RedisServer:
     def __init__(self, log_dir: Path, persistent: bool = False,
                  replica_of: int | None = None) -> None:
         self.log_dir = log_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.data_dir = log_dir / f"redis-{self.port}"
-        self.data_dir.mkdir()
         self.options = (["--appendonly", "yes", "--appendfsync", "always"] if persistent
                             else ["--appendonly", "no"])
         if replica_of is not None:
             self.options += ["--replicaof", "127.0.0.1", str(replica_of)]
+        on_free_ports(self._launch)
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = self.log_dir / f"redis-{self.port}"
+        self.data_dir.mkdir(exist_ok=True)
         self.proc = self._start()
 
     def _start(self) -> Proc:
@@ -232,7 +293,10 @@ class RedisServer:
                     if sock.recv(16).startswith(b"+PONG"):
                         return proc
             except OSError:
+                if not proc.alive():
+                    raise proc.exited() from None
                 time.sleep(0.05)
+        proc.kill()
         raise RuntimeError(f"redis-server did not start:\n{proc.log_tail()}")
 
     def restart(self) -> None:
@@ -259,6 +323,11 @@ class LoadBalancer:
     """
 
     def __init__(self, log_dir: Path, backends: list[str]) -> None:
+        self._log_dir, self._backends = log_dir, backends
+        on_free_ports(self._launch)
+
+    def _launch(self) -> None:
+        log_dir, backends = self._log_dir, self._backends
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         prefix = log_dir / f"nginx-{self.port}"
@@ -300,7 +369,7 @@ http {{
                     return
             except OSError:
                 if not self.proc.alive():
-                    break
+                    raise self.proc.exited() from None
                 time.sleep(0.05)
         self.proc.kill()
         raise RuntimeError(f"nginx did not start:\n{self.proc.log_tail()}")
