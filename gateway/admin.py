@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import auth, connections, errors, identity, privacy, validation
+from gateway import auth, connections, errors, field_errors, identity, privacy, validation
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
 from gateway.errors import GatewayError
@@ -145,7 +145,7 @@ async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise GatewayError(errors.MALFORMED_JSON, params={"reason": str(exc)}) from None
     if not isinstance(data, dict) or not data:
-        raise validation.invalid_field("body", f"must be a non-empty JSON object of {what}")
+        raise field_errors.invalid_field("body", f"must be a non-empty JSON object of {what}")
     return data
 
 
@@ -157,7 +157,7 @@ async def change_breaker(request: web.Request) -> web.Response:
     try:
         board.validate_changes(name, changes)
     except ValidationError as exc:
-        raise validation.failed(validation.field_errors(exc)) from None
+        raise field_errors.failed(field_errors.from_pydantic(exc)) from None
     await board.change_settings(name, changes)
     after = board.breakers[name].settings.model_dump()
     _audit(request, "breaker.settings", before, after, breaker=name)
@@ -193,10 +193,10 @@ async def set_window(request: web.Request) -> web.Response:
         # Strict JSON: an ISO-8601 string for a time, not a number of seconds.
         given = MaintenanceWindowSettings.model_validate_json(orjson.dumps(data), strict=True)
     except ValidationError as exc:
-        raise validation.failed(validation.field_errors(exc)) from None
+        raise field_errors.failed(field_errors.from_pydantic(exc)) from None
     maintenance = request.app[MAINTENANCE]
     if given.ends_at is not None and given.ends_at.timestamp() <= maintenance.now():
-        raise validation.invalid_field("ends_at", "must be in the future")
+        raise field_errors.invalid_field("ends_at", "must be in the future")
     window = await maintenance.put(given)
     shown = window.public(maintenance.now())
     _audit(request, "maintenance.set", None, shown)
@@ -235,10 +235,10 @@ async def add_api_key(request: web.Request) -> web.Response:
     try:
         given = ApiKeySettings.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise validation.failed(validation.field_errors(exc)) from None
+        raise field_errors.failed(field_errors.from_pydantic(exc)) from None
     tiers = request.app[_TIERS]
     if given.tier not in tiers:
-        raise validation.invalid_field("tier", f"must be one of: {', '.join(tiers)}")
+        raise field_errors.invalid_field("tier", f"must be one of: {', '.join(tiers)}")
     client = await request.app[CLIENT_KEYS].add(given)
     _audit(request, "api_key.add", None, client.public())
     shown: dict[str, Any] = client.public()

@@ -89,7 +89,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     stores = _make_stores(settings, clock)
     breakers: dict[str, Breaker] = {
         name: Breaker(name, settings.upstreams.get(name).breaker, clock,
-                      metrics.breaker_transition)
+                      lambda t: metrics.breaker_transition(t.breaker, t.old, t.new, t.reason))
         for name in BACKENDS
     }
     upstreams: dict[str, Upstream] = {

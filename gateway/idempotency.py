@@ -43,10 +43,10 @@ from dataclasses import dataclass
 
 from gateway import errors
 from gateway.errors import ErrorSpec, GatewayError
+from gateway.field_errors import invalid_field
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
 from gateway.store import Claim, ClaimStatus, IdempotencyRecords, StoreUnavailable
-from gateway.validation import invalid_field
 
 log = logging.getLogger("gateway.idempotency")
 

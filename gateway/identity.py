@@ -10,7 +10,7 @@ import re
 import secrets
 
 from gateway import privacy
-from gateway.validation import invalid_field
+from gateway.field_errors import invalid_field
 
 ANONYMOUS = "anonymous"
 REQUEST_ID = "request_id"  # where the edge middleware keeps it on the aiohttp request

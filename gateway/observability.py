@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 from prometheus_client import (
@@ -36,8 +36,6 @@ from gateway import privacy
 # (unannotated in prometheus-client)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-if TYPE_CHECKING:
-    from gateway.breaker import Transition
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -135,11 +133,10 @@ class Metrics:
 
         return count
 
-    def breaker_transition(self, transition: Transition) -> None:
+    def breaker_transition(self, breaker: str, old: str, new: str, reason: str) -> None:
         """Off the hot path: transitions are rare, so labels are looked up each time."""
-        self.breaker_state.labels(transition.breaker).set(_STATE_VALUES[transition.new])
-        self.breaker_transitions.labels(transition.breaker, transition.old, transition.new,
-                                        transition.reason).inc()
+        self.breaker_state.labels(breaker).set(_STATE_VALUES[new])
+        self.breaker_transitions.labels(breaker, old, new, reason).inc()
 
     def breaker_rejected(self, backend: str) -> None:
         self.breaker_rejections.labels(backend).inc()

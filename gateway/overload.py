@@ -22,9 +22,9 @@ from collections import deque
 
 from gateway import errors
 from gateway.errors import GatewayError
+from gateway.field_errors import invalid_field
 from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
 from gateway.settings import OverloadSettings
-from gateway.validation import invalid_field
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 

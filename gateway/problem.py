@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, Text, render_detail
-from gateway.validation import localise
+from gateway.field_errors import localise
 
 PROBLEM_JSON = "application/problem+json"
 

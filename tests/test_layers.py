@@ -1,4 +1,5 @@
-"""The package's structure, checked: no import cycle inside `gateway/`, one home per fact."""
+"""The package's structure, checked: floors without upward imports, no import cycle inside
+`gateway/`, one home per fact (docs/ARCHITECTURE.md, "Which way imports point")."""
 
 from __future__ import annotations
 
@@ -53,6 +54,29 @@ def _a_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycle_inside_the_package() -> None:
     cycle = _a_cycle(_imports())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+# Lowest first; a module imports only from its own floor or those below.
+FLOORS = (
+    ("errors", "json_types", "schemas", "routes", "scopes", "settings", "field_errors",
+     "problem", "clock", "reply", "privacy", "observability", "redis_sentinel"),
+    ("store", "redis_wire", "redis_store"),
+    ("identity", "auth", "connections", "cors", "security_headers"),
+    ("rolling", "breaker", "breaker_control", "retry", "overload", "upstream"),
+    ("validation", "maintenance", "rate_limit", "idempotency", "stale_cache", "edge", "proxy"),
+    ("admin", "status", "openapi"),
+    ("app", "server", "demo", "cli", "__main__"),
+)
+
+
+def test_every_module_has_a_floor_and_imports_none_above_it() -> None:
+    floor = {module: level for level, modules in enumerate(FLOORS) for module in modules}
+    graph = _imports()
+    assert set(graph) - {"__init__"} == set(floor), "place new modules in FLOORS"
+    upward = sorted(f"{module} -> {dependency}" for module, dependencies in graph.items()
+                    for dependency in dependencies
+                    if module in floor and floor[dependency] > floor[module])
+    assert upward == []
 
 
 def test_the_cycle_finder_finds_one() -> None:
