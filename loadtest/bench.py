@@ -47,9 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.harness import Gateway, Proc, RedisServer, Upstreams, free_port
+from loadtest.harness import Gateway, Proc, RedisServer, Upstreams, cpu_seconds, free_port
 from loadtest.loadgen import Generator, Load, Tally, generator, pin
-from loadtest.rounds import cpu_seconds
 
 AVAILABILITY = "/availability?address=Beijing%201&product=fiber"
 ORDER = json.dumps({

@@ -60,6 +60,12 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port found")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class PortTaken(RuntimeError):
     """A child could not listen: its port was taken after it was found free."""
 

@@ -168,9 +168,17 @@ async def _fallback(load: Load, seconds: float, connections: int) -> Tally:
         started = time.monotonic()
         await asyncio.gather(*(connection() for _ in range(connections)))
         elapsed = time.monotonic() - started
-    latencies.sort()
-    return Tally(len(latencies), elapsed, latencies[len(latencies) // 2] * 1000,
-                 latencies[int(len(latencies) * 0.99)] * 1000, non_2xx, errors)
+    return Tally(len(latencies), elapsed, percentile(latencies, 0.5) * 1000,
+                 percentile(latencies, 0.99) * 1000, non_2xx, errors)
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The value below which `share` of `values` lie (nearest rank); 0.0 for none. The one
+    way percentiles are taken in loadtest/ (wrk reports its own the same way)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 def main() -> None:

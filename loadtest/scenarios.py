@@ -48,6 +48,7 @@ from typing import Any
 
 from gateway.errors import CATALOG
 from loadtest.harness import BIN, Gateway, RedisServer, Upstreams
+from loadtest.loadgen import percentile
 
 ADMIN_TOKEN = "load-admin-token-0123456789"
 READS = ("GET /v1/availability", "GET /v1/orders/{id}")
@@ -284,11 +285,6 @@ def explained(record: dict[str, Any]) -> bool:
             and record["content_type"].startswith("application/problem+json"))
 
 
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
-
-
 def judge(scenario: str, data: dict[str, Any], resubmitted: dict[str, int],
           stats: dict[str, Any], profile: Profile) -> Verdict:
     verdict = Verdict(scenario)
@@ -336,8 +332,8 @@ def _route_table(verdict: Verdict, requests: list[dict[str, Any]]) -> None:
             "2xx": sum(1 for r in rows if 200 <= r["status"] < 300),
             "codes": dict(Counter(r["code"] or str(r["status"]) for r in rows
                                   if not 200 <= r["status"] < 300).most_common()),
-            "p50_ms": statistics.median(times) if times else 0.0,
-            "p99_ms": _p99(times),
+            "p50_ms": percentile(times, 0.5),
+            "p99_ms": percentile(times, 0.99),
         }
 
 
