@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from gateway import auth, connections, errors, field_errors, identity, privacy, validation
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
+from gateway.edge import REQUEST_ID
 from gateway.errors import GatewayError
 from gateway.maintenance import Maintenance
 from gateway.problem import json_response
@@ -44,8 +45,8 @@ CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 ACTOR_HEADER = "X-Admin-Actor"
 _TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
 # Where the guard leaves, on the request, who is acting and the body limits.
-_WHO = "admin_who"
-_BODY = "admin_body_limits"
+_WHO = web.RequestKey("admin_who", dict[str, Any])
+_BODY = web.RequestKey("admin_body_limits", tuple[int, float])
 _MAX_REMOTES = 10_000
 
 
@@ -86,7 +87,7 @@ def _guard(settings: Settings, tokens: AdminTokens,
         which = tokens.match_bearer(request.headers.get("Authorization"))
         if which is None:
             log.warning("admin request denied", extra={"fields": {
-                "audit": True, "action": "admin.denied", "request_id": request[identity.REQUEST_ID],
+                "audit": True, "action": "admin.denied", "request_id": request[REQUEST_ID],
                 "remote": request.remote, "route": f"{request.method} {request.path[:200]}"}})
             raise GatewayError(errors.UNAUTHORIZED,
                                headers={"WWW-Authenticate": 'Bearer realm="order-gateway admin"'})
@@ -125,7 +126,7 @@ def _breaker_name(request: web.Request) -> str:
 
 def _audit(request: web.Request, action: str, before: Any, after: Any, **fields: Any) -> None:
     log.info("admin %s", action, extra={"fields": {
-        "audit": True, "action": action, "request_id": request.get(identity.REQUEST_ID),
+        "audit": True, "action": action, "request_id": request.get(REQUEST_ID),
         "who": request[_WHO], "before": before, "after": after, **fields}})
 
 

@@ -32,6 +32,8 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Where the middleware keeps the request id on the aiohttp request, for every later step.
+REQUEST_ID = web.RequestKey("request_id", str)
 _MAX_ECHOED_PATH = 200
 
 
@@ -101,7 +103,7 @@ def middleware(edge: Edge) -> Middleware:
     async def edge_step(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = identity.request_id(request.headers.get("X-Request-ID"))
-        request[identity.REQUEST_ID] = rid
+        request[REQUEST_ID] = rid
         code = "none"
         response: web.StreamResponse
         try:

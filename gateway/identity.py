@@ -13,7 +13,6 @@ from gateway import privacy
 from gateway.field_errors import invalid_field
 
 ANONYMOUS = "anonymous"
-REQUEST_ID = "request_id"  # where the edge middleware keeps it on the aiohttp request
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 

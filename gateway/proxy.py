@@ -27,7 +27,7 @@ from aiohttp import web
 
 from gateway import connections, errors, idempotency, identity, overload, privacy, validation
 from gateway.auth import API_KEY_HEADER, ClientKeys
-from gateway.edge import Handler
+from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, RouteWindows
@@ -167,7 +167,7 @@ def _check_maintenance(maintenance: Maintenance, slot: RouteWindows, request: we
     audit.info("maintenance bypassed", extra={"fields": {
         "audit": True, "action": "maintenance.bypass", "window": window.id,
         "route": f"{request.method} {privacy.scrub(request.path[:200])}",
-        "request_id": request[identity.REQUEST_ID], "remote": request.remote}})
+        "request_id": request[REQUEST_ID], "remote": request.remote}})
 
 
 def _respond(reply: Reply) -> web.Response:
@@ -178,7 +178,7 @@ def _respond(reply: Reply) -> web.Response:
 def _backend_headers(request: web.Request, scope: str, key: str | None, *,
                      has_body: bool) -> dict[str, str]:
     sent = request.headers
-    headers = {"X-Request-ID": request[identity.REQUEST_ID], "X-Client-ID": scope}
+    headers = {"X-Request-ID": request[REQUEST_ID], "X-Client-ID": scope}
     for name in FORWARDED_HEADERS:
         value = sent.get(name)
         if value is not None:

@@ -213,7 +213,7 @@ class Gateway:
         timeouts = {"timeout_s": 1.0, "connect_timeout_s": 0.5} if short_timeouts else {}
         self._tree: dict[str, Any] = {"upstreams": {
             name: {"url": url, **timeouts} for name, url in upstream_urls.items()}}
-        _merge(self._tree, config or {})
+        merge(self._tree, config or {})
         self._log_dir, self._env, self._workers = log_dir, env, workers
         on_free_ports(self._launch)
 
@@ -221,7 +221,7 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tree: dict[str, Any] = {"server": {"host": "127.0.0.1", "port": self.port}}
-        _merge(tree, self._tree)
+        merge(tree, self._tree)
         self.config_path = self._log_dir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(tree))
         argv = [str(BIN / "order-gateway"), "serve", "--config", str(self.config_path)]
@@ -254,10 +254,11 @@ def _started_or_stopped(proc: Proc, url: str) -> None:
         raise
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Deep-merge `extra` into `base` (config trees)."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
 

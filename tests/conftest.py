@@ -7,15 +7,19 @@ never leak faults or open breakers into each other.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from loadtest.harness import RUNNING, Gateway, RedisServer, Upstreams
+from gateway.app import build_app
+from gateway.settings import Settings
+from loadtest.harness import RUNNING, Gateway, RedisServer, Upstreams, merge
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -92,6 +96,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         for proc in list(RUNNING):
             report.sections.append((f"log of {proc.name} (pid {proc.pid})", proc.log_tail()))
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """A gateway app served on a loopback port inside the test's own event loop: for contract
+    behaviour that crosses no process boundary (the backends are the real simulators)."""
+
+    url: str
+    app: web.Application
+
+
+StartApp = Callable[[dict[str, Any] | None], Awaitable[InProcess]]
+
+
+@pytest.fixture
+def gateway_app(aiohttp_server: Any, upstreams: Upstreams) -> StartApp:
+    """Start `build_app` on these settings (merged over the suite's short timeouts, the
+    simulators' URLs and the admin token), served by pytest-aiohttp's test server."""
+
+    async def start(config: dict[str, Any] | None = None) -> InProcess:
+        tree: dict[str, Any] = {
+            "upstreams": {name: {"url": url, "timeout_s": 1.0, "connect_timeout_s": 0.5}
+                          for name, url in upstreams.urls.items()},
+            "admin": {"token": ADMIN_TOKEN}}
+        merge(tree, config or {})
+        app = build_app(Settings.model_validate(tree))
+        server = await aiohttp_server(app)
+        return InProcess(str(server.make_url("")).rstrip("/"), app)
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,12 @@ security headers on every answer."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from loadtest.harness import Gateway, Upstreams
-from tests.conftest import ADMIN_TOKEN, GOOD_ORDER
+from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, InProcess, StartApp
 
 SHOP = "https://shop.example.com"
 ELSEWHERE = "https://evil.example.net"
@@ -25,13 +23,10 @@ SECURITY_HEADERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def gw(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
-    gateway = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}, config={
-        "cors": {"allow_origins": [SHOP, "http://localhost:3000"]},
-        "security_headers": {"hsts_max_age_s": 31536000}})
-    yield gateway
-    gateway.stop()
+@pytest.fixture
+async def gw(gateway_app: StartApp) -> InProcess:
+    return await gateway_app({"cors": {"allow_origins": [SHOP, "http://localhost:3000"]},
+                              "security_headers": {"hsts_max_age_s": 31536000}})
 
 
 def _preflight(origin: str, method: str = "POST") -> dict[str, str]:
@@ -40,7 +35,7 @@ def _preflight(origin: str, method: str = "POST") -> dict[str, str]:
 
 
 async def test_a_preflight_from_an_allowed_origin_is_answered_here(
-        gw: Gateway, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
+        gw: InProcess, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
     before = upstreams.stats("order")["requests"]
     async with http.options(gw.url + "/v1/orders", headers=_preflight(SHOP)) as resp:
         assert resp.status == 204
@@ -65,7 +60,7 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_here(
     (SHOP, "/admin/breakers", 403, "FORBIDDEN"),
     (SHOP, "/v1/nothing-here", 404, "NOT_FOUND"),
 ])
-async def test_other_preflights_are_refused(gw: Gateway, http: aiohttp.ClientSession,
+async def test_other_preflights_are_refused(gw: InProcess, http: aiohttp.ClientSession,
                                             origin: str, path: str, status: int,
                                             code: str) -> None:
     async with http.options(gw.url + path, headers=_preflight(origin)) as resp:
@@ -77,7 +72,7 @@ async def test_other_preflights_are_refused(gw: Gateway, http: aiohttp.ClientSes
             SHOP if status == 404 else None)
 
 
-async def test_answers_name_only_an_allowed_origin(gw: Gateway,
+async def test_answers_name_only_an_allowed_origin(gw: InProcess,
                                                    http: aiohttp.ClientSession) -> None:
     async with http.get(gw.url + AVAILABILITY, headers={"Origin": SHOP}) as resp:
         assert resp.status == 200
@@ -101,7 +96,7 @@ async def test_answers_name_only_an_allowed_origin(gw: Gateway,
     ("POST", "/v1/orders+key", 201),
 ])
 async def test_every_answer_carries_the_security_headers(
-        gw: Gateway, http: aiohttp.ClientSession, method: str, path: str, status: int) -> None:
+        gw: InProcess, http: aiohttp.ClientSession, method: str, path: str, status: int) -> None:
     kwargs: dict[str, object] = {}
     if path == "/v1/orders+key":
         path = "/v1/orders"
