@@ -134,7 +134,7 @@ class Maintenance:
         self._bypass = bypass
         self._clock = clock
         self._policies = {policy.route_key: policy for policy in routes}
-        self._slots = {key: RouteWindows() for key in self._policies}
+        self._by_route = {key: RouteWindows() for key in self._policies}
         now = clock.wall()
         # A config window's start, when not given, is when this process read it: the
         # same declaration read later by another process must keep one id, so the id
@@ -148,14 +148,14 @@ class Maintenance:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def slot(self, policy: RoutePolicy) -> RouteWindows:
-        return self._slots[policy.route_key]
+    def route_windows(self, policy: RoutePolicy) -> RouteWindows:
+        return self._by_route[policy.route_key]
 
-    def refusal(self, slot: RouteWindows, method: str) -> Window | None:
+    def refusal(self, route_windows: RouteWindows, method: str) -> Window | None:
         """The window that refuses this request now, if any (the one ending last)."""
         now = self._clock.wall()
         chosen: Window | None = None
-        for window in slot.windows:
+        for window in route_windows.windows:
             if window.active(now) and window.refuses(method) and (
                     chosen is None or _ends_later(window, chosen)):
                 chosen = window
@@ -212,7 +212,7 @@ class Maintenance:
         self._windows = windows
         self._seen = (stored, ended)
         for key, policy in self._policies.items():
-            self._slots[key].windows = tuple(w for w in windows.values() if w.covers(policy))
+            self._by_route[key].windows = tuple(w for w in windows.values() if w.covers(policy))
         self.version += 1
 
     # -- admin actions ---------------------------------------------------------------------

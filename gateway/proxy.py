@@ -67,7 +67,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     writes = policy.method != "GET"
     max_body_bytes, deadline_s = shared.max_body_bytes, shared.deadline_s
     body_timeout_s = shared.body_timeout_s
-    windows = maintenance.slot(policy)
+    windows = maintenance.route_windows(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
     admit_below = admission.limit(policy.priority)
@@ -132,14 +132,15 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
 
         submit = Call(policy.method, path, headers, deadline, body=body,
                       unknown_outcome=unknown_outcome)
-        look_up = Call("GET", lookup_path, _lookup_headers(headers), deadline,
-                       query={"idempotency_key": key}, repeat=Repeat.ALWAYS)
 
         async def forward() -> Reply:
             return await upstream.call(submit)
 
         async def lookup() -> Reply:
-            return await upstream.call(look_up)
+            # Built only when needed: most submissions are never looked up.
+            return await upstream.call(Call("GET", lookup_path, _lookup_headers(headers),
+                                            deadline, query={"idempotency_key": key},
+                                            repeat=Repeat.ALWAYS))
 
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)
@@ -158,8 +159,9 @@ def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(query.items())) if query else ()
 
 
-def _check_maintenance(maintenance: Maintenance, slot: RouteWindows, request: web.Request) -> None:
-    window = maintenance.refusal(slot, request.method)
+def _check_maintenance(maintenance: Maintenance, route_windows: RouteWindows,
+                       request: web.Request) -> None:
+    window = maintenance.refusal(route_windows, request.method)
     if window is None:
         return
     if not maintenance.bypassed(request.headers.get(BYPASS_HEADER)):

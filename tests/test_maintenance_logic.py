@@ -28,7 +28,7 @@ def window(**fields: Any) -> MaintenanceWindowSettings:
 
 def refused(m: Maintenance, route_key: str) -> Window | None:
     policy: RoutePolicy = ROUTE[route_key]
-    return m.refusal(m.slot(policy), policy.method)
+    return m.refusal(m.route_windows(policy), policy.method)
 
 
 def covered(m: Maintenance) -> set[str]:
