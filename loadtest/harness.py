@@ -34,6 +34,8 @@ RUNNING: list[Proc] = []
 
 
 PORT_ATTEMPTS = 5
+# Backend timeouts that keep failure tests quick; guarantees are also tested without them.
+SHORT_TIMEOUTS = {"timeout_s": 1.0, "connect_timeout_s": 0.5}
 _IN_USE = ("address already in use", "address in use")
 
 
@@ -210,7 +212,7 @@ class Gateway:
                  workers: int = 1, short_timeouts: bool = True) -> None:
         """`short_timeouts` (1 s per call) keeps failure tests quick; tests of a guarantee
         also run without it, on the shipped defaults."""
-        timeouts = {"timeout_s": 1.0, "connect_timeout_s": 0.5} if short_timeouts else {}
+        timeouts = SHORT_TIMEOUTS if short_timeouts else {}
         self._tree: dict[str, Any] = {"upstreams": {
             name: {"url": url, **timeouts} for name, url in upstream_urls.items()}}
         merge(self._tree, config or {})

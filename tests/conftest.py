@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.settings import Settings
-from loadtest.harness import RUNNING, Gateway, RedisServer, Upstreams, merge
+from loadtest.harness import RUNNING, SHORT_TIMEOUTS, Gateway, RedisServer, Upstreams, merge
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -117,7 +117,7 @@ def gateway_app(aiohttp_server: Any, upstreams: Upstreams) -> StartApp:
 
     async def start(config: dict[str, Any] | None = None) -> InProcess:
         tree: dict[str, Any] = {
-            "upstreams": {name: {"url": url, "timeout_s": 1.0, "connect_timeout_s": 0.5}
+            "upstreams": {name: {"url": url, **SHORT_TIMEOUTS}
                           for name, url in upstreams.urls.items()},
             "admin": {"token": ADMIN_TOKEN}}
         merge(tree, config or {})
