@@ -1,4 +1,4 @@
-"""The admin API for SREs: breakers, maintenance windows, client API keys
+"""The admin API for SREs: breakers, maintenance windows, client API keys, the waiting room
 (docs/api.md, "Admin API"; docs/operations.md shows each in use).
 
 Registered only when an admin token is configured; otherwise `/admin/*` is
@@ -36,12 +36,14 @@ from gateway.maintenance import Maintenance
 from gateway.problem import json_response
 from gateway.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
 from gateway.store import MemoryTokenBuckets, StoreUnavailable
+from gateway.waiting_room import WaitingRoom
 
 log = logging.getLogger("gateway.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
+WAITING_ROOM = web.AppKey("waiting_room", WaitingRoom)
 ACTOR_HEADER = "X-Admin-Actor"
 _TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
 # Where the guard leaves, on the request, who is acting and the body limits.
@@ -256,6 +258,23 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     return json_response({"revoked": [client.key_id]})
 
 
+async def show_waiting_room(request: web.Request) -> web.Response:
+    room = request.app[WAITING_ROOM]
+    await room.sync()
+    return json_response(await room.figures())
+
+
+async def change_waiting_room(request: web.Request) -> web.Response:
+    room = request.app[WAITING_ROOM]
+    changes = await _json_object(request, "waiting-room settings")
+    await room.sync()  # merge over the newest stored changes, not this process's last view
+    before = room.public_settings()
+    await room.change(changes)
+    after = room.public_settings()
+    _audit(request, "waiting_room.settings", before, after)
+    return json_response(after)
+
+
 def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
     listener = Listener(separate=settings.admin.port is not None)
     app[ADMIN_LISTENER] = listener
@@ -277,3 +296,5 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     route("GET", "/admin/api-keys", list_api_keys)
     route("POST", "/admin/api-keys", add_api_key)
     route("DELETE", "/admin/api-keys/{key_id}", revoke_api_key)
+    route("GET", "/admin/waiting-room", show_waiting_room)
+    route("PUT", "/admin/waiting-room", change_waiting_room)

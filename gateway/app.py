@@ -43,6 +43,7 @@ from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
 from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
 from gateway.upstream import Upstream
+from gateway.waiting_room import TICK_S, WaitingRoom, poll_route
 
 log = logging.getLogger("gateway")
 
@@ -122,7 +123,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     maintenance = Maintenance(ROUTES, stores.windows, clock, settings.maintenance.windows,
                               admin_tokens)
     app[MAINTENANCE] = maintenance
-    app[STATUS] = StatusPage(upstreams, maintenance, clock)
+    room = WaitingRoom(settings.waiting_room, stores.queue, stores.room, breakers, clock,
+                       metrics, shared=stores.shared, workers=settings.server.workers)
+    app[admin.WAITING_ROOM] = room
+    app[STATUS] = StatusPage(upstreams, maintenance, room, clock)
     if admin_tokens is not None:
         admin.add_routes(app, settings, admin_tokens)
     limiter = None
@@ -137,7 +141,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
     app[ADMISSION] = admission
-    shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None,
+    shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
                     settings.server.body_timeout_s)
     for policy in ROUTES:
@@ -150,6 +154,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
             policy, shared, upstreams[policy.backend],
             _idempotency(policy, stores.records, settings, metrics), stale,
             metrics.shed.labels(policy.route_key).inc))
+    app.router.add_get("/v1/queue/{ticket}", poll_route(room, keys if keys.enabled else None))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -158,6 +163,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_control_sync)
+    app.cleanup_ctx.append(_admissions)
     return app
 
 
@@ -221,14 +227,24 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
     interval = app[SETTINGS].redis.sync_interval_s
     maintenance = app[MAINTENANCE]
     keys = app[admin.CLIENT_KEYS]
+    room = app[admin.WAITING_ROOM]
     with contextlib.suppress(StoreUnavailable):
         await maintenance.sync()  # windows in force before the first request
         await keys.sync()  # and the API keys added through the admin API
+        await room.sync()  # and the waiting room's settings and shared secret
     async with (_background(follow("breakers", app[admin.BOARD].sync, interval)),
                 _background(follow("maintenance", maintenance.sync, interval)),
-                _background(follow("api_keys", keys.sync, interval))):
+                _background(follow("api_keys", keys.sync, interval)),
+                _background(follow("waiting_room", room.sync, interval))):
         yield
     await stores.close()
+
+
+async def _admissions(app: web.Application) -> AsyncIterator[None]:
+    """The waiting room's admission step on every process, on its own timer."""
+    room = app[admin.WAITING_ROOM]
+    async with _background(follow("waiting_room", room.step, TICK_S)):
+        yield
 
 
 async def _healthz(_request: web.Request) -> web.Response:

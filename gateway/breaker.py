@@ -175,6 +175,14 @@ class Breaker:
                 return Permit(now, self._generation, probe=True)
         return Permit(now, self._generation, probe=False)
 
+    def holds_back(self) -> bool:
+        """Whether calls are refused outright: forced open, or tripped and still within
+        `open_seconds` (past it, the next call is a probe)."""
+        if self.forced is not None:
+            return self.forced == "open"
+        return self.state == "open" and \
+            self._clock.monotonic() - (self.opened_at or 0.0) < self.settings.open_seconds
+
     def release(self, permit: Permit, outcome: Outcome) -> None:
         now = self._clock.monotonic()
         if permit.probe and permit.generation == self._generation:

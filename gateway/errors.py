@@ -12,7 +12,8 @@ anywhere in the gateway raises `GatewayError(SPEC, ...)`; one place
                                  METHOD_NOT_ALLOWED, MALFORMED_REQUEST, URI_TOO_LONG,
                                  HEADERS_TOO_LARGE, REQUEST_TIMEOUT
       protective answers         MAINTENANCE, CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED,
-                                 IDEMPOTENCY_IN_PROGRESS, STATE_UNAVAILABLE
+                                 QUEUED, QUEUE_TICKET_EXPIRED, IDEMPOTENCY_IN_PROGRESS,
+                                 STATE_UNAVAILABLE
       backend failures           UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
                                  PAYMENT_OUTCOME_UNKNOWN
       our own bug                INTERNAL_ERROR
@@ -183,6 +184,24 @@ RATE_LIMITED = _spec(
     hint=("Slow down and retry after the time in Retry-After.",
           "请降低请求频率，并在 Retry-After 指定的时间后重试。"),
 )
+QUEUED = _spec(
+    "QUEUED", 429, True, 1,
+    title=("You are in the queue", "您正在排队"),
+    detail=("Many customers are ordering right now; you have a place in the queue.",
+            "当前下单人数较多，您已进入排队。"),
+    hint=("Keep this page open: poll GET /v1/queue/{ticket} (or resubmit with X-Queue-Ticket) "
+          "after Retry-After seconds; you will be let in in turn.",
+          "请保持页面开启：在 Retry-After 秒后查询 GET /v1/queue/{ticket}（或携带 X-Queue-Ticket "
+          "重新提交），轮到您时即可进入。"),
+)
+QUEUE_TICKET_EXPIRED = _spec(
+    "QUEUE_TICKET_EXPIRED", 410, False,
+    title=("Your place in the queue has lapsed", "排队已失效"),
+    detail=("This queue ticket was not polled in time and lost its place.",
+            "该排队号未按时查询，已失去排队位置。"),
+    hint=("Start again without the ticket to join the queue anew.",
+          "请不带排队号重新发起请求，重新排队。"),
+)
 UPSTREAM_UNAVAILABLE = _spec(
     "UPSTREAM_UNAVAILABLE", 502, True, 1,
     title=("Service unavailable", "后端服务不可用"),
@@ -287,7 +306,8 @@ CATALOG: dict[str, ErrorSpec] = {
     for spec in (
         VALIDATION_FAILED, MALFORMED_JSON, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
         IDEMPOTENCY_KEY_MISSING, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_IN_PROGRESS, MAINTENANCE,
-        CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED, UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
+        CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED, QUEUED, QUEUE_TICKET_EXPIRED,
+        UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
         PAYMENT_OUTCOME_UNKNOWN, STATE_UNAVAILABLE, UNAUTHORIZED, NOT_FOUND,
         METHOD_NOT_ALLOWED, FORBIDDEN, MALFORMED_REQUEST, URI_TOO_LONG, HEADERS_TOO_LARGE,
         REQUEST_TIMEOUT, INTERNAL_ERROR,

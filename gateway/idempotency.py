@@ -117,6 +117,14 @@ class Idempotency:
         self._unknown_outcome = unknown_outcome
         self._fail_open = fail_open
 
+    async def answered(self, scope: str, key: str) -> bool:
+        """Whether this key already has a final answer to replay (claims nothing; a store
+        out of reach says no, and the claim that follows decides what that means)."""
+        try:
+            return await self._store.answered(record_id(scope, self._route, key))
+        except StoreUnavailable:
+            return False
+
     async def run(self, scope: str, key: str, body: bytes,
                   submission: Submission) -> tuple[Reply, bool]:
         """The answer for this submission, and whether it is a replay (not forwarded)."""

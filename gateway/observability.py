@@ -40,6 +40,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_WAIT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -100,6 +101,18 @@ class Metrics:
         self.stale_served = Counter(
             "gateway_stale_served", "Answers served from the stale cache because the backend "
             "failed or its breaker was open, by route", ("route",), registry=reg)
+        self.waiting_room_waiting = Gauge(
+            "gateway_waiting_room_waiting", "Customers waiting in the waiting room (fleet-wide "
+            "with Redis)", registry=reg, multiprocess_mode="livemax")
+        self.waiting_room_admitted = Counter(
+            "gateway_waiting_room_admitted", "Waiting-room tickets admitted (by this process's "
+            "admission steps; summed over processes, the fleet's)", registry=reg)
+        self.waiting_room_expired = Counter(
+            "gateway_waiting_room_expired", "Waiting-room tickets that lost their place, not "
+            "polled in time", registry=reg)
+        self.waiting_room_wait_seconds = Histogram(
+            "gateway_waiting_room_wait_seconds", "Waiting-room time from ticket to admission",
+            buckets=_WAIT_BUCKETS, registry=reg)
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[tuple[str, str], Any] = {}

@@ -15,13 +15,26 @@ from pydantic.json_schema import models_json_schema
 from gateway import errors
 from gateway.idempotency import KEY_PATTERN
 from gateway.routes import BACKENDS, ROUTES, RoutePolicy
-from gateway.schemas import ID_PATTERN, MaintenanceWindowView, Problem, StatusResponse
-from gateway.settings import BreakerSettings, MaintenanceWindowSettings, Settings
+from gateway.schemas import (
+    ID_PATTERN,
+    MaintenanceWindowView,
+    Problem,
+    QueueState,
+    StatusResponse,
+)
+from gateway.settings import (
+    BreakerSettings,
+    MaintenanceWindowSettings,
+    Settings,
+    WaitingRoomSettings,
+)
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
+# Every proxied route may be covered by the waiting room (its routes are a setting).
 _COMMON_ERRORS = ("UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "CIRCUIT_OPEN", "OVERLOADED",
-                  "RATE_LIMITED", "MAINTENANCE")
+                  "RATE_LIMITED", "MAINTENANCE", "QUEUED", "QUEUE_TICKET_EXPIRED",
+                  "STATE_UNAVAILABLE")
 # What any request to any path may meet before its handler: the connection layer's
 # refusals (gateway/connections.py) and a method the path does not take.
 _CONNECTION_ERRORS = ("MALFORMED_REQUEST", "URI_TOO_LONG", "HEADERS_TOO_LARGE",
@@ -150,6 +163,19 @@ def _link(name: str, path: str, method: str, **parameters: str) -> dict[str, Any
     return {name: {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}}
 
 
+def _queue_path() -> dict[str, Any]:
+    return {"get": {
+        "summary": "A waiting-room ticket's state; every poll keeps it alive",
+        "parameters": [{"name": "ticket", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "security": [{}, {"apiKey": []}],
+        "responses": {"200": {"description": "Waiting (place, ETA, when to poll) or admitted "
+                              "(a pass for X-Queue-Pass)",
+                              "content": {"application/json": {"schema": _ref(QueueState)}}},
+                      **_problems(("NOT_FOUND", "QUEUE_TICKET_EXPIRED", "STATE_UNAVAILABLE",
+                                   "VALIDATION_FAILED", *_EDGE_ERRORS))}}}
+
+
 def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
     secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
     name = {"name": "name", "in": "path", "required": True,
@@ -230,6 +256,20 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                                     key_id="$response.body#/key_id")},
                      **body_problems}},
     }
+    room_settings = {k: v for k, v in WaitingRoomSettings.model_json_schema()["properties"].items()
+                     if k != "secret"}
+    paths["/admin/waiting-room"] = {
+        "get": {**secured, "summary": "The waiting room: settings and fleet figures",
+                "responses": {"200": {"description": "settings, waiting, admitted_total, "
+                                      "expired_total", "content": {"application/json": {
+                                          "schema": {"type": "object"}}}}, **problems}},
+        "put": {**secured, "summary": "Change waiting-room settings (partial) on every process",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "minProperties": 1,
+                    "properties": room_settings}}}},
+                "responses": {"200": {"description": "The settings now in force", "content": {
+                    "application/json": {"schema": {"type": "object"}}}}, **body_problems}},
+    }
     paths["/admin/api-keys/{key_id}"] = {"delete": {
         **secured, "summary": "Revoke a key added through this API",
         "parameters": [{"name": "key_id", "in": "path", "required": True,
@@ -246,12 +286,13 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
     models |= {policy.response_schema for policy in ROUTES}
     models |= {Problem, StatusResponse, BreakerSettings, MaintenanceWindowSettings,
-               MaintenanceWindowView}
+               MaintenanceWindowView, QueueState}
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=str)],
                                  ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
     for policy in ROUTES:
         paths.setdefault(policy.path, {})[policy.method.lower()] = _operation(policy)
+    paths["/v1/queue/{ticket}"] = _queue_path()
     paths["/v1/status"] = _plain("Current and scheduled maintenance, and backend health",
                                  _ref(StatusResponse))
     paths["/healthz"] = _plain("Liveness: 200 while the process can serve")

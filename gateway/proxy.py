@@ -10,6 +10,7 @@ no per-request work decides what a route needs. Each step either answers
     -> path ids, query, content type, body size, idempotency key, body schema (validation)
     -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
     -> 429 when the client's token bucket is empty                            (rate_limit)
+    -> covered by the waiting room: a pass, or a ticket and 429 QUEUED      (waiting_room)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call, retried when safe and worth it                  (upstream, retry)
     -> on failure, a recent answer marked stale (cacheable routes)            (stale_cache)
@@ -19,6 +20,7 @@ no per-request work decides what a route needs. Each step either answers
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from gateway.reply import Reply
 from gateway.routes import RoutePolicy
 from gateway.stale_cache import StaleCache
 from gateway.upstream import Call, Repeat, Upstream
+from gateway.waiting_room import PASS_HEADER, WaitingRoom
 
 audit = logging.getLogger("gateway.audit")
 BYPASS_HEADER = "X-Maintenance-Bypass"
@@ -53,6 +56,7 @@ class Shared:
     admission: Admission | Unlimited
     limiter: RateLimiter | None
     keys: ClientKeys | None  # None: no API keys, the client scope is X-Client-ID
+    room: WaitingRoom
     max_body_bytes: int
     deadline_s: float
     body_timeout_s: float
@@ -68,6 +72,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     max_body_bytes, deadline_s = shared.max_body_bytes, shared.deadline_s
     body_timeout_s = shared.body_timeout_s
     windows = maintenance.route_windows(policy)
+    room = shared.room
+    gate = room.gate(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
     admit_below = admission.limit(policy.priority)
@@ -117,6 +123,27 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             _check_maintenance(maintenance, windows, request)
         if limiter is not None:
             await limiter.check(scope, tier)
+        if not gate.covered:
+            return await to_backend(request, scope, key, path, query, body, deadline)
+        answered = None
+        if guard is not None and key is not None:
+            answered = functools.partial(guard.answered, scope, key)
+        queue_pass = await room.let_in(scope, request.headers, answered)
+        if queue_pass is None:
+            return await to_backend(request, scope, key, path, query, body, deadline)
+        try:
+            response = await to_backend(request, scope, key, path, query, body, deadline)
+        except GatewayError as err:
+            # Let in is let in: a failed answer still carries the pass, so a resubmission
+            # does not queue again.
+            err.headers = {**err.headers, PASS_HEADER: queue_pass}
+            raise
+        response.headers[PASS_HEADER] = queue_pass
+        return response
+
+    async def to_backend(request: web.Request, scope: str, key: str | None, path: str,
+                         query: dict[str, str] | None, body: bytes | None,
+                         deadline: float) -> web.StreamResponse:
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
             try:

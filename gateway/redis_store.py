@@ -19,6 +19,7 @@ machines agree on when a lease has run out however their clocks drift.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,7 +35,16 @@ from redis.exceptions import RedisError
 from gateway import redis_sentinel
 from gateway.redis_wire import Wire, WireError
 from gateway.reply import Reply
-from gateway.store import Claim, ClaimStatus, Stores, StoreUnavailable
+from gateway.store import (
+    Claim,
+    ClaimStatus,
+    Entry,
+    Stores,
+    StoreUnavailable,
+    Tick,
+    Ticket,
+    TicketState,
+)
 
 BREAKER_KEY = "og:breaker:{name}"
 IDEMPOTENCY_KEY = "og:idem:{record}"
@@ -42,6 +52,19 @@ MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
 ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
 API_KEYS_KEY = "og:api_keys"  # hash: SHA-256 hex of a client API key -> client JSON
 RATE_KEY = "og:rl:{scope}"  # hash: tokens, ts (Redis time of the last refill)
+# The waiting room: one hash tag, so its scripts touch one slot on Redis Cluster.
+ROOM_KEYS = (
+    "og:{wr}:waiting",  # sorted set: waiting ticket numbers, scored by number
+    "og:{wr}:admitted",  # sorted set: admitted ticket numbers, scored by admission time (ms)
+    "og:{wr}:seen",  # sorted set: every live ticket, scored by its last poll or use (ms)
+    "og:{wr}:issued",  # hash: waiting ticket number -> issue time (ms)
+    "og:{wr}:recent",  # sorted set: customers let in during the last second, by time (ms)
+    "og:{wr}:paused",  # string with a time to live: admissions paused while it exists
+    "og:{wr}:seq",  # counter: the last ticket number issued
+    "og:{wr}:totals",  # hash: admitted, expired
+)
+ROOM_SETTINGS_KEY = "og:{wr}:settings"  # hash: version, overrides (JSON)
+ROOM_SECRET_KEY = "og:{wr}:secret"  # the signing secret, when none is configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +153,77 @@ return string.format('%.6f', wait)
 """)
 
 
+# The waiting room's scripts share ROOM_KEYS (KEYS[1..8] in that order) and Redis's clock,
+# and each mirrors one step of store.MemoryTicketQueue. `recent` keeps every admission of
+# the last 1000 ms inclusive, so no closed one-second interval sees more than admit_per_s.
+_ROOM_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - 1000))
+local paused = redis.call('EXISTS', KEYS[6])
+"""
+
+# ARGV admit_per_s, queue_all (0/1), a member naming this admission uniquely.
+_ENTER = _Script.of(_ROOM_PRELUDE + """
+local waiting = redis.call('ZCARD', KEYS[1])
+if paused == 0 and ARGV[2] == '0' and waiting == 0
+   and redis.call('ZCARD', KEYS[5]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[5], now, ARGV[3])
+  return {0, 0, 0}
+end
+local n = redis.call('INCR', KEYS[7])
+redis.call('ZADD', KEYS[1], n, n)
+redis.call('ZADD', KEYS[3], now, n)
+redis.call('HSET', KEYS[4], n, now)
+return {n, waiting + 1, paused}
+""")
+
+# ARGV ticket number, idle_ms. A ticket idle too long is gone even before a tick drops it.
+_POLL = _Script.of(_ROOM_PRELUDE + """
+local seen = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then return {'gone'} end
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+local admitted = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if admitted then return {'admitted', admitted} end
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+if not rank then return {'gone'} end
+return {'waiting', rank + 1, paused}
+""")
+
+# ARGV admit_per_s, idle_ms, hold_ms (0: no pause from this caller).
+_TICK = _Script.of(_ROOM_PRELUDE + """
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])
+  paused = 1
+end
+local idle = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[2])),
+                        'LIMIT', 0, 10000)
+local expired = 0
+for _, n in ipairs(idle) do
+  redis.call('ZREM', KEYS[3], n)
+  redis.call('ZREM', KEYS[2], n)
+  expired = expired + redis.call('ZREM', KEYS[1], n)
+  redis.call('HDEL', KEYS[4], n)
+end
+if expired > 0 then redis.call('HINCRBY', KEYS[8], 'expired', expired) end
+local waits = {}
+if paused == 0 then
+  local room = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[5])
+  if room > 0 then
+    for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, room - 1)) do
+      redis.call('ZREM', KEYS[1], n)
+      redis.call('ZADD', KEYS[2], now, n)
+      redis.call('ZADD', KEYS[5], now, 't' .. n)
+      waits[#waits + 1] = tostring(now - tonumber(redis.call('HGET', KEYS[4], n) or now))
+      redis.call('HDEL', KEYS[4], n)
+    end
+    if #waits > 0 then redis.call('HINCRBY', KEYS[8], 'admitted', #waits) end
+  end
+end
+return {expired, redis.call('ZCARD', KEYS[1]), paused, redis.call('ZCARD', KEYS[5]), waits}
+""")
+
+
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
     try:
@@ -157,26 +251,37 @@ class RedisConnection:
                 socket_connect_timeout=timeout_s, retry=retry, health_check_interval=30)
         self.wire = Wire(url, timeout_s)
 
-    async def eval(self, script: _Script, key: str, *args: str | bytes | int | float,
+    async def eval(self, script: _Script, keys: tuple[str, ...], *args: str | bytes | int | float,
                    repeatable: bool) -> Any:
-        """Run one script on one key: one round trip, shared with concurrent callers.
+        """Run one script on its keys: one round trip, shared with concurrent callers.
 
         `repeatable`: running it twice is harmless, so a reply lost to a dropped
         connection may be asked for again by running it again.
         """
         wire = self.wire
         try:
-            reply = await wire.call("EVALSHA", script.sha, 1, key, *args, repeatable=repeatable)
+            reply = await wire.call("EVALSHA", script.sha, len(keys), *keys, *args,
+                                    repeatable=repeatable)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
                 # A restarted Redis has forgotten its scripts (so this one did not run):
                 # load it, run it again.
                 await wire.call("SCRIPT", "LOAD", script.source, repeatable=True)
-                reply = await wire.call("EVALSHA", script.sha, 1, key, *args,
+                reply = await wire.call("EVALSHA", script.sha, len(keys), *keys, *args,
                                         repeatable=repeatable)
         except WireError as exc:
             raise StoreUnavailable(str(exc)) from exc
         if isinstance(reply, ReplyError):
             raise StoreUnavailable(f"Redis refused a script: {reply}")
+        return reply
+
+    async def command(self, *args: str | bytes | int | float, repeatable: bool) -> Any:
+        """One plain command over the hot path's wire."""
+        try:
+            reply = await self.wire.call(*args, repeatable=repeatable)
+        except WireError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if isinstance(reply, ReplyError):
+            raise StoreUnavailable(f"Redis refused a command: {reply}")
         return reply
 
     async def close(self) -> None:
@@ -259,7 +364,7 @@ class RedisTokenBuckets:
         # Idle longer than a full refill, a bucket is full again: no need to keep it.
         ttl_ms = int(burst / rate_per_s * 1000) + 1000
         # Not repeatable: run twice, it would take two tokens.
-        wait = await self._connection.eval(_TAKE_TOKEN, RATE_KEY.format(scope=scope),
+        wait = await self._connection.eval(_TAKE_TOKEN, (RATE_KEY.format(scope=scope),),
                                            rate_per_s, burst, ttl_ms, repeatable=False)
         return float(wait)
 
@@ -273,7 +378,7 @@ class RedisIdempotencyRecords:
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
         answer = await self._connection.eval(
-            _CLAIM, IDEMPOTENCY_KEY.format(record=record), fingerprint, owner,
+            _CLAIM, (IDEMPOTENCY_KEY.format(record=record),), fingerprint, owner,
             int(lease_s * 1000), ttl_s * 1000, repeatable=True)
         status = ClaimStatus(answer[0].decode())
         if status is ClaimStatus.COMPLETED:
@@ -282,19 +387,89 @@ class RedisIdempotencyRecords:
             return Claim(status, lease_left_s=int(answer[1]) / 1000)
         return Claim(status)
 
+    async def answered(self, record: str) -> bool:
+        state = await self._connection.command("HGET", IDEMPOTENCY_KEY.format(record=record),
+                                               "state", repeatable=True)
+        return bool(state == b"completed")
+
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         done = await self._connection.eval(
-            _COMPLETE, IDEMPOTENCY_KEY.format(record=record), owner, reply.status,
+            _COMPLETE, (IDEMPOTENCY_KEY.format(record=record),), owner, reply.status,
             reply.content_type, orjson.dumps(reply.headers), reply.body, repeatable=True)
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
-        await self._connection.eval(_RELEASE, IDEMPOTENCY_KEY.format(record=record), owner,
+        await self._connection.eval(_RELEASE, (IDEMPOTENCY_KEY.format(record=record),), owner,
                                     repeatable=True)
 
     async def abandon(self, record: str, owner: str) -> None:
-        await self._connection.eval(_ABANDON, IDEMPOTENCY_KEY.format(record=record), owner,
+        await self._connection.eval(_ABANDON, (IDEMPOTENCY_KEY.format(record=record),), owner,
                                     repeatable=True)
+
+
+class RedisTicketQueue:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+
+    async def enter(self, admit_per_s: int, queue_all: bool) -> Entry:
+        # Not repeatable: run twice, it would let in (or queue) the customer twice.
+        number, position, paused = await self._connection.eval(
+            _ENTER, ROOM_KEYS, admit_per_s, int(queue_all), secrets.token_hex(8),
+            repeatable=False)
+        return Entry(number or None, position, bool(paused))
+
+    async def poll(self, number: int, idle_s: float) -> Ticket:
+        # Repeatable: it only reads and restarts the idle timer.
+        answer = await self._connection.eval(_POLL, ROOM_KEYS, number, int(idle_s * 1000),
+                                             repeatable=True)
+        state = TicketState(answer[0].decode())
+        if state is TicketState.ADMITTED:
+            return Ticket(state, admitted_at=int(answer[1]) / 1000)
+        if state is TicketState.WAITING:
+            return Ticket(state, int(answer[1]), paused=bool(answer[2]))
+        return Ticket(state)
+
+    async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:
+        expired, waiting, paused, recent, waits = await self._connection.eval(
+            _TICK, ROOM_KEYS, admit_per_s, int(idle_s * 1000), int(hold_s * 1000),
+            repeatable=False)
+        return Tick(expired, waiting, bool(paused), recent,
+                    tuple(int(w) / 1000 for w in waits))
+
+    async def totals(self) -> tuple[int, int, int]:
+        redis = self._connection.client
+        async with _translated(), redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(ROOM_KEYS[0])
+            pipe.hmget(ROOM_KEYS[7], ["admitted", "expired"])
+            waiting, (admitted, expired) = await pipe.execute()
+        return int(waiting), int(admitted or 0), int(expired or 0)
+
+
+class RedisRoomControl:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.client
+
+    async def overrides(self) -> tuple[int, bytes]:
+        async with _translated():
+            version, data = await self._redis.hmget(ROOM_SETTINGS_KEY, ["version", "overrides"])
+        if isinstance(data, str):  # the client does not decode; the stub allows it
+            data = data.encode()
+        return int(version or 0), data or b"{}"
+
+    async def set_overrides(self, data: bytes) -> int:
+        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(ROOM_SETTINGS_KEY, "overrides", data)
+            pipe.hincrby(ROOM_SETTINGS_KEY, "version", 1)
+            _, version = await pipe.execute()
+        return int(version)
+
+    async def shared_secret(self, candidate: bytes) -> bytes:
+        async with _translated():
+            await self._redis.set(ROOM_SECRET_KEY, candidate, nx=True)
+            secret: bytes | None = await self._redis.get(ROOM_SECRET_KEY)  # type: ignore[assignment]
+        if secret is None:
+            raise StoreUnavailable("the waiting room's secret vanished from Redis")
+        return secret
 
 
 def redis_stores(url: str, timeout_s: float) -> Stores:
@@ -303,7 +478,8 @@ def redis_stores(url: str, timeout_s: float) -> Stores:
     return Stores(shared=True, breakers=RedisBreakerIntents(connection),
                   records=RedisIdempotencyRecords(connection),
                   windows=RedisWindows(connection), keys=RedisKeys(connection),
-                  buckets=RedisTokenBuckets(connection), close=connection.close)
+                  buckets=RedisTokenBuckets(connection), queue=RedisTicketQueue(connection),
+                  room=RedisRoomControl(connection), close=connection.close)
 
 
 def _decode_reply(fields: list[bytes]) -> Reply:

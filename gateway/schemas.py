@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -181,6 +181,34 @@ class FieldError(BaseModel):
     type: str
 
 
+class QueuePlace(BaseModel):
+    """A waiting ticket's place: `position` 1 is next in; `eta_s` null while paused."""
+
+    ticket: str | None = None  # in a 429 QUEUED; a poll already names it
+    position: int = Field(ge=1)
+    eta_s: int | None = Field(ge=0)
+    poll_after_s: int = Field(ge=1)
+
+
+class QueueState(BaseModel):
+    """`GET /v1/queue/{ticket}`: still waiting, or admitted with a pass."""
+
+    state: Literal["waiting", "admitted"]
+    position: int | None = Field(None, ge=1)
+    eta_s: int | None = Field(None, ge=0)
+    poll_after_s: int | None = Field(None, ge=1)
+    # `pass` is a Python keyword; the field is named so on the wire.
+    pass_: str | None = Field(None, alias="pass")
+    pass_expires_at: datetime | None = None
+
+
+class WaitingRoomStatus(BaseModel):
+    enabled: bool
+    queueing: bool
+    waiting: int = Field(ge=0)
+    eta_s: int | None = Field(ge=0)  # 0 when not queueing, null while paused
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, as every gateway-made error is answered."""
 
@@ -196,6 +224,7 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
     announcement: str | None = None  # MAINTENANCE: the window's message, in the client's language
     maintenance: dict[str, Any] | None = None  # MAINTENANCE: id, scope, read_only, ends_at
+    queue: QueuePlace | None = None  # QUEUED: the ticket and its place
 
 
 class BackendHealth(BaseModel):
@@ -226,3 +255,4 @@ class StatusResponse(BaseModel):
     status: Literal["ok", "degraded", "maintenance"]
     maintenance: MaintenanceView
     backends: dict[str, BackendHealth]
+    waiting_room: WaitingRoomStatus

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -226,9 +227,10 @@ class CorsSettings(_Model):
     allow_origins: list[str] = []
     allow_headers: list[str] = ["Content-Type", "Idempotency-Key", "X-Request-ID",
                                 "X-API-Key", "X-Client-ID", "Accept-Language",
-                                "X-Request-Timeout-Ms"]
+                                "X-Request-Timeout-Ms", "X-Queue-Pass", "X-Queue-Ticket"]
     expose_headers: list[str] = ["X-Request-ID", "Retry-After", "Idempotent-Replayed",
-                                 "X-Gateway-Stale", "Content-Language"]
+                                 "X-Gateway-Stale", "Content-Language", "X-Queue-Pass",
+                                 "X-Queue-Ticket"]
     max_age_s: int = Field(600, ge=0, le=86_400)
 
     @field_validator("allow_origins")
@@ -383,6 +385,31 @@ class MaintenanceSettings(_Model):
     windows: list[MaintenanceWindowSettings] = []
 
 
+ROOM_NEEDS_REDIS = ("waiting_room.enabled: with server.workers > 1 the room needs redis.url, "
+                    "or each worker would let in admit_per_s of its own")
+
+
+class WaitingRoomSettings(_Model):
+    """The virtual waiting room of promotional peaks (docs/operations.md, "Waiting room").
+
+    `routes` uses the maintenance scope syntax. `admit_per_s` is fleet-wide with
+    Redis (per process without). `secret` signs tickets and passes; every replica
+    must share it (env `GATEWAY_QUEUE_SECRET`). Without one, a process makes its own,
+    or, with Redis, all processes share one kept there.
+    """
+
+    enabled: StrictBool = False
+    routes: list[Annotated[str, AfterValidator(scopes.check),
+                           Field(json_schema_extra=scopes.publish_choices)]] = Field(
+        ["POST /v1/orders"], min_length=1, max_length=50)
+    admit_per_s: int = Field(50, ge=1, le=100_000)
+    queue_all: StrictBool = False
+    pass_ttl_s: float = Field(900.0, ge=1, le=86_400)
+    # At least three poll intervals of a second, so one lost poll never costs a place.
+    ticket_idle_s: float = Field(60.0, ge=3, le=3600)
+    secret: str | None = Field(None, min_length=16, max_length=256, repr=False)
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     upstreams: UpstreamsSettings = UpstreamsSettings()
@@ -396,6 +423,7 @@ class Settings(_Model):
     auth: AuthSettings = AuthSettings()
     cors: CorsSettings = CorsSettings()
     security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
+    waiting_room: WaitingRoomSettings = WaitingRoomSettings()
 
     @model_validator(mode="after")
     def _known_tiers(self) -> Settings:
@@ -415,6 +443,12 @@ class Settings(_Model):
     def _workers_need_fixed_port(self) -> Settings:
         if self.server.workers > 1 and self.server.port == 0:
             raise ValueError("server.port: must be fixed (not 0) when server.workers > 1")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_room_needs_redis(self) -> Settings:
+        if self.waiting_room.enabled and self.server.workers > 1 and self.redis.url is None:
+            raise ValueError(ROOM_NEEDS_REDIS)
         return self
 
     @model_validator(mode="after")
@@ -450,6 +484,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "GATEWAY_ADMIN_TOKEN": ("admin", "token"),
     "GATEWAY_ADMIN_TOKEN_PREVIOUS": ("admin", "previous_token"),
     "GATEWAY_ADMIN_PORT": ("admin", "port"),
+    "GATEWAY_QUEUE_SECRET": ("waiting_room", "secret"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The public status page: maintenance windows and each backend's health.
+"""The public status page: maintenance windows, each backend's health, the waiting room.
 
 Health comes from the backend's breaker in this process: `down` while open,
 `degraded` while half-open or with failures in its recent window, else `up`.
@@ -18,6 +18,7 @@ import orjson
 from gateway.clock import Clock
 from gateway.maintenance import Maintenance
 from gateway.upstream import Upstream
+from gateway.waiting_room import WaitingRoom
 
 CACHE_SECONDS = 2  # what clients and shared caches may keep it for
 REBUILD_SECONDS = 1.0  # what this process keeps it for
@@ -25,19 +26,21 @@ REBUILD_SECONDS = 1.0  # what this process keeps it for
 
 class StatusPage:
     def __init__(self, upstreams: Mapping[str, Upstream], maintenance: Maintenance,
-                 clock: Clock) -> None:
+                 room: WaitingRoom, clock: Clock) -> None:
         self._upstreams = upstreams
         self._maintenance = maintenance
+        self._room = room
         self._clock = clock
         self._bodies: dict[str, bytes] = {}
         self._built_at = -1e9
-        self._key: tuple[int, tuple[str, ...]] | None = None
+        self._key: tuple[int, tuple[str, ...], tuple[Any, ...]] | None = None
 
     def body(self, lang: str) -> bytes:
         """The page with each window's `announcement` in `lang` (`en` or `zh-CN`)."""
         now = self._clock.monotonic()
-        # Health is cheap to read and must show at once; the rest may be a second old.
-        key = (self._maintenance.version, self._health())
+        # Health and the room are cheap to read and must show at once; the rest may be a
+        # second old.
+        key = (self._maintenance.version, self._health(), tuple(self._room.status().values()))
         if now - self._built_at >= REBUILD_SECONDS or key != self._key:
             self._bodies.clear()
             self._built_at, self._key = now, key
@@ -71,5 +74,6 @@ class StatusPage:
             "maintenance": {"current": current,
                             "scheduled": [w for w in windows if w["state"] == "scheduled"]},
             "backends": backends,
+            "waiting_room": self._room.status(),
             "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
         }

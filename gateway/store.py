@@ -8,7 +8,11 @@
   windows an SRE ended, for `maintenance.py`;
 - `KeyStore`: client API keys added through the admin API, for `auth.py`;
 - `TokenBuckets`: tokens left and last refill per scope, for `rate_limit.py`
-  (and, always in memory, the admin API's per-address limit).
+  (and, always in memory, the admin API's per-address limit);
+- `TicketQueue`: the waiting room's tickets, admissions of the last second and
+  pause flag, for `waiting_room.py`;
+- `RoomControl`: the waiting-room settings changed through the admin API, and the
+  secret every process signs with when none is configured, for `waiting_room.py`.
 
 Each operation is one atomic step of the backing store (a hash field set, a
 counter increment, one script), never read-then-write across round trips, so
@@ -23,8 +27,9 @@ passes the same behaviour suite (tests/test_store.py).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -96,6 +101,9 @@ class IdempotencyRecords(Protocol):
         first did. The record expires `ttl_s` after it was created.
         """
 
+    async def answered(self, record: str) -> bool:
+        """Whether the record holds a final answer (a read: claims nothing)."""
+
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         """Store the final answer; False when `owner` no longer holds the claim."""
 
@@ -139,6 +147,73 @@ class TokenBuckets(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Entry:
+    """A new customer at the waiting room's door: let in now (`ticket` None), or given
+    ticket `ticket`, `position` in line (1 = next in)."""
+
+    ticket: int | None
+    position: int = 0
+    paused: bool = False
+
+
+class TicketState(StrEnum):
+    WAITING = "waiting"
+    ADMITTED = "admitted"
+    GONE = "gone"  # lost its place (or never was): expired, or admitted and then left idle
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    state: TicketState
+    position: int = 0  # WAITING: place in line, 1 = next in
+    admitted_at: float = 0.0  # ADMITTED: Unix time of the admission
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one admission step did and saw."""
+
+    expired: int  # waiting tickets that lost their place in this step
+    waiting: int  # live waiting tickets after it
+    paused: bool
+    recent: int  # customers let in during the last second, this step's included
+    waits: tuple[float, ...] = ()  # ticket-to-admission seconds of each ticket admitted
+
+
+class TicketQueue(Protocol):
+    """The waiting room's line. Tickets are numbered in issue order; every step is atomic,
+    and at most `admit_per_s` customers are let in during any one-second interval."""
+
+    async def enter(self, admit_per_s: int, queue_all: bool) -> Entry:
+        """Let a new customer in if nobody waits, there is room this second and admissions
+        are neither paused nor held for everyone (`queue_all`); else issue a ticket."""
+
+    async def poll(self, number: int, idle_s: float) -> Ticket:
+        """A ticket's state; a live ticket's idle timer starts again."""
+
+    async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:
+        """One admission step, safe for every process to run on its own timer: drop
+        tickets idle longer than `idle_s`, then, unless paused, admit the lowest live
+        numbers that fit this second. `hold_s` > 0 pauses admissions for that long."""
+
+    async def totals(self) -> tuple[int, int, int]:
+        """(waiting now, tickets admitted ever, waiting tickets expired ever)."""
+
+
+class RoomControl(Protocol):
+    async def overrides(self) -> tuple[int, bytes]:
+        """(version, JSON of the settings changed through the admin API); (0, b"{}") when
+        never changed. The version grows with each change."""
+
+    async def set_overrides(self, data: bytes) -> int:
+        """Replace the changed settings; the new version."""
+
+    async def shared_secret(self, candidate: bytes) -> bytes:
+        """The signing secret of every process sharing this store: the first one offered."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stores:
     """One store per concern, all of one kind (memory, or one shared Redis)."""
 
@@ -148,6 +223,8 @@ class Stores:
     windows: WindowStore
     keys: KeyStore
     buckets: TokenBuckets
+    queue: TicketQueue
+    room: RoomControl
     close: Callable[[], Awaitable[None]]
 
 
@@ -215,6 +292,11 @@ class MemoryIdempotencyRecords:
         found.state, found.owner, found.lease_until = "in_flight", owner, now + lease_s
         found.reconcile = True
         return Claim(ClaimStatus.RECONCILE)
+
+    async def answered(self, record: str) -> bool:
+        found = self._records.get(record)
+        return found is not None and found.state == "completed" and \
+            found.expires > self._clock.monotonic()
 
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         found = self._records.get(record)
@@ -294,6 +376,98 @@ class MemoryTokenBuckets:
         return wait
 
 
+class MemoryTicketQueue:
+    """The line of one process (the Redis script in redis_store mirrors each step)."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._next = 0
+        self._waiting: dict[int, float] = {}  # number -> issued at; insertion = number order
+        # Waiting numbers in order from `_head` on, so a position is one bisection.
+        self._line: list[int] = []
+        self._head = 0
+        self._admitted: dict[int, float] = {}  # number -> admitted at (wall)
+        self._seen: dict[int, float] = {}  # number -> last poll or use
+        self._recent: deque[float] = deque()  # admission times within the last second
+        self._paused_until = 0.0
+        self._admitted_total = 0
+        self._expired_total = 0
+
+    async def enter(self, admit_per_s: int, queue_all: bool) -> Entry:
+        now = self._clock.monotonic()
+        paused = self._slide(now)
+        if not (paused or queue_all or self._waiting) and len(self._recent) < admit_per_s:
+            self._recent.append(now)
+            return Entry(None)
+        self._next += 1
+        self._waiting[self._next] = self._seen[self._next] = now
+        self._line.append(self._next)
+        return Entry(self._next, len(self._waiting), paused)
+
+    async def poll(self, number: int, idle_s: float) -> Ticket:
+        now = self._clock.monotonic()
+        seen = self._seen.get(number)
+        if seen is None or now - seen > idle_s:
+            return Ticket(TicketState.GONE)
+        self._seen[number] = now
+        if number in self._admitted:
+            return Ticket(TicketState.ADMITTED, admitted_at=self._admitted[number])
+        position = bisect.bisect_right(self._line, number, lo=self._head) - self._head
+        return Ticket(TicketState.WAITING, position, paused=now < self._paused_until)
+
+    async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:
+        now = self._clock.monotonic()
+        if hold_s > 0:
+            self._paused_until = max(self._paused_until, now + hold_s)
+        idle = [n for n, seen in self._seen.items() if now - seen > idle_s]
+        expired = 0
+        for n in idle:
+            del self._seen[n]
+            self._admitted.pop(n, None)
+            expired += self._waiting.pop(n, None) is not None
+        self._expired_total += expired
+        if expired:
+            self._line, self._head = list(self._waiting), 0
+        paused = self._slide(now)
+        waits: list[float] = []
+        while not paused and self._waiting and len(self._recent) < admit_per_s:
+            n = self._line[self._head]
+            self._head += 1
+            waits.append(now - self._waiting.pop(n))
+            self._admitted[n] = self._clock.wall()
+            self._recent.append(now)
+        self._admitted_total += len(waits)
+        if self._head > len(self._line) // 2:
+            del self._line[:self._head]
+            self._head = 0
+        return Tick(expired, len(self._waiting), paused, len(self._recent), tuple(waits))
+
+    async def totals(self) -> tuple[int, int, int]:
+        return len(self._waiting), self._admitted_total, self._expired_total
+
+    def _slide(self, now: float) -> bool:
+        """Forget admissions older than a second; whether admissions are paused."""
+        recent = self._recent
+        while recent and recent[0] < now - 1.0:
+            recent.popleft()
+        return now < self._paused_until
+
+
+class MemoryRoomControl:
+    def __init__(self) -> None:
+        self._version, self._data = 0, b"{}"
+
+    async def overrides(self) -> tuple[int, bytes]:
+        return self._version, self._data
+
+    async def set_overrides(self, data: bytes) -> int:
+        self._version, self._data = self._version + 1, data
+        return self._version
+
+    async def shared_secret(self, candidate: bytes) -> bytes:
+        return candidate
+
+
 async def _nothing_to_close() -> None:
     return None
 
@@ -304,4 +478,5 @@ def memory_stores(clock: Clock | None = None, max_records: int = 100_000,
     return Stores(shared=False, breakers=MemoryBreakerIntents(),
                   records=MemoryIdempotencyRecords(clock, max_records), windows=MemoryWindows(),
                   keys=MemoryKeys(), buckets=MemoryTokenBuckets(clock, max_buckets),
+                  queue=MemoryTicketQueue(clock), room=MemoryRoomControl(),
                   close=_nothing_to_close)

@@ -15,10 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.app import build_app
+from gateway.redis_store import ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY, redis_stores
 from gateway.settings import Settings
+from gateway.store import Stores, memory_stores
 from loadtest.harness import RUNNING, SHORT_TIMEOUTS, Gateway, RedisServer, Upstreams, merge
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -133,3 +136,19 @@ def redis_server(log_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(log_dir)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    """Every store of one kind, for the behaviour suites that run against both."""
+    if request.param == "memory":
+        yield memory_stores()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    # The session's Redis is shared by many tests; the waiting room's line is one per Redis.
+    client = aioredis.Redis.from_url(server.url)
+    await client.delete(*ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY)
+    await client.aclose()
+    shared = redis_stores(server.url, timeout_s=1.0)
+    yield shared
+    await shared.close()

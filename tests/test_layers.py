@@ -59,11 +59,13 @@ def test_no_import_cycle_inside_the_package() -> None:
 # Lowest first; a module imports only from its own floor or those below.
 FLOORS = (
     ("errors", "json_types", "schemas", "routes", "scopes", "settings", "field_errors",
-     "problem", "clock", "reply", "privacy", "observability", "redis_sentinel"),
+     "problem", "clock", "reply", "privacy", "observability", "redis_sentinel",
+     "queue_tokens"),
     ("store", "redis_wire", "redis_store"),
     ("identity", "auth", "connections", "cors", "security_headers"),
     ("rolling", "breaker", "breaker_control", "retry", "overload", "upstream"),
-    ("validation", "maintenance", "rate_limit", "idempotency", "stale_cache", "edge", "proxy"),
+    ("validation", "maintenance", "rate_limit", "idempotency", "stale_cache", "edge",
+     "waiting_room", "proxy"),
     ("admin", "status", "openapi"),
     ("app", "server", "demo", "cli", "__main__"),
 )

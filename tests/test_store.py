@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from gateway.store import (
     MemoryIdempotencyRecords,
     Stores,
     StoreUnavailable,
-    memory_stores,
     refill_and_take,
 )
 from loadtest.harness import RedisServer, free_port
@@ -32,17 +30,6 @@ SHORT_LEASE_S = 1.0  # for the one test that watches a lease run out
 TTL_S = 60
 REPLY = Reply(201, '{"payment_id":"pay_1","note":"支付成功"}'.encode(), "application/json",
               (("Location", "/v1/payments/pay_1"),))
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
-    if request.param == "memory":
-        yield memory_stores()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    shared = redis_stores(server.url, timeout_s=1.0)
-    yield shared
-    await shared.close()
 
 
 @pytest.fixture

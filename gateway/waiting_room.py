@@ -1,0 +1,310 @@
+"""The virtual waiting room of promotional peaks (docs/api.md, "Waiting room").
+
+A new customer on a covered route (one without a valid pass) goes straight
+through while nobody waits and fewer than `admit_per_s` customers were let in
+during the last second, and gets a pass; otherwise a ticket and
+`429 QUEUED` with its place and an ETA. The line lives in the store
+(`store.TicketQueue`): with Redis, tickets are numbered fleet-wide and every
+process runs the admission step on its own timer (`TICK_S`) as one script.
+The step is safe to run from many processes at once, so no leader is elected.
+It drops tickets idle longer than `ticket_idle_s` and admits the lowest live
+numbers that fit the last second.
+
+Admissions pause while a covered backend's breaker holds calls back on any
+process: forced open, or tripped and within its `open_seconds`. Half-open does
+not pause, so probes reach the backend and recovery never stalls behind the
+room. A pausing process renews a short flag in the store (`PAUSE_HOLD_S`).
+
+Tickets and passes are signed and bound to the client (`queue_tokens.py`), so a
+pass is checked with nothing but the clock: with Redis down, pass holders carry
+on while new customers get `503 STATE_UNAVAILABLE`. Settings changed through the
+admin API are stored with a version. Each process applies a newer version on its
+sync timer, and never an older one over a newer, so a sync read that began
+before a local change cannot undo it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway import errors, field_errors, identity, scopes
+from gateway.auth import API_KEY_HEADER, ClientKeys
+from gateway.breaker import Breaker
+from gateway.clock import Clock
+from gateway.edge import Handler
+from gateway.errors import GatewayError
+from gateway.observability import Metrics
+from gateway.problem import json_response
+from gateway.queue_tokens import QueueTokens
+from gateway.routes import RoutePolicy
+from gateway.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
+from gateway.store import RoomControl, StoreUnavailable, TicketQueue, TicketState
+
+log = logging.getLogger("gateway.waiting_room")
+
+PASS_HEADER = "X-Queue-Pass"
+TICKET_HEADER = "X-Queue-Ticket"
+# The admission step's timer: a ticket is admitted within this long of there being room.
+TICK_S = 0.1
+# A pause set by one process lasts this long unless renewed: every process sees it within
+# a second, and it ends within a second of the breaker letting probes through.
+PAUSE_HOLD_S = 1.0
+# Polls come at most this far apart, so a customer learns of the admission soon enough.
+MAX_POLL_S = 10
+_SECRET_BYTES = 32
+
+Answered = Callable[[], Awaitable[bool]]
+
+
+@dataclass(slots=True)
+class RouteGate:
+    """Whether the room covers one route: read per request, rebuilt when settings change."""
+
+    covered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoomView:
+    """What this process saw at its last admission step."""
+
+    waiting: int = 0
+    queueing: bool = False
+    paused: bool = False
+
+
+def poll_after_s(eta_s: int | None, idle_s: float) -> int:
+    """A fifth of the expected wait, between 1 s and MAX_POLL_S, and never more than a
+    third of `idle_s`, so one lost poll never costs a customer their place."""
+    ceiling = max(1, min(MAX_POLL_S, int(idle_s // 3)))
+    if eta_s is None:
+        return ceiling
+    return max(1, min(ceiling, math.ceil(eta_s / 5)))
+
+
+def eta_s(position: int, admit_per_s: int) -> int:
+    return math.ceil(position / admit_per_s)
+
+
+class WaitingRoom:
+    def __init__(self, settings: WaitingRoomSettings, queue: TicketQueue, control: RoomControl,
+                 breakers: Mapping[str, Breaker], clock: Clock, metrics: Metrics, *,
+                 shared: bool, workers: int) -> None:
+        self._base = settings
+        self._queue = queue
+        self._control = control
+        self._breakers = breakers
+        self._clock = clock
+        self._metrics = metrics
+        self._shared = shared
+        self._workers = workers
+        self._gates: list[tuple[RoutePolicy, RouteGate]] = []
+        self._version = 0
+        self._overrides: dict[str, Any] = {}
+        self._held_by: tuple[Breaker, ...] = ()
+        self.settings = settings
+        self.view = RoomView()
+        self._tokens: QueueTokens | None = None
+        if settings.secret is not None:
+            self._tokens = QueueTokens(settings.secret.encode())
+        elif not shared:
+            self._tokens = QueueTokens(secrets.token_bytes(_SECRET_BYTES))
+
+    # -- set-up and settings ---------------------------------------------------
+
+    def gate(self, policy: RoutePolicy) -> RouteGate:
+        gate = RouteGate()
+        self._gates.append((policy, gate))
+        self._apply(self.settings)
+        return gate
+
+    def _apply(self, settings: WaitingRoomSettings) -> None:
+        self.settings = settings
+        backends = set()
+        for policy, gate in self._gates:
+            gate.covered = settings.enabled and any(
+                scopes.covers(scope, policy) for scope in settings.routes)
+            if gate.covered:
+                backends.add(policy.backend)
+        self._held_by = tuple(self._breakers[name] for name in sorted(backends))
+
+    async def sync(self) -> None:
+        """Apply settings changed through another process, and fetch the shared secret."""
+        if self._tokens is None:
+            candidate = secrets.token_bytes(_SECRET_BYTES)
+            self._tokens = QueueTokens(await self._control.shared_secret(candidate))
+        version, data = await self._control.overrides()
+        if version <= self._version:
+            return
+        overrides = orjson.loads(data)
+        try:
+            settings = self._merged(overrides)
+        except ValidationError:
+            log.error("ignoring invalid waiting-room settings from the store")
+            return
+        self._version, self._overrides = version, overrides
+        self._apply(settings)
+
+    def _merged(self, overrides: dict[str, Any]) -> WaitingRoomSettings:
+        # Strict: the admin API takes JSON numbers for numbers and booleans for booleans.
+        return WaitingRoomSettings.model_validate(self._base.model_dump() | overrides,
+                                                  strict=True)
+
+    def validate(self, changes: dict[str, Any]) -> WaitingRoomSettings:
+        """The settings with `changes` applied, or VALIDATION_FAILED with field errors."""
+        if "secret" in changes:
+            raise field_errors.invalid_field("secret", "is set in the config file or "
+                                             "GATEWAY_QUEUE_SECRET only, never here")
+        try:
+            settings = self._merged(self._overrides | changes)
+        except ValidationError as exc:
+            raise field_errors.failed(field_errors.from_pydantic(exc)) from None
+        if settings.enabled and self._workers > 1 and not self._shared:
+            raise field_errors.invalid_field("enabled", ROOM_NEEDS_REDIS.split(": ", 1)[1])
+        return settings
+
+    async def change(self, changes: dict[str, Any]) -> WaitingRoomSettings:
+        """Validate, store and apply at once; other processes follow within a sync."""
+        settings = self.validate(changes)
+        overrides = self._overrides | changes
+        version = await self._control.set_overrides(orjson.dumps(overrides))
+        if version > self._version:
+            self._version, self._overrides = version, overrides
+            self._apply(settings)
+        return self.settings
+
+    def public_settings(self) -> dict[str, Any]:
+        return self.settings.model_dump(exclude={"secret"})
+
+    # -- the request path --------------------------------------------------------
+
+    async def let_in(self, scope: str, headers: Mapping[str, str],
+                     answered: Answered | None) -> str | None:
+        """Let this request through, with the pass its answer carries (None: it needs none),
+        or raise QUEUED / QUEUE_TICKET_EXPIRED / STATE_UNAVAILABLE."""
+        tokens = self._tokens
+        if tokens is None:
+            raise GatewayError(errors.STATE_UNAVAILABLE)
+        settings = self.settings
+        now = self._clock.wall()
+        if tokens.pass_valid(headers.get(PASS_HEADER), scope, now):
+            return None
+        try:
+            if answered is not None and await answered():
+                return None  # a replay: nothing new reaches a backend
+            number = tokens.ticket_number(headers.get(TICKET_HEADER), scope)
+            if number is not None:
+                ticket = await self._queue.poll(number, settings.ticket_idle_s)
+                if ticket.state is TicketState.ADMITTED:
+                    return tokens.make_pass(int(ticket.admitted_at + settings.pass_ttl_s), scope)
+                if ticket.state is TicketState.WAITING:
+                    raise self._queued(tokens, number, scope, ticket.position, ticket.paused)
+                raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
+            entry = await self._queue.enter(settings.admit_per_s, settings.queue_all)
+        except StoreUnavailable:
+            raise GatewayError(errors.STATE_UNAVAILABLE) from None
+        if entry.ticket is None:
+            return tokens.make_pass(int(now + settings.pass_ttl_s), scope)
+        # The status page shows the queue at once, not at the next admission step.
+        self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
+        raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused)
+
+    def _queued(self, tokens: QueueTokens, number: int, scope: str, position: int,
+                paused: bool) -> GatewayError:
+        ticket = tokens.ticket(number, scope)
+        queue = self._waiting_body(position, paused)
+        return GatewayError(errors.QUEUED, extra={"queue": {"ticket": ticket, **queue}},
+                            retry_after_s=queue["poll_after_s"],
+                            headers={TICKET_HEADER: ticket})
+
+    def _waiting_body(self, position: int, paused: bool) -> dict[str, Any]:
+        settings = self.settings
+        eta = None if paused else eta_s(position, settings.admit_per_s)
+        return {"position": position, "eta_s": eta,
+                "poll_after_s": poll_after_s(eta, settings.ticket_idle_s)}
+
+    async def poll(self, scope: str, token: str) -> dict[str, Any]:
+        """`GET /v1/queue/{ticket}`: the ticket's state, its idle timer started again."""
+        tokens = self._tokens
+        if tokens is None:
+            raise GatewayError(errors.STATE_UNAVAILABLE)
+        number = tokens.ticket_number(token, scope)
+        if number is None:
+            raise GatewayError(errors.NOT_FOUND, params={"path": "/v1/queue/{ticket}"})
+        settings = self.settings
+        try:
+            ticket = await self._queue.poll(number, settings.ticket_idle_s)
+        except StoreUnavailable:
+            raise GatewayError(errors.STATE_UNAVAILABLE) from None
+        if ticket.state is TicketState.WAITING:
+            return {"state": "waiting", **self._waiting_body(ticket.position, ticket.paused)}
+        if ticket.state is TicketState.GONE:
+            raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
+        expires_at = int(ticket.admitted_at + settings.pass_ttl_s)
+        return {"state": "admitted", "pass": tokens.make_pass(expires_at, scope),
+                "pass_expires_at": datetime.fromtimestamp(expires_at, UTC).isoformat()}
+
+    # -- the admission step, on a timer ----------------------------------------------
+
+    async def step(self) -> None:
+        settings = self.settings
+        if not settings.enabled:
+            self.view = RoomView()
+            return
+        hold = PAUSE_HOLD_S if any(b.holds_back() for b in self._held_by) else 0.0
+        tick = await self._queue.tick(settings.admit_per_s, settings.ticket_idle_s, hold)
+        metrics = self._metrics
+        if tick.expired:
+            metrics.waiting_room_expired.inc(tick.expired)
+        if tick.waits:
+            metrics.waiting_room_admitted.inc(len(tick.waits))
+            for wait in tick.waits:
+                metrics.waiting_room_wait_seconds.observe(wait)
+        metrics.waiting_room_waiting.set(tick.waiting)
+        queueing = (tick.paused or tick.waiting > 0 or settings.queue_all
+                    or tick.recent >= settings.admit_per_s)
+        self.view = RoomView(tick.waiting, queueing, tick.paused)
+
+    # -- figures -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """For `GET /v1/status`: `eta_s` is the wait of a customer arriving now."""
+        settings, view = self.settings, self.view
+        if not settings.enabled:
+            return {"enabled": False, "queueing": False, "waiting": 0, "eta_s": 0}
+        eta: int | None = 0
+        if view.paused:
+            eta = None
+        elif view.queueing:
+            eta = eta_s(view.waiting + 1, settings.admit_per_s)
+        return {"enabled": True, "queueing": view.queueing, "waiting": view.waiting,
+                "eta_s": eta}
+
+    async def figures(self) -> dict[str, Any]:
+        """For `GET /admin/waiting-room`: fleet-wide with Redis."""
+        waiting, admitted, expired = await self._queue.totals()
+        return {"settings": self.public_settings(), "waiting": waiting,
+                "admitted_total": admitted, "expired_total": expired}
+
+
+def poll_route(room: WaitingRoom, keys: ClientKeys | None) -> Handler:
+    """`GET /v1/queue/{ticket}`: public, cheap, never forwarded; the ticket is the client's
+    own (the API key's client, else X-Client-ID), or it is no ticket at all (404)."""
+
+    async def poll_ticket(request: web.Request) -> web.Response:
+        if keys is None:
+            scope = identity.client_scope(request.headers.get("X-Client-ID"))
+        else:
+            scope = keys.identify(request.headers.get(API_KEY_HEADER)).id
+        return json_response(await room.poll(scope, request.match_info["ticket"]))
+
+    return poll_ticket

@@ -1,0 +1,149 @@
+"""The waiting room's line (`store.TicketQueue`), one behaviour suite run against memory and
+a real redis-server; and the pure parts of the room (tokens, poll interval).
+
+Real (short) time: the Redis line keeps time by Redis's own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.queue_tokens import QueueTokens
+from gateway.store import RoomControl, Stores, TicketQueue, TicketState
+from gateway.waiting_room import MAX_POLL_S, poll_after_s
+
+LONG_IDLE_S = 60.0
+
+
+@pytest.fixture
+def queue(stores: Stores) -> TicketQueue:
+    return stores.queue
+
+
+async def test_customers_go_straight_in_until_the_second_is_full_then_take_numbers(
+        queue: TicketQueue) -> None:
+    assert [(await queue.enter(3, False)).ticket for _ in range(3)] == [None] * 3
+    first, second = await queue.enter(3, False), await queue.enter(3, False)
+    assert first.ticket is not None and second.ticket == first.ticket + 1
+    assert (first.position, second.position) == (1, 2)
+    assert not first.paused
+    assert await queue.totals() == (2, 0, 0)
+
+
+async def test_queue_all_gives_everyone_a_ticket(queue: TicketQueue) -> None:
+    assert (await queue.enter(100, True)).ticket is not None
+
+
+async def test_nobody_overtakes_a_waiting_ticket(queue: TicketQueue) -> None:
+    ticket = (await queue.enter(5, True)).ticket
+    # Room this second, but someone waits: the newcomer queues behind.
+    later = await queue.enter(5, False)
+    assert later.ticket is not None and ticket is not None and later.ticket > ticket
+    assert later.position == 2
+
+
+async def test_ticks_admit_the_lowest_numbers_and_never_more_than_the_rate_in_a_second(
+        queue: TicketQueue) -> None:
+    numbers = [(await queue.enter(3, True)).ticket for _ in range(7)]
+    started = time.monotonic()
+    admitted: list[int] = []
+    while len(admitted) < 7 and time.monotonic() - started < 5:
+        tick = await queue.tick(3, LONG_IDLE_S, 0)
+        assert tick.recent <= 3
+        for n in numbers:
+            assert n is not None
+            if n not in admitted and (await queue.poll(n, LONG_IDLE_S)).state \
+                    is TicketState.ADMITTED:
+                admitted.append(n)
+        # Admitted so far are always the lowest numbers: a prefix of the line.
+        assert admitted == numbers[:len(admitted)]
+        await asyncio.sleep(0.05)
+    assert admitted == numbers
+    assert time.monotonic() - started > 2.0, "7 at 3 a second take three seconds' room"
+    waiting, admitted_total, _ = await queue.totals()
+    assert (waiting, admitted_total) == (0, 7)
+
+
+async def test_a_waiting_ticket_knows_its_place_and_an_admitted_one_when(
+        queue: TicketQueue) -> None:
+    a, b = (await queue.enter(1, True)).ticket, (await queue.enter(1, True)).ticket
+    assert a is not None and b is not None
+    assert (await queue.poll(b, LONG_IDLE_S)).position == 2
+    before = time.time()
+    tick = await queue.tick(1, LONG_IDLE_S, 0)
+    assert len(tick.waits) == 1 and tick.waiting == 1
+    ticket = await queue.poll(a, LONG_IDLE_S)
+    assert ticket.state is TicketState.ADMITTED
+    assert before - 1 <= ticket.admitted_at <= time.time() + 1
+    assert (await queue.poll(b, LONG_IDLE_S)).position == 1
+
+
+async def test_an_idle_ticket_loses_its_place_and_takes_no_admission(
+        queue: TicketQueue) -> None:
+    idle_s = 0.4
+    lapsing, kept = (await queue.enter(1, True)).ticket, (await queue.enter(1, True)).ticket
+    assert lapsing is not None and kept is not None
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert (await queue.poll(kept, idle_s)).state is TicketState.WAITING
+    # Gone on a poll even before a tick drops it; then the tick counts it.
+    assert (await queue.poll(lapsing, idle_s)).state is TicketState.GONE
+    tick = await queue.tick(1, idle_s, 0)
+    assert tick.expired == 1
+    assert (await queue.poll(kept, idle_s)).state is TicketState.ADMITTED
+    assert await queue.totals() == (0, 1, 1)
+    assert (await queue.poll(123_456, idle_s)).state is TicketState.GONE
+
+
+async def test_a_hold_pauses_admissions_and_queues_everyone_until_it_lapses(
+        queue: TicketQueue) -> None:
+    waiting = (await queue.enter(10, True)).ticket
+    assert waiting is not None
+    tick = await queue.tick(10, LONG_IDLE_S, hold_s=0.5)
+    assert tick.paused and not tick.waits
+    entry = await queue.enter(10, False)
+    assert entry.ticket is not None and entry.paused
+    assert (await queue.poll(waiting, LONG_IDLE_S)).paused
+    await asyncio.sleep(0.7)
+    tick = await queue.tick(10, LONG_IDLE_S, 0)
+    assert not tick.paused and len(tick.waits) == 2
+
+
+async def test_room_settings_keep_a_version_and_one_secret(stores: Stores) -> None:
+    control: RoomControl = stores.room
+    assert await control.overrides() == (0, b"{}")
+    first = await control.set_overrides(b'{"enabled": true}')
+    second = await control.set_overrides(b'{"enabled": false}')
+    assert second > first
+    assert await control.overrides() == (second, b'{"enabled": false}')
+    secret = await control.shared_secret(b"a" * 32)
+    if stores.shared:  # every process gets the first one offered
+        assert await control.shared_secret(b"b" * 32) == secret == b"a" * 32
+
+
+def test_tickets_and_passes_are_bound_to_their_client_and_unforgeable() -> None:
+    tokens = QueueTokens(b"s" * 32)
+    ticket = tokens.ticket(42, "shop-app")
+    assert tokens.ticket_number(ticket, "shop-app") == 42
+    assert tokens.ticket_number(ticket, "other-app") is None
+    assert QueueTokens(b"t" * 32).ticket_number(ticket, "shop-app") is None
+    assert tokens.ticket_number("43" + ticket[2:], "shop-app") is None
+    passes = tokens.make_pass(2_000_000_000, "shop-app")
+    assert tokens.pass_valid(passes, "shop-app", now=1_999_999_999)
+    assert not tokens.pass_valid(passes, "shop-app", now=2_000_000_000)
+    assert not tokens.pass_valid(passes, "other-app", now=0)
+    assert tokens.ticket_number(passes, "shop-app") is None, "a pass is no ticket"
+    for junk in ("", ".", "x.y", "+1.abc", "١٢.abc", "1" * 100, "1.", None):
+        assert tokens.ticket_number(junk, "shop-app") is None
+        assert not tokens.pass_valid(junk, "shop-app", now=0)
+
+
+def test_polls_come_often_enough_to_keep_a_place() -> None:
+    assert poll_after_s(0, 60) == 1
+    assert poll_after_s(20, 60) == 4
+    assert poll_after_s(10_000, 60) == MAX_POLL_S
+    assert poll_after_s(10_000, 6) == 2, "a third of the idle time at most"
+    assert poll_after_s(None, 60) == MAX_POLL_S
