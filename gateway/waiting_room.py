@@ -91,6 +91,11 @@ def poll_after_s(eta_s: int | None, idle_s: float) -> int:
     return max(1, min(ceiling, math.ceil(eta_s / 5)))
 
 
+def pass_expiry(admitted_at: float, settings: WaitingRoomSettings) -> int:
+    """A pass's expiry in whole Unix seconds, rounded up."""
+    return math.ceil(admitted_at + settings.pass_ttl_s)
+
+
 def eta_s(position: int, admit_per_s: int) -> int:
     return math.ceil(position / admit_per_s)
 
@@ -205,7 +210,7 @@ class WaitingRoom:
             if number is not None:
                 ticket = await self._queue.poll(number, settings.ticket_idle_s)
                 if ticket.state is TicketState.ADMITTED:
-                    return tokens.make_pass(int(ticket.admitted_at + settings.pass_ttl_s), scope)
+                    return tokens.make_pass(pass_expiry(ticket.admitted_at, settings), scope)
                 if ticket.state is TicketState.WAITING:
                     raise self._queued(tokens, number, scope, ticket.position, ticket.paused)
                 raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
@@ -213,7 +218,7 @@ class WaitingRoom:
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
         if entry.ticket is None:
-            return tokens.make_pass(int(now + settings.pass_ttl_s), scope)
+            return tokens.make_pass(pass_expiry(now, settings), scope)
         # The status page shows the queue at once, not at the next admission step.
         self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
         raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused)
@@ -249,9 +254,12 @@ class WaitingRoom:
             return {"state": "waiting", **self._waiting_body(ticket.position, ticket.paused)}
         if ticket.state is TicketState.GONE:
             raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
-        expires_at = int(ticket.admitted_at + settings.pass_ttl_s)
-        return {"state": "admitted", "pass": tokens.make_pass(expires_at, scope),
-                "pass_expires_at": datetime.fromtimestamp(expires_at, UTC).isoformat()}
+        # Shown to the millisecond (admission time plus pass_ttl_s); the pass itself lasts
+        # to the next whole second, so it is valid until at least the time shown.
+        shown = datetime.fromtimestamp(ticket.admitted_at + settings.pass_ttl_s, UTC)
+        return {"state": "admitted",
+                "pass": tokens.make_pass(pass_expiry(ticket.admitted_at, settings), scope),
+                "pass_expires_at": shown.isoformat(timespec="milliseconds")}
 
     # -- the admission step, on a timer ----------------------------------------------
 

@@ -9,8 +9,8 @@ and Redis down: new customers refused, passes still honoured.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -98,12 +98,13 @@ async def test_one_line_for_the_fleet_in_ticket_order_at_the_fleet_rate(
             if admitted:
                 passes[ticket] = answer
         await asyncio.sleep(0.2)
-    # The pass's expiry is the admission's second plus pass_ttl_s: no second saw more
-    # than admit_per_s admissions, fleet-wide.
-    seconds = Counter(datetime.fromisoformat(p.json["pass_expires_at"]).timestamp()
-                      for p in passes.values())
-    assert max(seconds.values()) <= rate, seconds
-    assert len(seconds) >= 3, "3 seconds' worth of customers took 3 seconds at least"
+    # A pass expires pass_ttl_s after its admission (to the millisecond): no one-second
+    # interval saw more than admit_per_s admissions, fleet-wide.
+    times = sorted(datetime.fromisoformat(p.json["pass_expires_at"]).timestamp()
+                   for p in passes.values())
+    busiest = max(bisect.bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
+    assert busiest <= rate, busiest
+    assert times[-1] - times[0] >= 2.0, "3 seconds' worth of customers took 2 s at least"
     # A pass from either process is honoured by the other; it is the client's own.
     granted = passes[tickets[0]].json["pass"]
     assert (await order(http, b.url, X_Queue_Pass=granted)).status == 201
