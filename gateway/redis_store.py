@@ -62,6 +62,7 @@ ROOM_KEYS = (
     "og:{wr}:paused",  # string with a time to live: admissions paused while it exists
     "og:{wr}:seq",  # counter: the last ticket number issued
     "og:{wr}:totals",  # hash: admitted, expired
+    "og:{wr}:pace",  # the time (ms) the next ticket may be admitted: one every 1000/rate ms
 )
 ROOM_SETTINGS_KEY = "og:{wr}:settings"  # hash: version, overrides (JSON)
 ROOM_SECRET_KEY = "og:{wr}:secret"  # the signing secret, when none is configured
@@ -153,7 +154,7 @@ return string.format('%.6f', wait)
 """)
 
 
-# The waiting room's scripts share ROOM_KEYS (KEYS[1..8] in that order) and Redis's clock,
+# The waiting room's scripts share ROOM_KEYS (KEYS[1..9] in that order) and Redis's clock,
 # and each mirrors one step of store.MemoryTicketQueue. `recent` keeps every admission of
 # the last 1000 ms inclusive, so no closed one-second interval sees more than admit_per_s.
 _ROOM_PRELUDE = """
@@ -169,13 +170,17 @@ local waiting = redis.call('ZCARD', KEYS[1])
 if paused == 0 and ARGV[2] == '0' and waiting == 0
    and redis.call('ZCARD', KEYS[5]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[5], now, ARGV[3])
+  local pace = tonumber(redis.call('GET', KEYS[9]) or 0)
+  if pace < now - 200 then pace = now end
+  redis.call('SET', KEYS[9], string.format('%.3f', pace + 1000 / tonumber(ARGV[1])))
   return {0, 0, 0}
 end
 local n = redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[1], n, n)
 redis.call('ZADD', KEYS[3], now, n)
 redis.call('HSET', KEYS[4], n, now)
-return {n, waiting + 1, paused}
+local due = math.max(0, tonumber(redis.call('GET', KEYS[9]) or 0) - now)
+return {n, waiting + 1, paused, math.floor(due)}
 """)
 
 # ARGV ticket number, idle_ms. A ticket idle too long is gone even before a tick drops it.
@@ -187,10 +192,14 @@ local admitted = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if admitted then return {'admitted', admitted} end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then return {'gone'} end
-return {'waiting', rank + 1, paused}
+local due = math.max(0, tonumber(redis.call('GET', KEYS[9]) or 0) - now)
+return {'waiting', rank + 1, paused, math.floor(due)}
 """)
 
-# ARGV admit_per_s, idle_ms, hold_ms (0: no pause from this caller).
+# ARGV admit_per_s, idle_ms, hold_ms (0: no pause from this caller). Tickets are paced one
+# every 1000/admit_per_s ms; a step that comes late catches up at most 200 ms of them
+# (store.PACE_CREDIT_S), and after a quiet spell the pace starts again from now, so
+# the customers admitted reach the backend evenly, not in a lump each time the second slides.
 _TICK = _Script.of(_ROOM_PRELUDE + """
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])
@@ -209,8 +218,16 @@ if expired > 0 then redis.call('HINCRBY', KEYS[8], 'expired', expired) end
 local waits = {}
 if paused == 0 then
   local room = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[5])
+  local gap = 1000 / tonumber(ARGV[1])
+  local pace = tonumber(redis.call('GET', KEYS[9]) or 0)
+  if pace < now - 200 then pace = now end
+  if now < pace then room = 0 else room = math.min(room, math.floor((now - pace) / gap) + 1) end
   if room > 0 then
-    for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, room - 1)) do
+    local line = redis.call('ZRANGE', KEYS[1], 0, room - 1)
+    if #line > 0 then
+      redis.call('SET', KEYS[9], string.format('%.3f', pace + #line * gap))
+    end
+    for _, n in ipairs(line) do
       redis.call('ZREM', KEYS[1], n)
       redis.call('ZADD', KEYS[2], now, n)
       redis.call('ZADD', KEYS[5], now, 't' .. n)
@@ -413,10 +430,10 @@ class RedisTicketQueue:
 
     async def enter(self, admit_per_s: int, queue_all: bool) -> Entry:
         # Not repeatable: run twice, it would let in (or queue) the customer twice.
-        number, position, paused = await self._connection.eval(
+        number, position, paused, *due = await self._connection.eval(
             _ENTER, ROOM_KEYS, admit_per_s, int(queue_all), secrets.token_hex(8),
             repeatable=False)
-        return Entry(number or None, position, bool(paused))
+        return Entry(number or None, position, bool(paused), int(due[0]) / 1000 if due else 0.0)
 
     async def poll(self, number: int, idle_s: float) -> Ticket:
         # Repeatable: it only reads and restarts the idle timer.
@@ -426,7 +443,8 @@ class RedisTicketQueue:
         if state is TicketState.ADMITTED:
             return Ticket(state, admitted_at=int(answer[1]) / 1000)
         if state is TicketState.WAITING:
-            return Ticket(state, int(answer[1]), paused=bool(answer[2]))
+            return Ticket(state, int(answer[1]), paused=bool(answer[2]),
+                          due_s=int(answer[3]) / 1000)
         return Ticket(state)
 
     async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:

@@ -41,6 +41,12 @@ from gateway.reply import Reply
 log = logging.getLogger("gateway.store")
 
 
+# The waiting room admits from its line one ticket every 1/admit_per_s seconds, so admitted
+# customers reach the backend at the pace they were let in. An admission step that fires late
+# catches up at most this long's worth; after a quiet spell the pace starts again from now.
+PACE_CREDIT_S = 0.2
+
+
 class StoreUnavailable(Exception):
     """The shared store could not be reached in time."""
 
@@ -154,6 +160,7 @@ class Entry:
     ticket: int | None
     position: int = 0
     paused: bool = False
+    due_s: float = 0.0  # until the next admission from the line is due (its pace)
 
 
 class TicketState(StrEnum):
@@ -168,6 +175,7 @@ class Ticket:
     position: int = 0  # WAITING: place in line, 1 = next in
     admitted_at: float = 0.0  # ADMITTED: Unix time of the admission
     paused: bool = False
+    due_s: float = 0.0  # WAITING: until the next admission from the line is due
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +203,8 @@ class TicketQueue(Protocol):
     async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:
         """One admission step, safe for every process to run on its own timer: drop
         tickets idle longer than `idle_s`, then, unless paused, admit the lowest live
-        numbers that fit this second. `hold_s` > 0 pauses admissions for that long."""
+        numbers that fit this second, paced one every 1/admit_per_s seconds (see
+        PACE_CREDIT_S). `hold_s` > 0 pauses admissions for that long."""
 
     async def totals(self) -> tuple[int, int, int]:
         """(waiting now, tickets admitted ever, waiting tickets expired ever)."""
@@ -390,6 +399,7 @@ class MemoryTicketQueue:
         self._seen: dict[int, float] = {}  # number -> last poll or use
         self._recent: deque[float] = deque()  # admission times within the last second
         self._paused_until = 0.0
+        self._pace = 0.0  # when the next ticket may be admitted: one every 1/admit_per_s
         self._admitted_total = 0
         self._expired_total = 0
 
@@ -398,11 +408,12 @@ class MemoryTicketQueue:
         paused = self._slide(now)
         if not (paused or queue_all or self._waiting) and len(self._recent) < admit_per_s:
             self._recent.append(now)
+            self._pace = self._paced_from(now) + 1.0 / admit_per_s
             return Entry(None)
         self._next += 1
         self._waiting[self._next] = self._seen[self._next] = now
         self._line.append(self._next)
-        return Entry(self._next, len(self._waiting), paused)
+        return Entry(self._next, len(self._waiting), paused, max(0.0, self._pace - now))
 
     async def poll(self, number: int, idle_s: float) -> Ticket:
         now = self._clock.monotonic()
@@ -413,7 +424,8 @@ class MemoryTicketQueue:
         if number in self._admitted:
             return Ticket(TicketState.ADMITTED, admitted_at=self._admitted[number])
         position = bisect.bisect_right(self._line, number, lo=self._head) - self._head
-        return Ticket(TicketState.WAITING, position, paused=now < self._paused_until)
+        return Ticket(TicketState.WAITING, position, paused=now < self._paused_until,
+                      due_s=max(0.0, self._pace - now))
 
     async def tick(self, admit_per_s: int, idle_s: float, hold_s: float) -> Tick:
         now = self._clock.monotonic()
@@ -430,7 +442,11 @@ class MemoryTicketQueue:
             self._line, self._head = list(self._waiting), 0
         paused = self._slide(now)
         waits: list[float] = []
-        while not paused and self._waiting and len(self._recent) < admit_per_s:
+        gap = 1.0 / admit_per_s
+        self._pace = self._paced_from(now)
+        while (not paused and self._waiting and len(self._recent) < admit_per_s
+               and self._pace <= now):
+            self._pace += gap
             n = self._line[self._head]
             self._head += 1
             waits.append(now - self._waiting.pop(n))
@@ -444,6 +460,10 @@ class MemoryTicketQueue:
 
     async def totals(self) -> tuple[int, int, int]:
         return len(self._waiting), self._admitted_total, self._expired_total
+
+    def _paced_from(self, now: float) -> float:
+        """When the next admission is due: a late step catches up, a quiet spell does not."""
+        return now if self._pace < now - PACE_CREDIT_S else self._pace
 
     def _slide(self, now: float) -> bool:
         """Forget admissions older than a second; whether admissions are paused."""

@@ -25,6 +25,7 @@ before a local change cannot undo it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -55,10 +56,16 @@ log = logging.getLogger("gateway.waiting_room")
 PASS_HEADER = "X-Queue-Pass"
 TICKET_HEADER = "X-Queue-Ticket"
 # The admission step's timer: a ticket is admitted within this long of there being room.
-TICK_S = 0.1
+TICK_S = 0.05
 # A pause set by one process lasts this long unless renewed: every process sees it within
 # a second, and it ends within a second of the breaker letting probes through.
 PAUSE_HOLD_S = 1.0
+# A poll from the front of the line (admission due within a second) is held open this long
+# at most, waiting for it: twice the time it should take, so a poll seldom ends just before.
+HOLD_POLL_S = 2.0
+# ... and, once the admission is due, looks again this often: the customer learns of it within
+# this long, so admitted customers reach the backend as evenly as they were admitted.
+HOLD_CHECK_S = 0.02
 # Polls come at most this far apart, so a customer learns of the admission soon enough.
 MAX_POLL_S = 10
 _SECRET_BYTES = 32
@@ -96,8 +103,11 @@ def pass_expiry(admitted_at: float, settings: WaitingRoomSettings) -> int:
     return math.ceil(admitted_at + settings.pass_ttl_s)
 
 
-def eta_s(position: int, admit_per_s: int) -> int:
-    return math.ceil(position / admit_per_s)
+def eta_s(position: int, admit_per_s: int, due_s: float = 0.0) -> int:
+    """The wait of the customer at `position`: until the next admission is due, then one
+    every 1/admit_per_s. Whole seconds, to the nearest (rounding up would overstate every
+    short wait by up to a second); at least 1, as someone in line is not in yet."""
+    return max(1, math.floor(due_s + (position - 1) / admit_per_s + 0.5))
 
 
 class WaitingRoom:
@@ -212,7 +222,8 @@ class WaitingRoom:
                 if ticket.state is TicketState.ADMITTED:
                     return tokens.make_pass(pass_expiry(ticket.admitted_at, settings), scope)
                 if ticket.state is TicketState.WAITING:
-                    raise self._queued(tokens, number, scope, ticket.position, ticket.paused)
+                    raise self._queued(tokens, number, scope, ticket.position, ticket.paused,
+                                       ticket.due_s)
                 raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
             entry = await self._queue.enter(settings.admit_per_s, settings.queue_all)
         except StoreUnavailable:
@@ -221,19 +232,20 @@ class WaitingRoom:
             return tokens.make_pass(pass_expiry(now, settings), scope)
         # The status page shows the queue at once, not at the next admission step.
         self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
-        raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused)
+        raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused,
+                           entry.due_s)
 
     def _queued(self, tokens: QueueTokens, number: int, scope: str, position: int,
-                paused: bool) -> GatewayError:
+                paused: bool, due_s: float) -> GatewayError:
         ticket = tokens.ticket(number, scope)
-        queue = self._waiting_body(position, paused)
+        queue = self._waiting_body(position, paused, due_s)
         return GatewayError(errors.QUEUED, extra={"queue": {"ticket": ticket, **queue}},
                             retry_after_s=queue["poll_after_s"],
                             headers={TICKET_HEADER: ticket})
 
-    def _waiting_body(self, position: int, paused: bool) -> dict[str, Any]:
+    def _waiting_body(self, position: int, paused: bool, due_s: float) -> dict[str, Any]:
         settings = self.settings
-        eta = None if paused else eta_s(position, settings.admit_per_s)
+        eta = None if paused else eta_s(position, settings.admit_per_s, due_s)
         return {"position": position, "eta_s": eta,
                 "poll_after_s": poll_after_s(eta, settings.ticket_idle_s)}
 
@@ -248,10 +260,22 @@ class WaitingRoom:
         settings = self.settings
         try:
             ticket = await self._queue.poll(number, settings.ticket_idle_s)
+            # Next in: hold the poll until the admission (due within a second), so the customer
+            # learns of it at once. Customers then arrive at the backend at the pace they
+            # were admitted, not bunched at their poll times.
+            held_until = self._clock.monotonic() + HOLD_POLL_S
+            while (ticket.state is TicketState.WAITING and not ticket.paused
+                   and ticket.position <= settings.admit_per_s
+                   and (left := held_until - self._clock.monotonic()) > 0):
+                # Asleep until the admission is due, then a look every HOLD_CHECK_S.
+                due = ticket.due_s + (ticket.position - 1) / settings.admit_per_s
+                await asyncio.sleep(min(max(due, HOLD_CHECK_S), left))
+                ticket = await self._queue.poll(number, settings.ticket_idle_s)
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
         if ticket.state is TicketState.WAITING:
-            return {"state": "waiting", **self._waiting_body(ticket.position, ticket.paused)}
+            return {"state": "waiting",
+                    **self._waiting_body(ticket.position, ticket.paused, ticket.due_s)}
         if ticket.state is TicketState.GONE:
             raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
         # Shown to the millisecond (admission time plus pass_ttl_s); the pass itself lasts

@@ -2,6 +2,7 @@
 # Set up (venv with test and load extras, redis-server, wrk or nginx where needed) and
 # run one load scenario, the floor benchmark, the profile or the multi-replica set-up:
 #   bash scripts/load.sh peak | peak-with-outage | maintenance-during-peak [--profile ci]
+#   bash scripts/load.sh flash-sale [--profile ci]
 #   bash scripts/load.sh bench [--rounds 3 --seconds 5]
 #   bash scripts/load.sh profile [--route get|post]
 #   bash scripts/load.sh replicas   # 3 replicas behind nginx, one Redis, until Ctrl-C
@@ -17,6 +18,8 @@ case "$what" in
   replicas)
     ensure_system_package nginx
     exec python -m loadtest.replicas "$@" ;;
+  flash-sale)
+    exec python -m loadtest.flash_sale "$@" ;;
   bench|profile)
     # Without wrk the benchmark falls back to its own Python load generator.
     ensure_system_package wrk || echo "wrk unavailable: using the Python load generator" >&2

@@ -7,6 +7,7 @@ Real (short) time: the Redis line keeps time by Redis's own clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -109,7 +110,9 @@ async def test_a_hold_pauses_admissions_and_queues_everyone_until_it_lapses(
     assert (await queue.poll(waiting, LONG_IDLE_S)).paused
     await asyncio.sleep(0.7)
     tick = await queue.tick(10, LONG_IDLE_S, 0)
-    assert not tick.paused and len(tick.waits) == 2
+    assert not tick.paused and len(tick.waits) == 1, "paced: one now, the next 0.1 s later"
+    await asyncio.sleep(0.15)
+    assert len((await queue.tick(10, LONG_IDLE_S, 0)).waits) == 1
 
 
 async def test_room_settings_keep_a_version_and_one_secret(stores: Stores) -> None:
@@ -147,3 +150,23 @@ def test_polls_come_often_enough_to_keep_a_place() -> None:
     assert poll_after_s(10_000, 60) == MAX_POLL_S
     assert poll_after_s(10_000, 6) == 2, "a third of the idle time at most"
     assert poll_after_s(None, 60) == MAX_POLL_S
+
+
+async def test_after_the_first_second_tickets_are_admitted_evenly_not_in_lumps(
+        queue: TicketQueue) -> None:
+    numbers = [(await queue.enter(3, True)).ticket for _ in range(6)]
+    admitted_at: dict[int, float] = {}
+    started = time.monotonic()
+    while len(admitted_at) < 6 and time.monotonic() - started < 5:
+        await queue.tick(3, LONG_IDLE_S, 0)
+        for n in numbers:
+            assert n is not None
+            ticket = await queue.poll(n, LONG_IDLE_S)
+            if ticket.state is TicketState.ADMITTED:
+                admitted_at.setdefault(n, ticket.admitted_at)
+        await asyncio.sleep(0.02)
+    times = [admitted_at[n] for n in numbers if n is not None]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # One every third of a second: lumps of three (the sliding second alone) would give
+    # gaps of 0, 0, 1, 0, 0.
+    assert all(gap >= 0.25 for gap in gaps), gaps

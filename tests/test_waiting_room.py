@@ -105,7 +105,8 @@ async def test_customers_beyond_the_rate_queue_with_place_and_eta_and_get_in_in_
     key = str(uuid.uuid4())
     queued = [await order(http, gw, key=key), await order(http, gw)]
     first, second = assert_queued(queued[0], 1), assert_queued(queued[1], 2)
-    assert (first["eta_s"], second["eta_s"]) == (1, 1)
+    # Admissions from the line start when the second slides on, then one every half second.
+    assert first["eta_s"] == 1 and second["eta_s"] in (1, 2)
     assert key not in healthy.stats("order")["requests_by_key"], "a queued order is not sent"
     async with http.get(gw.url + "/v1/status") as resp:
         status = (await resp.json())["waiting_room"]
