@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway import errors
+from gateway import errors, waiting_room
 from gateway.idempotency import KEY_PATTERN
 from gateway.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.schemas import (
@@ -167,7 +167,12 @@ def _queue_path() -> dict[str, Any]:
     return {"get": {
         "summary": "A waiting-room ticket's state; every poll keeps it alive",
         "parameters": [{"name": "ticket", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
+                        "schema": {"type": "string"}},
+                       {"name": "wait_s", "in": "query", "required": False,
+                        "description": "from the front of the line, hold the answer up to "
+                                       "this long for the admission",
+                        "schema": {"type": "number", "minimum": 0,
+                                   "maximum": waiting_room.HOLD_POLL_S}}],
         "security": [{}, {"apiKey": []}],
         "responses": {"200": {"description": "Waiting (place, ETA, when to poll) or admitted "
                               "(a pass for X-Queue-Pass)",

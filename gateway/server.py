@@ -79,7 +79,7 @@ async def serve(settings: Settings, stop: asyncio.Event,
                         handle_signals=False, access_log=None,
                         shutdown_timeout=server.drain_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, server.host, server.port, backlog=1024,
+    site = web.TCPSite(runner, server.host, server.port, backlog=server.listen_backlog,
                        reuse_port=server.workers > 1 or None)
     try:
         await site.start()

@@ -140,6 +140,10 @@ class ServerSettings(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # Connections the kernel completes and queues for the gateway to accept. Too short a
+    # queue under a connection storm drops SYNs, and clients retry after 1, 3, 7... s:
+    # seconds of latency the gateway never sees. The kernel caps it at net.core.somaxconn.
+    listen_backlog: int = Field(4096, ge=16, le=65_535)
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # After SIGTERM the gateway keeps serving with /readyz at 503 for this long,
     # so load balancers stop routing to it before it closes its listener.

@@ -60,9 +60,10 @@ TICK_S = 0.05
 # A pause set by one process lasts this long unless renewed: every process sees it within
 # a second, and it ends within a second of the breaker letting probes through.
 PAUSE_HOLD_S = 1.0
-# A poll from the front of the line (admission due within a second) is held open this long
-# at most, waiting for it: twice the time it should take, so a poll seldom ends just before.
+# A poll may ask (`?wait_s=`) to be held open until its admission, this long at most, when
+# the admission is due within a second: twice the time it should take.
 HOLD_POLL_S = 2.0
+WAIT_PARAM = "wait_s"
 # ... and, once the admission is due, looks again this often: the customer learns of it within
 # this long, so admitted customers reach the backend as evenly as they were admitted.
 HOLD_CHECK_S = 0.02
@@ -249,8 +250,9 @@ class WaitingRoom:
         return {"position": position, "eta_s": eta,
                 "poll_after_s": poll_after_s(eta, settings.ticket_idle_s)}
 
-    async def poll(self, scope: str, token: str) -> dict[str, Any]:
-        """`GET /v1/queue/{ticket}`: the ticket's state, its idle timer started again."""
+    async def poll(self, scope: str, token: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """`GET /v1/queue/{ticket}`: the ticket's state, its idle timer started again; from
+        the front of the line, held up to `wait_s` for the admission."""
         tokens = self._tokens
         if tokens is None:
             raise GatewayError(errors.STATE_UNAVAILABLE)
@@ -260,10 +262,10 @@ class WaitingRoom:
         settings = self.settings
         try:
             ticket = await self._queue.poll(number, settings.ticket_idle_s)
-            # Next in: hold the poll until the admission (due within a second), so the customer
-            # learns of it at once. Customers then arrive at the backend at the pace they
-            # were admitted, not bunched at their poll times.
-            held_until = self._clock.monotonic() + HOLD_POLL_S
+            # Asked to, and next in: hold the poll until the admission (due within a second),
+            # so the customer learns of it at once. Such customers reach the backend at the
+            # pace they were admitted, not bunched at their poll times.
+            held_until = self._clock.monotonic() + wait_s
             while (ticket.state is TicketState.WAITING and not ticket.paused
                    and ticket.position <= settings.admit_per_s
                    and (left := held_until - self._clock.monotonic()) > 0):
@@ -337,6 +339,20 @@ def poll_route(room: WaitingRoom, keys: ClientKeys | None) -> Handler:
             scope = identity.client_scope(request.headers.get("X-Client-ID"))
         else:
             scope = keys.identify(request.headers.get(API_KEY_HEADER)).id
-        return json_response(await room.poll(scope, request.match_info["ticket"]))
+        wait_s = _wait_s(request.query.get(WAIT_PARAM))
+        return json_response(await room.poll(scope, request.match_info["ticket"], wait_s))
 
     return poll_ticket
+
+
+def _wait_s(sent: str | None) -> float:
+    if sent is None:
+        return 0.0
+    try:
+        wait_s = float(sent)
+    except ValueError:
+        wait_s = -1.0
+    if not 0 <= wait_s <= HOLD_POLL_S:  # NaN fails this too
+        raise field_errors.invalid_field(WAIT_PARAM, f"must be a number of seconds from 0 to "
+                                                     f"{HOLD_POLL_S:g}")
+    return wait_s

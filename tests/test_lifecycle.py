@@ -161,3 +161,21 @@ def test_a_port_in_use_is_one_clear_line_and_exit_1(argv: list[str]) -> None:
     assert done.returncode == 1, output
     assert "cannot listen" in output and "address already in use" in output
     assert "Traceback" not in output and "Unclosed" not in output
+
+
+def _listen_backlog(port: int) -> int:
+    """The accept queue's length of the socket listening on `port` (Send-Q in `ss -l`)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[2])
+
+
+def test_the_listen_backlog_is_a_setting_with_a_deep_default(
+        log_dir: Path, upstreams: Upstreams, gateway: Gateway) -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert _listen_backlog(gateway.port) == min(4096, somaxconn)
+    tuned = Gateway(log_dir, upstreams.urls, config={"server": {"listen_backlog": 100}})
+    try:
+        assert _listen_backlog(tuned.port) == 100
+    finally:
+        tuned.stop()

@@ -262,3 +262,23 @@ async def test_the_room_has_its_metrics(
                    "gateway_waiting_room_expired_total 0.0",
                    "gateway_waiting_room_wait_seconds_count 1.0"):
         assert series in text
+
+
+async def test_a_poll_answers_at_once_unless_it_asks_to_wait_for_its_admission(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_app(room(admit_per_s=1))
+    assert (await order(http, gw)).status == 201
+    ticket = assert_queued(await order(http, gw), 1)["ticket"]
+    started = time.monotonic()
+    first = await poll(http, gw, ticket)
+    assert first.json["state"] == "waiting" and first.json["position"] == 1
+    assert time.monotonic() - started < 0.5, "answered at once"
+    async with http.get(f"{gw.url}/v1/queue/{ticket}?wait_s=2",
+                        headers={"X-Client-ID": CLIENT}) as resp:
+        held = await resp.json()
+    assert held["state"] == "admitted", "held until the admission, due within the second"
+    assert 0.3 < time.monotonic() - started < 2.0
+    for bad in ("abc", "-1", "2.5", "nan", ""):
+        async with http.get(f"{gw.url}/v1/queue/{ticket}?wait_s={bad}",
+                            headers={"X-Client-ID": CLIENT}) as resp:
+            assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "wait_s"
