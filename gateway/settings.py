@@ -521,6 +521,22 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+# Values never repeated in an error line: it goes to logs and terminals.
+_SECRET_KEYS = frozenset({"token", "previous_token", "secret"})
+
+
+def _shown(loc: tuple[int | str, ...], value: Any) -> Any:
+    """A refused value as an error line may quote it: secrets withheld, a URL's password
+    masked."""
+    if loc and loc[-1] in _SECRET_KEYS:
+        return "(withheld)"
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.password is not None:
+            return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
@@ -529,7 +545,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-            message = f"{message} (got {err['input']!r})"
+            message = f"{message} (got {_shown(err['loc'], err['input'])!r})"
         lines.append(f"{path}: {message}" if path else message)
     return lines
 

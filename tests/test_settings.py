@@ -126,6 +126,31 @@ def test_several_workers_need_a_fixed_port() -> None:
     assert "server.port" in caught.value.problems[0]
 
 
+def test_an_enabled_waiting_room_with_several_workers_needs_redis(tmp_path: Path) -> None:
+    path = tmp_path / "room.yaml"
+    path.write_text("server: {workers: 2, port: 8080}\nwaiting_room: {enabled: true}\n")
+    result = _check(path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "waiting_room.enabled: with server.workers > 1 the room needs redis.url, or each "
+        "worker would let in admit_per_s of its own"]
+    path.write_text("server: {workers: 2, port: 8080}\nwaiting_room: {enabled: true}\n"
+                    "redis: {url: 'redis://127.0.0.1:6379/0'}\n")
+    assert _check(path).returncode == 0
+    # The secret comes from the environment too, and is never shorter than 16 characters.
+    settings = load_settings(None, env={"GATEWAY_QUEUE_SECRET": "s" * 16})
+    assert settings.waiting_room.secret == "s" * 16
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, env={"GATEWAY_QUEUE_SECRET": "short"})
+    assert caught.value.problems[0].startswith("waiting_room.secret:")
+    assert "short" not in caught.value.problems[0], "a secret is never echoed"
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, env={"GATEWAY_ADMIN_TOKEN": "x", "GATEWAY_REDIS_URL":
+                                 "http://user:hunter2@redis.internal:6379"})
+    shown = "\n".join(caught.value.problems)
+    assert "hunter2" not in shown and "redis.url" in shown
+
+
 def _keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
     found = set()
     for key, value in tree.items():
