@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.harness import Gateway, RedisServer, Upstreams
+from loadtest.verdict import Checks
 
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "flash-sale-admin-token-0123456789"
@@ -69,23 +70,8 @@ PROFILES = {
 
 
 @dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-
-@dataclass
-class Verdict:
-    checks: list[Check] = field(default_factory=list)
+class Verdict(Checks):
     figures: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def add(self, name: str, passed: bool, detail: str) -> None:
-        self.checks.append(Check(name, passed, detail))
 
 
 def judge(customers: list[dict[str, Any]], orders_by_key: dict[str, int],

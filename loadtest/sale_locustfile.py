@@ -7,7 +7,7 @@ Run through `python -m loadtest.flash_sale`, which starts everything and sets:
 - `SALE_CUSTOMERS`, `SALE_ARRIVAL_S`: how many customers arrive, spread over
   how many seconds;
 - `SALE_PATIENCE_S`: `[low, high]`, each customer's patience drawn uniformly;
-- `LOAD_RECORDS`, `LOAD_STARTED`: as for `locustfile.py`.
+- `LOAD_RECORDS`: where the customers' records are written as JSON when the run ends.
 
 A customer submits the order (one Idempotency-Key for the whole journey). Let
 straight in, it is done. Given `429 QUEUED`, it keeps the ticket, polls
@@ -114,13 +114,6 @@ class SaleArrivals(LoadTestShape):
         if self.get_run_time() >= self.run_s:
             return None
         return COUNT, COUNT / ARRIVAL_S
-
-
-@events.test_start.add_listener
-def _started(**_kwargs: Any) -> None:
-    if path := os.environ.get("LOAD_STARTED"):
-        with open(path, "w") as out:
-            out.write(str(time.time()))
 
 
 @events.quitting.add_listener

@@ -49,6 +49,7 @@ from typing import Any
 from gateway.errors import CATALOG
 from loadtest.harness import BIN, Gateway, RedisServer, Upstreams
 from loadtest.loadgen import percentile
+from loadtest.verdict import Checks
 
 ADMIN_TOKEN = "load-admin-token-0123456789"
 READS = ("GET /v1/availability", "GET /v1/orders/{id}")
@@ -252,25 +253,10 @@ def _post(url: str, payment: dict[str, Any]) -> tuple[int, float]:
 
 
 @dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-
-@dataclass
-class Verdict:
-    scenario: str
-    checks: list[Check] = field(default_factory=list)
+class Verdict(Checks):
+    scenario: str = ""
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     load: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    def add(self, name: str, passed: bool, detail: str) -> None:
-        self.checks.append(Check(name, passed, detail))
 
 
 def explained(record: dict[str, Any]) -> bool:
@@ -287,7 +273,7 @@ def explained(record: dict[str, Any]) -> bool:
 
 def judge(scenario: str, data: dict[str, Any], resubmitted: dict[str, int],
           stats: dict[str, Any], profile: Profile) -> Verdict:
-    verdict = Verdict(scenario)
+    verdict = Verdict(scenario=scenario)
     requests: list[dict[str, Any]] = data["requests"]
     answered = [r for r in requests if r["status"]]
     _route_table(verdict, requests)
