@@ -243,7 +243,7 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
 async def _admissions(app: web.Application) -> AsyncIterator[None]:
     """The waiting room's admission step on every process, on its own timer."""
     room = app[admin.WAITING_ROOM]
-    async with _background(follow("waiting_room", room.step, TICK_S)):
+    async with _background(follow("waiting_room admissions", room.step, TICK_S)):
         yield
 
 

@@ -389,8 +389,8 @@ class MaintenanceSettings(_Model):
     windows: list[MaintenanceWindowSettings] = []
 
 
-ROOM_NEEDS_REDIS = ("waiting_room.enabled: with server.workers > 1 the room needs redis.url, "
-                    "or each worker would let in admit_per_s of its own")
+ROOM_NEEDS_REDIS = ("with server.workers > 1 the room needs redis.url, or each worker would "
+                    "let in admit_per_s of its own")
 
 
 class WaitingRoomSettings(_Model):
@@ -452,7 +452,7 @@ class Settings(_Model):
     @model_validator(mode="after")
     def _shared_room_needs_redis(self) -> Settings:
         if self.waiting_room.enabled and self.server.workers > 1 and self.redis.url is None:
-            raise ValueError(ROOM_NEEDS_REDIS)
+            raise ValueError(f"waiting_room.enabled: {ROOM_NEEDS_REDIS}")
         return self
 
     @model_validator(mode="after")

@@ -90,13 +90,13 @@ class RoomView:
     paused: bool = False
 
 
-def poll_after_s(eta_s: int | None, idle_s: float) -> int:
+def poll_after_s(eta: int | None, idle_s: float) -> int:
     """A fifth of the expected wait, between 1 s and MAX_POLL_S, and never more than a
     third of `idle_s`, so one lost poll never costs a customer their place."""
     ceiling = max(1, min(MAX_POLL_S, int(idle_s // 3)))
-    if eta_s is None:
+    if eta is None:
         return ceiling
-    return max(1, min(ceiling, math.ceil(eta_s / 5)))
+    return max(1, min(ceiling, math.ceil(eta / 5)))
 
 
 def pass_expiry(admitted_at: float, settings: WaitingRoomSettings) -> int:
@@ -104,11 +104,16 @@ def pass_expiry(admitted_at: float, settings: WaitingRoomSettings) -> int:
     return math.ceil(admitted_at + settings.pass_ttl_s)
 
 
+def expected_wait_s(position: int, admit_per_s: int, due_s: float = 0.0) -> float:
+    """The wait of the customer at `position`: until the next admission is due (its pace),
+    then one every 1/admit_per_s."""
+    return due_s + (position - 1) / admit_per_s
+
+
 def eta_s(position: int, admit_per_s: int, due_s: float = 0.0) -> int:
-    """The wait of the customer at `position`: until the next admission is due, then one
-    every 1/admit_per_s. Whole seconds, to the nearest (rounding up would overstate every
+    """The expected wait in whole seconds, to the nearest (rounding up would overstate every
     short wait by up to a second); at least 1, as someone in line is not in yet."""
-    return max(1, math.floor(due_s + (position - 1) / admit_per_s + 0.5))
+    return max(1, math.floor(expected_wait_s(position, admit_per_s, due_s) + 0.5))
 
 
 class WaitingRoom:
@@ -185,7 +190,7 @@ class WaitingRoom:
         except ValidationError as exc:
             raise field_errors.failed(field_errors.from_pydantic(exc)) from None
         if settings.enabled and self._workers > 1 and not self._shared:
-            raise field_errors.invalid_field("enabled", ROOM_NEEDS_REDIS.split(": ", 1)[1])
+            raise field_errors.invalid_field("enabled", ROOM_NEEDS_REDIS)
         return settings
 
     async def change(self, changes: dict[str, Any]) -> WaitingRoomSettings:
@@ -270,7 +275,7 @@ class WaitingRoom:
                    and ticket.position <= settings.admit_per_s
                    and (left := held_until - self._clock.monotonic()) > 0):
                 # Asleep until the admission is due, then a look every HOLD_CHECK_S.
-                due = ticket.due_s + (ticket.position - 1) / settings.admit_per_s
+                due = expected_wait_s(ticket.position, settings.admit_per_s, ticket.due_s)
                 await asyncio.sleep(min(max(due, HOLD_CHECK_S), left))
                 ticket = await self._queue.poll(number, settings.ticket_idle_s)
         except StoreUnavailable:

@@ -282,3 +282,13 @@ async def test_a_poll_answers_at_once_unless_it_asks_to_wait_for_its_admission(
         async with http.get(f"{gw.url}/v1/queue/{ticket}?wait_s={bad}",
                             headers={"X-Client-ID": CLIENT}) as resp:
             assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "wait_s"
+
+
+async def test_enabling_the_room_for_several_workers_without_redis_is_refused(
+        gateway_app: StartApp, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_app({"server": {"workers": 2, "port": 8080}})
+    answer = await admin(http, gw, "PUT", "/admin/waiting-room", {"enabled": True})
+    assert answer.status == 422 and answer.json["errors"][0]["field"] == "enabled"
+    assert "redis.url" in answer.json["errors"][0]["message"]
+    assert (await admin(http, gw, "GET", "/admin/waiting-room")).json["settings"]["enabled"] \
+        is False
