@@ -25,6 +25,8 @@ from gateway import (
     rate_limit,
     status,
 )
+from gateway.admission import ADJUST_S, Admission, AdmitAll
+from gateway.arrivals import Arrivals
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
@@ -33,7 +35,6 @@ from gateway.edge import EDGE, Edge, Handler, middleware
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
-from gateway.overload import Admission, Unlimited
 from gateway.problem import json_response, negotiate_language
 from gateway.proxy import Shared, make_handler
 from gateway.rate_limit import RateLimiter
@@ -70,7 +71,9 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORES = web.AppKey("stores", Stores)
 MAINTENANCE = admin.MAINTENANCE
 STATUS = web.AppKey("status", StatusPage)
-ADMISSION = web.AppKey[Admission | Unlimited]("admission")
+ADMISSION = web.AppKey[Admission | AdmitAll]("admission")
+# What the connection layer decides on a head as it is read; None: admission is off.
+ARRIVALS = web.AppKey[Arrivals | None]("arrivals")
 
 
 def _make_stores(settings: Settings, clock: Clock) -> Stores:
@@ -135,9 +138,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
     keys = ClientKeys(settings.auth, stores.keys)
     app[admin.CLIENT_KEYS] = keys
-    admission: Admission | Unlimited = Unlimited()
+    admission: Admission | AdmitAll = AdmitAll()
+    app[ARRIVALS] = None
     if settings.overload.enabled:
         admission = Admission(settings.overload)
+        app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics)
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
     app[ADMISSION] = admission
@@ -164,6 +169,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_control_sync)
     app.cleanup_ctx.append(_admissions)
+    app.cleanup_ctx.append(_admission_control)
     return app
 
 
@@ -201,16 +207,21 @@ async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """On a timer, off the request path: flush the access log, sample the in-flight gauge."""
+    """On a timer, off the request path: flush the access log, sample admission's gauges."""
     access_log = app[ACCESS_LOG]
-    in_flight = app[METRICS].in_flight
+    metrics = app[METRICS]
     admission = app[ADMISSION]
+    arrivals = app[ARRIVALS]
 
     async def every_tick() -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             access_log.flush()
-            in_flight.set(admission.in_flight)
+            metrics.in_flight.set(admission.in_flight)
+            metrics.admission_limit.set(admission.limit)
+            metrics.queue_delay.set(admission.delay_s)
+            if arrivals is not None:
+                arrivals.count()
 
     async with _background(every_tick()):
         yield
@@ -238,6 +249,22 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
                 _background(follow("waiting_room", room.sync, interval))):
         yield
     await stores.close()
+
+
+async def _admission_control(app: web.Application) -> AsyncIterator[None]:
+    """Admission's limit set again every ADJUST_S from the delay measured, the loop's lag
+    (how late this very timer wakes) included."""
+    admission = app[ADMISSION]
+
+    async def every_interval() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + ADJUST_S
+            await asyncio.sleep(ADJUST_S)
+            admission.adjust(max(0.0, loop.time() - due))
+
+    async with _background(every_interval()):
+        yield
 
 
 async def _admissions(app: web.Application) -> AsyncIterator[None]:

@@ -25,8 +25,9 @@ nothing on the usual path: a head that arrives whole in one read never arms it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -35,10 +36,29 @@ from aiohttp.web_request import BaseRequest
 
 from gateway import errors
 from gateway.errors import GatewayError
+from gateway.routes import RoutePolicy
 from gateway.settings import ServerSettings
 
 # Renders a refusal for a request the parser gave up on (status and exception from aiohttp).
 Refuse = Callable[[BaseRequest, int, BaseException | None], web.StreamResponse]
+
+
+_UNAVAILABLE = 503
+
+
+class AdmissionAtArrival(Protocol):
+    """What a connection asks of admission when it reads a head (`arrivals.Arrivals`)."""
+
+    def route_of(self, data: bytes) -> RoutePolicy | None: ...
+
+    def enter(self, priority: int) -> bool: ...
+
+    def leave(self) -> None: ...
+
+    def refusal(self, data: bytes, policy: RoutePolicy) -> bytes: ...
+
+    @property
+    def retry_after_s(self) -> float: ...
 
 
 def handler_args(server: ServerSettings) -> dict[str, Any]:
@@ -93,10 +113,21 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         raise GatewayError(errors.PAYLOAD_TOO_LARGE, params={"limit": limit}) from None
 
 
-class EdgeConnection(web.RequestHandler):
-    """aiohttp's connection handler with a head timeout and catalog answers."""
+def arrival(request: web.BaseRequest) -> tuple[bool, float]:
+    """Whether admission counted this request when its head was read, and the loop
+    time its head was read at (now, for a request that came another way)."""
+    connection = request.protocol
+    if isinstance(connection, EdgeConnection):
+        return connection.take_arrival()
+    return False, asyncio.get_running_loop().time()
 
-    __slots__ = ("_edge_server", "_head_timer", "_last_payload")
+
+class EdgeConnection(web.RequestHandler):
+    """aiohttp's connection handler with a head timeout, catalog answers, and admission
+    at arrival (`arrivals.py`)."""
+
+    __slots__ = ("_answered", "_arrived_at", "_counted", "_edge_server", "_head_timer",
+                 "_held", "_last_payload", "_partial_head", "_refused_until")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -104,28 +135,122 @@ class EdgeConnection(web.RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         # The body of the latest request parsed: bytes while it is unfinished are its.
         self._last_payload: StreamReader = EMPTY_PAYLOAD
+        self._partial_head = False  # the parser holds the start of a head
+        self._answered = 0  # requests of aiohttp's count whose answer is written
+        self._arrived_at = 0.0  # loop time the latest head was read
+        self._counted = False  # admission counted the head read last, not yet handled
+        # A refusal at arrival waiting to go out, and when Retry-After of the last one ends.
+        self._held: tuple[asyncio.TimerHandle, bytes] | None = None
+        self._refused_until = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_head_timer()  # a connection that sends nothing is cut off too
 
     def data_received(self, data: bytes) -> None:
+        if self._held is not None:
+            self._send_held()  # a client that did not wait: answers stay in order
         heads = self._request_count
         body_pending = not self._last_payload.is_eof()
+        if self._idle() and self._admitted_at_arrival(data) is False:
+            return
         super().data_received(data)
         if self._request_count != heads:
+            self._arrived_at = self._loop.time()
+            self._partial_head = False
             self._last_payload = self._messages[-1][1] if self._messages else EMPTY_PAYLOAD
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
-        elif self._head_timer is None and data and not body_pending:
+        elif data and not body_pending:
             # Bytes that are no body's: the start of the next request's head.
-            self._arm_head_timer()
+            self._partial_head = True
+            if self._head_timer is None:
+                self._arm_head_timer()
+
+    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._answered += 1
+            if resp.status == _UNAVAILABLE:
+                self._told_to_wait(resp.headers.get("Retry-After"))
+
+    def _told_to_wait(self, retry_after: str | None) -> None:
+        """A 503 told the client when to come back; a refusal at arrival before then
+        is held until then (see `_refuse`)."""
+        if retry_after is not None and retry_after.isdigit():
+            self._refused_until = self._loop.time() + int(retry_after)
+
+    def _idle(self) -> bool:
+        """Every request read is answered, and nothing of the next is held by the parser:
+        an answer written now comes in order."""
+        return (self._answered == self._request_count and not self._partial_head
+                and self._last_payload.is_eof() and self._held is None)
+
+    def _admitted_at_arrival(self, data: bytes) -> bool | None:
+        """Admission's decision on a plain head of a proxied route (None: not one);
+        refused heads are answered here."""
+        arrivals = self._edge_server.arrivals
+        if arrivals is None or self.transport is None:
+            return None
+        policy = arrivals.route_of(data)
+        if policy is None:
+            return None
+        if self._counted:
+            self._release()  # a head counted earlier that never reached its handler
+        if arrivals.enter(policy.priority):
+            self._counted = True
+            return True
+        self._refuse(arrivals.refusal(data, policy), arrivals.retry_after_s)
+        return False
+
+    def _refuse(self, answer: bytes, retry_after_s: float) -> None:
+        """Send a refusal, at once, or when the Retry-After of the last one sent on this
+        connection ends: a client that asks again sooner than it was told waits out the
+        rest, so a crowd retrying in a tight loop cannot spend the CPU on refusals."""
+        now = self._loop.time()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        hold = self._refused_until - now
+        self._refused_until = max(now, self._refused_until) + retry_after_s
+        # Answered here, so aiohttp saw no request: its idle clock starts again.
+        self._next_keepalive_close_time = now + max(0.0, hold) + self._keepalive_timeout
+        if hold <= 0:
+            assert self.transport is not None
+            self.transport.write(answer)
+            return
+        self._held = (self._loop.call_later(hold, self._send_held), answer)
+
+    def _send_held(self) -> None:
+        assert self._held is not None
+        timer, answer = self._held
+        self._held = None
+        timer.cancel()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answer)
+
+    def take_arrival(self) -> tuple[bool, float]:
+        counted, self._counted = self._counted, False
+        return counted, self._arrived_at
+
+    def _release(self) -> None:
+        self._counted = False
+        arrivals = self._edge_server.arrivals
+        if arrivals is not None:
+            arrivals.leave()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._held is not None:
+            self._held[0].cancel()
+            self._held = None
+        if self._counted:
+            self._release()
         super().connection_lost(exc)
 
     def _waiting_for_head(self) -> bool:
@@ -162,12 +287,14 @@ class EdgeServer(web.Server):
 
     def __init__(self, handler: Any, *, request_factory: Any, handler_cancellation: bool,
                  refuse: Refuse, head_timeout_answer: Callable[[], bytes],
-                 header_timeout_s: float, **handler_kwargs: Any) -> None:
+                 header_timeout_s: float, arrivals: AdmissionAtArrival | None,
+                 **handler_kwargs: Any) -> None:
         super().__init__(handler, request_factory=request_factory,
                          handler_cancellation=handler_cancellation, **handler_kwargs)
         self.refuse = refuse
         self.head_timeout_answer = head_timeout_answer
         self.header_timeout_s = header_timeout_s
+        self.arrivals = arrivals
         self._handler_kwargs = handler_kwargs  # what each connection handler is made with
 
     def __call__(self) -> web.RequestHandler:
@@ -179,10 +306,11 @@ class EdgeRunner(web.AppRunner):
     run as usual)."""
 
     def __init__(self, app: web.Application, server: ServerSettings, refuse: Refuse,
-                 head_timeout_answer: Callable[[], bytes], **kwargs: Any) -> None:
+                 head_timeout_answer: Callable[[], bytes], arrivals: AdmissionAtArrival | None,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._edge_kwargs = {"refuse": refuse, "head_timeout_answer": head_timeout_answer,
-                             "header_timeout_s": server.header_timeout_s,
+                             "header_timeout_s": server.header_timeout_s, "arrivals": arrivals,
                              **handler_args(server), **kwargs}
 
     async def _make_server(self) -> web.Server:
@@ -191,3 +319,109 @@ class EdgeRunner(web.AppRunner):
                   if k not in ("handle_signals", "shutdown_timeout")}
         return EdgeServer(plain.request_handler, request_factory=plain.request_factory,
                           handler_cancellation=plain.handler_cancellation, **kwargs)
+
+
+# Connections accepted per wake-up of the listening socket. The event loop's own
+# listener (libuv since 1.45) accepts one connection per loop iteration: with the
+# loop busy for tens of milliseconds an iteration, a crowd of new connections waited
+# seconds in the kernel's accept queue, requests already sent (the maximum latencies
+# of issue 17's crowd). A batch is bounded so accepting cannot starve the rest.
+ACCEPT_BATCH = 256
+
+
+class EdgeSite(web.BaseSite):
+    """A TCP listener that accepts up to ACCEPT_BATCH waiting connections at a time and
+    hands each to the runner's server, as aiohttp's TCPSite would one by one."""
+
+    __slots__ = ("_connecting", "_host", "_port", "_reuse_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, backlog: int,
+                 reuse_port: bool) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._connecting: set[asyncio.Task[Any]] = set()
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        sockets = [self._listen(info) for info in socket.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)]
+        for sock in sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+        self._server = _Listening(loop, sockets)
+
+    def _listen(self, info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _, address = info
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            # Worded as the event loop's own listener words it.
+            raise OSError(exc.errno, f"error while attempting to bind on address "
+                                     f"{address!r}: {(exc.strerror or '').lower()}") from None
+        return sock
+
+    def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError:
+                # Out of file descriptors, or the like: the connection stays queued in
+                # the kernel; the next wake-up tries again.
+                return
+            if server is None:  # stopping
+                sock.close()
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(loop.connect_accepted_socket(server, sock))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+
+class _Listening(asyncio.AbstractServer):
+    """The listening sockets of an EdgeSite, as aiohttp's runner expects a server."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket]) -> None:
+        self._loop = loop
+        self.sockets = sockets
+        self._closed: asyncio.Future[None] = loop.create_future()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock.fileno())
+                sock.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def start_serving(self) -> None:
+        return None  # serving from the start
+
+    async def serve_forever(self) -> None:
+        await self._closed
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return any(sock.fileno() >= 0 for sock in self.sockets)
+
+    async def wait_closed(self) -> None:
+        await self._closed

@@ -25,7 +25,7 @@ from gateway.cors import Cors
 from gateway.errors import GatewayError
 from gateway.idempotency import REPLAY_HEADER
 from gateway.observability import AccessLog, Metrics
-from gateway.problem import PROBLEM_JSON, negotiate_language, problem_body, render
+from gateway.problem import LANGUAGES, PROBLEM_JSON, negotiate_language, problem_body, render
 from gateway.security_headers import security_headers
 from gateway.settings import Settings
 
@@ -81,13 +81,63 @@ class Edge:
         """408 for a request head that never completed, as bytes for the bare socket."""
         rid = identity.request_id(None)
         err = connections.timeout_error("head", self._server.header_timeout_s)
-        body = orjson.dumps(problem_body(err, rid, "en"))
-        lines = ["HTTP/1.1 408 Request Timeout", f"Content-Type: {PROBLEM_JSON}",
-                 f"Content-Length: {len(body)}", "Connection: close", "Retry-After: 1",
-                 "Cache-Control: no-store", f"X-Request-ID: {rid}",
-                 *(f"{name}: {value}" for name, value in self._headers.items())]
         self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return self.raw_answer(err, closing=True).bytes_for(rid, "en")
+
+    def raw_answer(self, err: GatewayError, *, closing: bool = False) -> RawAnswer:
+        """`err` as bytes for the bare socket, the same answer `render` and `finish` give."""
+        return RawAnswer(err, self._headers, closing=closing)
+
+    @property
+    def logs_access(self) -> bool:
+        return self._access_log.enabled
+
+    def log_raw(self, rid: str, method: str, route: str, path: str, status: int, code: str,
+                elapsed: float) -> None:
+        """The access-log line of an answer written as bytes (its metrics are the
+        writer's to count)."""
+        if self._access_log.enabled:
+            self._access_log.write({
+                "ts": round(time.time(), 3), "request_id": rid, "method": method,
+                "route": route, "path": privacy.scrub(path[:_MAX_ECHOED_PATH]),
+                "status": status, "code": code, "ms": round(elapsed * 1000, 2),
+                "replayed": False,
+            })
+
+
+# Stands in for the request id while an answer is prebuilt; no id can look like it.
+_ID_SLOT = "<request id>"
+
+
+class RawAnswer:
+    """One catalog error, prebuilt per language as HTTP/1.1 bytes; per answer only the
+    request id and the length are filled in."""
+
+    __slots__ = ("_bodies", "_heads")
+
+    def __init__(self, err: GatewayError, extra: dict[str, str], *, closing: bool) -> None:
+        self._heads: dict[str, bytes] = {}
+        self._bodies: dict[str, tuple[bytes, bytes]] = {}
+        for lang in LANGUAGES:
+            response = render(err, _ID_SLOT, lang)
+            lines = [f"HTTP/1.1 {response.status} {response.reason}",
+                     f"Content-Type: {PROBLEM_JSON}",
+                     *(f"{name}: {value}" for name, value in response.headers.items()
+                       if name != "Content-Type"),
+                     *(f"{name}: {value}" for name, value in extra.items())]
+            if closing:
+                lines.append("Connection: close")
+            self._heads[lang] = ("\r\n".join(lines) + "\r\n").encode()
+            before, after = orjson.dumps(problem_body(err, _ID_SLOT, lang)).split(
+                _ID_SLOT.encode())
+            self._bodies[lang] = (before, after)
+
+    def bytes_for(self, rid: str, lang: str) -> bytes:
+        before, after = self._bodies[lang]
+        rid_bytes = rid.encode()
+        length = len(before) + len(rid_bytes) + len(after)
+        return b"".join((self._heads[lang], b"Content-Length: %d\r\nX-Request-ID: " % length,
+                         rid_bytes, b"\r\n\r\n", before, rid_bytes, after))
 
 
 EDGE = web.AppKey("edge", Edge)

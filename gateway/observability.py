@@ -64,8 +64,15 @@ class Metrics:
             "gateway_upstream_duration_seconds", "Backend call time, by backend and outcome",
             ("backend", "outcome"), buckets=_LATENCY_BUCKETS, registry=reg)
         self.in_flight = Gauge(
-            "gateway_requests_in_flight", "Requests being handled", registry=reg,
-            multiprocess_mode="livesum")
+            "gateway_requests_in_flight", "Proxied requests taken on, from their arrival to "
+            "their answer", registry=reg, multiprocess_mode="livesum")
+        self.admission_limit = Gauge(
+            "gateway_admission_limit", "Proxied requests admission takes on at once, as set "
+            "by the measured queueing delay", registry=reg, multiprocess_mode="livesum")
+        self.queue_delay = Gauge(
+            "gateway_queue_delay_seconds", "Queueing delay measured over the last interval: "
+            "the mean wait from arrival to handler, or the event loop's lag if longer",
+            registry=reg, multiprocess_mode="livemax")
         self.breaker_state = Gauge(
             "gateway_breaker_state", "Breaker state per backend: 0 closed, 1 half-open, 2 open",
             ("backend",), registry=reg, multiprocess_mode="liveall")
@@ -82,7 +89,8 @@ class Metrics:
             "lease_lost)", ("route", "event"), registry=reg)
         self.shed = Counter(
             "gateway_shed_requests", "Requests refused by admission control (503 OVERLOADED) "
-            "before being read, by route", ("route",), registry=reg)
+            "before being read, by route (at arrival, or for waiting too long)", ("route",),
+            registry=reg)
         self.bulkhead_queued_calls = Counter(
             "gateway_bulkhead_queued_calls", "Backend calls that waited for a bulkhead slot",
             ("backend",), registry=reg)
@@ -127,6 +135,10 @@ class Metrics:
         if latency is None:
             latency = self._latency_children[route] = self.request_seconds.labels(route)
         latency.observe(seconds)
+
+    def count_requests(self, route: str, status: int, code: str, count: int) -> None:
+        """Requests answered without a duration worth observing (refusals at arrival)."""
+        self.requests.labels(route, str(status), code).inc(count)
 
     def observe_upstream(self, backend: str, seconds: float, outcome: str) -> None:
         key = (backend, outcome)

@@ -1,11 +1,5 @@
-"""Overload protection: admission control by priority, a bulkhead per backend, and deadlines.
+"""Overload protection past admission (`admission.py`): a bulkhead per backend, and deadlines.
 
-- **Admission.** A global limit on proxied requests in flight (`overload.max_in_flight`).
-  Each priority of the route table may fill only its share of it, so under
-  overload the cheapest traffic to lose is refused first: availability browsing
-  at `browse_share`, order and payment reads at `read_share`, order and payment
-  submissions up to the whole limit. A refusal is `503 OVERLOADED` decided by one
-  comparison, before the request is read: microseconds, not a backend round trip.
 - **Bulkheads.** Each backend may have `max_concurrent` calls in flight and
   `max_queue` more waiting for a slot; beyond that, `503 OVERLOADED` at once. A hung
   backend can hold only its own slots, so the other backends' routes keep serving.
@@ -23,54 +17,15 @@ from collections import deque
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.field_errors import invalid_field
-from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
-from gateway.settings import OverloadSettings
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 
 
-class Admission:
-    """How many proxied requests are in flight, and whether one more of a priority fits."""
-
-    # No metric is touched per request: the in-flight gauge samples `in_flight`
-    # (see app.py's housekeeping), which keeps shedding as cheap as it can be.
-    def __init__(self, settings: OverloadSettings) -> None:
-        total = settings.max_in_flight
-        self._limits = {
-            PRIORITY_BROWSE: max(1, int(total * settings.browse_share)),
-            PRIORITY_READ: max(1, int(total * settings.read_share)),
-            PRIORITY_WRITE: total,
-        }
-        self.in_flight = 0
-
-    def limit(self, priority: int) -> int:
-        return self._limits[priority]
-
-    def enter(self, limit: int) -> bool:
-        if self.in_flight >= limit:
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-
 class Unlimited:
-    """Admission and bulkhead both, when overload protection is switched off."""
+    """A bulkhead that never refuses, when overload protection is switched off."""
 
-    in_flight = 0
     active = 0
     queued = 0
-
-    def limit(self, priority: int) -> int:
-        return 0
-
-    def enter(self, limit: int) -> bool:
-        return True
-
-    def leave(self) -> None:
-        return None
 
     async def acquire(self, deadline: float) -> bool:
         return False

@@ -15,6 +15,7 @@ from gateway.errors import GatewayError, Text, render_detail
 from gateway.field_errors import localise
 
 PROBLEM_JSON = "application/problem+json"
+LANGUAGES = ("en", "zh-CN")  # what negotiate_language may answer
 
 
 @lru_cache(maxsize=256)

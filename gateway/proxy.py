@@ -4,7 +4,8 @@
 no per-request work decides what a route needs. Each step either answers
 (raises a catalog error) or passes on:
 
-    admission: 503 at once when the route's priority has no room left          (overload)
+    admission: 503 at once when the route's priority has no room left, or the
+               request already waited too long (often decided at arrival)      (admission)
     -> deadline: the default, or sooner if the client asks                      (overload)
     -> who: API key (401, or 403 for a reader's write), else X-Client-ID  (auth, identity)
     -> path ids, query, content type, body size, idempotency key, body schema (validation)
@@ -24,16 +25,17 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from aiohttp import web
 
 from gateway import connections, errors, idempotency, identity, overload, privacy, validation
+from gateway.admission import Admission, AdmitAll
 from gateway.auth import API_KEY_HEADER, ClientKeys
 from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance, RouteWindows
-from gateway.overload import Admission, Unlimited
 from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
@@ -53,7 +55,7 @@ class Shared:
     """What every proxied route's pipeline uses, built once per app."""
 
     maintenance: Maintenance
-    admission: Admission | Unlimited
+    admission: Admission | AdmitAll
     limiter: RateLimiter | None
     keys: ClientKeys | None  # None: no API keys, the client scope is X-Client-ID
     room: WaitingRoom
@@ -76,17 +78,23 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     gate = room.gate(policy)
     templated = bool(policy.path_params)
     lookup_path = policy.lookup_path or ""
-    admit_below = admission.limit(policy.priority)
+    priority = policy.priority
     repeat = Repeat.ALWAYS if policy.safe_to_retry else Repeat.IF_UNSENT
 
     async def admitted(request: web.Request) -> web.StreamResponse:
         # Shed before reading anything: under overload this must cost microseconds.
-        if not admission.enter(admit_below):
-            if shed is not None:
-                shed()
-            raise GatewayError(errors.OVERLOADED)
+        counted, arrived_at = connections.arrival(request)
+        if not counted and not admission.enter(priority):
+            _shed(shed)
         try:
-            return await handle(request)
+            if not admission.started(asyncio.get_running_loop().time() - arrived_at):
+                _shed(shed)  # waited too long already
+            try:
+                return await handle(request)
+            except GatewayError as err:
+                if err.spec is errors.OVERLOADED:
+                    admission.congested()  # a full bulkhead further on
+                raise
         finally:
             admission.leave()
 
@@ -180,6 +188,12 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         return response
 
     return admitted
+
+
+def _shed(shed: Callable[[], None] | None) -> NoReturn:
+    if shed is not None:
+        shed()
+    raise GatewayError(errors.OVERLOADED)
 
 
 def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:

@@ -294,16 +294,27 @@ class IdempotencySettings(_Model):
     memory_max_records: int = Field(100_000, ge=100)
 
 
+DEFAULT_MIN_IN_FLIGHT = 64
+
+
 class OverloadSettings(_Model):
     # False turns admission control and the bulkheads off (deadlines stay): for
     # measuring what they cost, and for emergencies; logged as a warning.
     enabled: bool = True
-    # Proxied requests in flight in one process, all routes together.
+    # Proxied requests one process takes on at once, counted from when their head
+    # is read, all routes together. The limit moves between these two with the
+    # measured queueing delay (see admission.py).
     max_in_flight: int = Field(1000, ge=1, le=1_000_000)
-    # Share of max_in_flight each priority may fill; writes may fill all of it, so
+    # Unset: 64, or max_in_flight if that is lower.
+    min_in_flight: int | None = Field(None, ge=1, le=1_000_000)
+    # Share of the limit each priority may fill; writes may fill all of it, so
     # browsing is refused first, then reads, then order and payment submissions.
     browse_share: float = Field(0.7, gt=0, le=1)
     read_share: float = Field(0.85, gt=0, le=1)
+    # The queueing delay (arrival to handler, and event-loop lag) the limit aims at.
+    queue_delay_target_ms: float = Field(100.0, gt=0, le=60_000)
+    # A request that waited longer than this before its handler is refused (503).
+    queue_delay_max_ms: float = Field(500.0, gt=0, le=600_000)
     # Overall budget of one request; a client may ask for less (X-Request-Timeout-Ms).
     request_deadline_s: float = Field(10.0, gt=0, le=600)
 
@@ -311,7 +322,18 @@ class OverloadSettings(_Model):
     def _reads_before_browsing(self) -> OverloadSettings:
         if self.read_share < self.browse_share:
             raise ValueError("read_share: must be at least browse_share (browsing is shed first)")
+        if self.min_in_flight is not None and self.min_in_flight > self.max_in_flight:
+            raise ValueError("min_in_flight: must be at most max_in_flight")
+        if self.queue_delay_max_ms < self.queue_delay_target_ms:
+            raise ValueError("queue_delay_max_ms: must be at least queue_delay_target_ms")
         return self
+
+    @property
+    def floor_in_flight(self) -> int:
+        """The lowest the admission limit goes."""
+        if self.min_in_flight is not None:
+            return self.min_in_flight
+        return min(DEFAULT_MIN_IN_FLIGHT, self.max_in_flight)
 
 
 class TierSettings(_Model):

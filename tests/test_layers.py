@@ -63,9 +63,9 @@ FLOORS = (
      "queue_tokens"),
     ("store", "redis_wire", "redis_store"),
     ("identity", "auth", "connections", "cors", "security_headers"),
-    ("rolling", "breaker", "breaker_control", "retry", "overload", "upstream"),
+    ("rolling", "breaker", "breaker_control", "retry", "overload", "admission", "upstream"),
     ("validation", "maintenance", "rate_limit", "idempotency", "stale_cache", "edge",
-     "waiting_room", "proxy"),
+     "arrivals", "waiting_room", "proxy"),
     ("admin", "status", "openapi"),
     ("app", "server", "demo", "cli", "__main__"),
 )

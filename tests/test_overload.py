@@ -18,8 +18,9 @@ import orjson
 import pytest
 
 from gateway import errors
+from gateway.admission import Admission
 from gateway.errors import GatewayError
-from gateway.overload import Admission, Bulkhead, deadline_of
+from gateway.overload import Bulkhead, deadline_of
 from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
 from gateway.settings import OverloadSettings
 from loadtest.harness import Gateway, Upstreams
@@ -32,16 +33,62 @@ AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
 
 def test_admission_fills_browse_then_reads_then_writes() -> None:
     admission = Admission(OverloadSettings(max_in_flight=10, browse_share=0.5, read_share=0.8))
-    browse, read, write = (admission.limit(p) for p in (PRIORITY_BROWSE, PRIORITY_READ,
-                                                         PRIORITY_WRITE))
-    assert (browse, read, write) == (5, 8, 10)
-    assert all(admission.enter(browse) for _ in range(5))
-    assert not admission.enter(browse)
-    assert all(admission.enter(read) for _ in range(3))
-    assert not admission.enter(read)
-    assert admission.enter(write) and admission.enter(write) and not admission.enter(write)
+    assert all(admission.enter(PRIORITY_BROWSE) for _ in range(5))
+    assert not admission.enter(PRIORITY_BROWSE)
+    assert all(admission.enter(PRIORITY_READ) for _ in range(3))
+    assert not admission.enter(PRIORITY_READ)
+    assert admission.enter(PRIORITY_WRITE) and admission.enter(PRIORITY_WRITE)
+    assert not admission.enter(PRIORITY_WRITE)
     admission.leave()
     assert admission.in_flight == 9
+
+
+def _crowded(admission: Admission, waited_s: float, lag_s: float = 0.0) -> None:
+    """One interval in which requests waited `waited_s` and some were refused."""
+    for _ in range(3):
+        admission.started(waited_s)
+    admission.enter(PRIORITY_BROWSE)
+    while admission.enter(PRIORITY_BROWSE):
+        pass
+    admission.in_flight = 0
+    admission.adjust(lag_s)
+
+
+def test_the_limit_follows_the_measured_delay_within_its_bounds() -> None:
+    admission = Admission(OverloadSettings(max_in_flight=1000, min_in_flight=50,
+                                           queue_delay_target_ms=100))
+    assert admission.limit == 1000
+    _crowded(admission, waited_s=0.125)  # 25 % over the target: cut in proportion
+    assert admission.limit == pytest.approx(800)
+    _crowded(admission, waited_s=0.0, lag_s=1.0)  # the loop's lag counts as well: at most halved
+    assert admission.limit == pytest.approx(400)
+    assert admission.delay_s == pytest.approx(1.0)
+    for _ in range(20):
+        _crowded(admission, waited_s=2.0)
+    assert admission.limit == 50  # never below min_in_flight
+    _crowded(admission, waited_s=0.05)  # under the target while refusing: grows by a tenth
+    assert admission.limit == pytest.approx(56)
+    admission.adjust(0.0)  # quiet and refusing nothing: stays
+    assert admission.limit == pytest.approx(56)
+    for _ in range(100):
+        _crowded(admission, waited_s=0.01)
+    assert admission.limit == 1000  # never above max_in_flight
+
+
+def test_a_request_that_waited_past_the_maximum_is_refused_at_its_handler() -> None:
+    admission = Admission(OverloadSettings(queue_delay_target_ms=50, queue_delay_max_ms=300))
+    assert admission.started(0.29)
+    assert not admission.started(0.31)
+
+
+def test_the_floor_defaults_to_64_or_the_ceiling_if_lower() -> None:
+    assert OverloadSettings().floor_in_flight == 64
+    assert OverloadSettings(max_in_flight=10).floor_in_flight == 10
+    assert OverloadSettings(max_in_flight=10, min_in_flight=3).floor_in_flight == 3
+    with pytest.raises(ValueError, match="min_in_flight: must be at most max_in_flight"):
+        OverloadSettings(max_in_flight=10, min_in_flight=30)
+    with pytest.raises(ValueError, match="queue_delay_max_ms: must be at least"):
+        OverloadSettings(queue_delay_target_ms=200, queue_delay_max_ms=100)
 
 
 async def test_bulkhead_queues_in_order_and_refuses_beyond_its_queue() -> None:

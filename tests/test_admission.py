@@ -1,0 +1,254 @@
+"""Admission at arrival and the batch listener, against real gateway processes and sockets.
+
+The controller's arithmetic (limit, shares, delay) is tested as logic in
+test_overload.py; here is what only a process boundary shows: the refusal
+written by the connection layer before aiohttp parses anything, the hold of a
+client that retries sooner than it was told, counts that never leak when
+clients vanish, and connections accepted in batches while the loop is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import uvloop
+from aiohttp import web
+
+from gateway.app import ARRIVALS, build_app
+from gateway.connections import EdgeSite
+from gateway.settings import Settings
+from loadtest.harness import Gateway, Upstreams
+from tests.conftest import NO_STALE_ANSWERS
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
+HEAD = (f"GET {AVAILABILITY} HTTP/1.1\r\nHost: gw\r\nX-Request-ID: probe-1\r\n"
+        "Accept-Language: zh-CN,zh;q=0.9\r\n\r\n").encode()
+
+
+# -- which heads are decided at arrival (logic) -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def arrivals() -> object:
+    app = build_app(Settings.model_validate({"server": {"access_log": False}}))
+    return app[ARRIVALS]
+
+
+@pytest.mark.parametrize(("head", "route"), [
+    (HEAD, "GET /v1/availability"),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /v1/availability"),
+    (b"GET /v1/orders/ord_1-a HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /v1/orders/{order_id}"),
+    (b"GET /v1/payments/pay9?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n",
+     "GET /v1/payments/{payment_id}"),
+    # The usual way: a body, connection handling, CORS, HTTP/1.0, pipelining, a part.
+    (b"POST /v1/orders HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", None),
+    (b"GET /v1/availability HTTP/1.1\r\nContent-Length: 0\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nConnection: close\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nOrigin: https://shop.example\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.0\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\n\r\nGET /v1/availability HTTP/1.1\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: g", None),
+    # Not a proxied route's exact path, or an id the handler must judge.
+    (b"GET /healthz HTTP/1.1\r\n\r\n", None),
+    (b"GET /v1/availability/ HTTP/1.1\r\n\r\n", None),
+    (b"GET /v1/orders/a%2Fb HTTP/1.1\r\n\r\n", None),
+    (b"GET /v1/orders/ HTTP/1.1\r\n\r\n", None),
+    (b"GET /v1/orders/a/b HTTP/1.1\r\n\r\n", None),
+    (b"DELETE /v1/orders/ord_1 HTTP/1.1\r\n\r\n", None),
+    (b"GET http://gw/v1/availability HTTP/1.1\r\n\r\n", None),
+])
+def test_only_a_whole_plain_head_of_a_proxied_route_is_decided_at_arrival(
+        arrivals: object, head: bytes, route: str | None) -> None:
+    policy = arrivals.route_of(head)  # type: ignore[attr-defined]
+    assert (policy.route_key if policy is not None else None) == route
+
+
+# -- the refusal at arrival, on a real process ------------------------------------------------
+
+@pytest.fixture
+def tight(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
+    """Room for one availability request at a time; the backend holds each for 0.9 s."""
+    gw = Gateway(log_dir, upstreams.urls, config={
+        **NO_STALE_ANSWERS, "overload": {"max_in_flight": 2, "browse_share": 0.5}})
+    upstreams.set_faults("availability", latency_ms=900)
+    try:
+        yield gw
+    finally:
+        upstreams.heal()
+        gw.stop()
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with a Content-Length body, read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers["content-length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+async def test_a_refusal_at_arrival_is_the_handlers_answer_and_keeps_the_connection(
+        tight: Gateway, http: aiohttp.ClientSession) -> None:
+    held = asyncio.create_task(http.get(tight.url + AVAILABILITY))
+    await asyncio.sleep(0.5)  # the one slot is taken
+    port = int(tight.url.rsplit(":", 1)[1])
+    raw = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 5)
+    raw.settimeout(5)
+    try:
+        raw.sendall(HEAD)
+        status, headers, body = await asyncio.to_thread(_answer, raw)
+        # The same request the usual way (a header sends it there): the handler's answer.
+        async with http.get(tight.url + AVAILABILITY, headers={
+                "X-Request-ID": "probe-1", "Accept-Language": "zh-CN,zh;q=0.9",
+                "Connection": "keep-alive"}) as usual:
+            usual_body = await usual.read()
+            usual_headers = {k.lower(): v for k, v in usual.headers.items()}
+        assert status == usual.status == 503
+        assert orjson.loads(body) == orjson.loads(usual_body)
+        assert orjson.loads(body)["code"] == "OVERLOADED"
+        assert orjson.loads(body)["request_id"] == "probe-1"
+        assert orjson.loads(body)["title"] == "系统繁忙"
+        for name in ("content-type", "content-language", "cache-control", "retry-after",
+                     "x-request-id", "x-content-type-options", "content-security-policy",
+                     "x-frame-options", "referrer-policy", "server"):
+            assert headers[name] == usual_headers[name], name
+
+        # Asked again at once: told Retry-After 1, so the answer waits out that second.
+        asked = time.monotonic()
+        raw.sendall(HEAD.replace(b"probe-1", b"probe-2"))
+        status, _, body = await asyncio.to_thread(_answer, raw)
+        assert status == 503 and orjson.loads(body)["request_id"] == "probe-2"
+        assert time.monotonic() - asked > 0.6
+
+        async with await held as first:
+            assert first.status == 200
+        # The connection is still open and, with room again, gets its answer.
+        raw.sendall(HEAD.replace(b"probe-1", b"probe-3"))
+        status, headers, _ = await asyncio.to_thread(_answer, raw)
+        assert status == 200 and headers["x-request-id"] == "probe-3"
+    finally:
+        raw.close()
+    await asyncio.sleep(0.7)  # refusals at arrival reach the metrics on the housekeeping tick
+    async with http.get(tight.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'gateway_shed_requests_total{route="GET /v1/availability"} 3.0' in metrics
+    assert ('gateway_requests_total{code="OVERLOADED",route="/v1/availability",'
+            'status="503"} 3.0') in metrics
+
+
+def _in_flight(gw: Gateway) -> float:
+    import urllib.request
+    with urllib.request.urlopen(gw.url + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("gateway_requests_in_flight "):
+                return float(line.split()[1])
+    raise AssertionError("no in-flight gauge")
+
+
+@pytest.mark.parametrize("settings", ["defaults", "tight"])
+async def test_counts_never_leak_when_clients_vanish_or_pipeline(
+        log_dir: Path, upstreams: Upstreams, settings: str) -> None:
+    config = {"overload": {"max_in_flight": 4, "browse_share": 0.5}} if settings == "tight" else {}
+    gw = Gateway(log_dir, upstreams.urls, config=config)
+    upstreams.set_faults("availability", latency_ms=200)
+    port = int(gw.url.rsplit(":", 1)[1])
+    try:
+        def vanish(count: int) -> None:
+            # Heads sent, then gone before (or while) they are answered.
+            socks = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(count)]
+            for sock in socks:
+                sock.sendall(HEAD)
+            for sock in socks[::2]:
+                sock.close()
+            time.sleep(0.05)
+            for sock in socks[1::2]:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                sock.close()
+
+        await asyncio.to_thread(vanish, 60)
+        # Pipelined: two heads in one write are both answered, in order.
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            sock.settimeout(5)
+            sock.sendall(HEAD.replace(b"probe-1", b"pipe-1") + HEAD.replace(b"probe-1", b"pipe-2"))
+            first = await asyncio.to_thread(_answer, sock)
+            second = await asyncio.to_thread(_answer, sock)
+            assert [first[1]["x-request-id"], second[1]["x-request-id"]] == ["pipe-1", "pipe-2"]
+        await asyncio.sleep(1.2)  # the vanished requests' backend calls end; the gauge samples
+        assert _in_flight(gw) == 0
+        # And the limit still has all its room: requests are taken on again.
+        async with aiohttp.ClientSession() as http, http.get(gw.url + AVAILABILITY) as resp:
+            assert resp.status == 200
+    finally:
+        upstreams.heal()
+        gw.stop()
+
+
+# -- the batch listener ----------------------------------------------------------------------
+
+def test_a_crowd_of_new_connections_is_accepted_while_the_loop_is_busy() -> None:
+    """With the loop busy 20 ms an iteration (a loaded gateway), 300 waiting connections
+    are taken in a few iterations; one accept per iteration would take six seconds."""
+    accepted: list[float] = []
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        server = web.Server(lambda request: web.Response(text="ok"))
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        site = EdgeSite(runner, "127.0.0.1", 0, backlog=1024, reuse_port=False)
+        await site.start()
+        port = runner.addresses[0][1]
+        original = server.connection_made
+
+        def counted(handler: object, transport: asyncio.Transport) -> None:
+            accepted.append(time.monotonic())
+            original(handler, transport)  # type: ignore[arg-type]
+
+        server.connection_made = counted  # type: ignore[method-assign]
+        busy = True
+
+        def hog() -> None:
+            time.sleep(0.02)
+            if busy:
+                loop.call_soon(hog)
+
+        loop.call_soon(hog)
+        clients: list[socket.socket] = []
+        connect = threading.Thread(target=lambda: clients.extend(
+            socket.create_connection(("127.0.0.1", port), 5) for _ in range(300)))
+        started = time.monotonic()
+        connect.start()
+        while len(accepted) < 300 and time.monotonic() - started < 10:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - started
+        busy = False
+        connect.join()
+        for sock in clients:
+            sock.close()
+        await runner.cleanup()
+        return took
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        took = runner.run(main())
+    assert len(accepted) == 300
+    assert took < 3.0, f"300 connections took {took:.1f} s to be accepted"
