@@ -13,16 +13,18 @@ child that still finds its port taken is started again on new ports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import orjson
 import yaml
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 RUNNING: list[Proc] = []
 
 
@@ -209,9 +212,12 @@ class Gateway:
 
     def __init__(self, log_dir: Path, upstream_urls: dict[str, str],
                  config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                 workers: int = 1, short_timeouts: bool = True) -> None:
+                 workers: int = 1, short_timeouts: bool = True,
+                 source: Path | None = None) -> None:
         """`short_timeouts` (1 s per call) keeps failure tests quick; tests of a guarantee
-        also run without it, on the shipped defaults."""
+        also run without it, on the shipped defaults. `source`: run the gateway of that
+        source tree (see `checkout`) instead of the installed one."""
+        self._source = source
         timeouts = SHORT_TIMEOUTS if short_timeouts else {}
         self._tree: dict[str, Any] = {"upstreams": {
             name: {"url": url, **timeouts} for name, url in upstream_urls.items()}}
@@ -227,9 +233,14 @@ class Gateway:
         self.config_path = self._log_dir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(tree))
         argv = [str(BIN / "order-gateway"), "serve", "--config", str(self.config_path)]
+        env = dict(self._env or {})
+        if self._source is not None:
+            # -P: the working directory must not shadow `source` on the import path.
+            argv[:1] = [sys.executable, "-P", "-m", "gateway"]
+            env["PYTHONPATH"] = str(self._source)
         if self._workers > 1:
             argv += ["--workers", str(self._workers)]
-        self.proc = Proc(f"gateway-{self.port}", argv, self._log_dir, self._env)
+        self.proc = Proc(f"gateway-{self.port}", argv, self._log_dir, env)
         _started_or_stopped(self.proc, self.url + "/readyz")
 
     def admin(self, method: str, path: str, token: str, body: Any = None) -> Any:
@@ -245,6 +256,20 @@ class Gateway:
 
     def stop(self) -> int | None:
         return self.proc.stop()
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """The repository's tree at `rev`, in a temporary git worktree: what a benchmark
+    measures "before" against."""
+    place = Path(tempfile.mkdtemp(prefix="gateway-at-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(place), rev],
+                   check=True, capture_output=True)
+    try:
+        yield place
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(place)],
+                       check=False, capture_output=True)
 
 
 def _started_or_stopped(proc: Proc, url: str) -> None:
