@@ -18,9 +18,10 @@ more than it could answer in time. Here:
   a request admitted here, by a tenth; otherwise, while requests are being
   refused, it grows by a tenth. It stays within `min_in_flight`..`max_in_flight`: the idea
   of Envoy's adaptive concurrency, with the queueing delay measured directly.
-- **Stale requests.** A request whose sojourn already exceeds
+- **Stale requests.** A browse or read whose sojourn already exceeds
   `queue_delay_max_ms` is refused at its handler (CoDel's drop at dequeue): its
   client has waited long already, and serving it delays everyone behind it.
+  Submissions are served however long they waited.
 
 Nothing here touches a metric per request: the gauges sample `in_flight`,
 `limit` and `delay_s` on the housekeeping timer.
@@ -68,11 +69,12 @@ class Admission:
     def leave(self) -> None:
         self.in_flight -= 1
 
-    def started(self, waited_s: float) -> bool:
-        """A handler starts after `waited_s` since its request arrived; False: too late."""
+    def started(self, priority: int, waited_s: float) -> bool:
+        """A handler starts `waited_s` after its request arrived; False: too late. Order
+        and payment submissions are never too late: they are the last thing to shed."""
         self._waited_s += waited_s
         self._started += 1
-        if waited_s > self.max_wait_s:
+        if waited_s > self.max_wait_s and priority != PRIORITY_WRITE:
             self._refused = True
             return False
         return True
@@ -116,7 +118,7 @@ class AdmitAll:
     def leave(self) -> None:
         return None
 
-    def started(self, waited_s: float) -> bool:
+    def started(self, priority: int, waited_s: float) -> bool:
         return True
 
     def congested(self) -> None:

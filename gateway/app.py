@@ -127,7 +127,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                               admin_tokens)
     app[MAINTENANCE] = maintenance
     room = WaitingRoom(settings.waiting_room, stores.queue, stores.room, breakers, clock,
-                       metrics, shared=stores.shared, workers=settings.server.workers)
+                       metrics, shared=stores.shared, workers=settings.server.workers,
+                       buckets=stores.buckets)
     app[admin.WAITING_ROOM] = room
     app[STATUS] = StatusPage(upstreams, maintenance, room, clock)
     if admin_tokens is not None:

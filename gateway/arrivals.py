@@ -13,7 +13,9 @@ request head with nothing unusual in it:
 
 is counted by admission at once, or refused with prebuilt bytes: `503
 OVERLOADED` with the client's request id and language, the same answer the
-handler would give. The connection stays open. The refusals are added to the
+handler would give. The connection stays open. A client that came back before
+the Retry-After of its last refusal ended is told to wait twice as long (up to
+8 s; see `connections.EdgeConnection._refuse`). The refusals are added to the
 metrics on the housekeeping timer; they are not in the duration histogram,
 which describes requests that reached a handler. Every other request goes the
 usual way, and its handler applies the same admission first.
@@ -38,6 +40,7 @@ _USUAL_WAY = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nconnection:",
 _REQUEST_ID = b"\nx-request-id:"
 _ACCEPT_LANGUAGE = b"\naccept-language:"
 _MAX_ID_BYTES = 128  # a path id longer than this is checked the usual way
+MAX_DOUBLINGS = 3  # Retry-After 1, 2, 4, 8 s
 
 
 class Arrivals:
@@ -58,14 +61,17 @@ class Arrivals:
             else:
                 self._exact[method + b" " + policy.path.encode()] = policy
         self._edge = edge
-        self._answer = edge.raw_answer(GatewayError(OVERLOADED))
+        base = GatewayError(OVERLOADED).retry_after or 1
+        # Retry-After doubles each time in a row a client came back before it ended.
+        self.retry_after_s = tuple(float(base * 2**n) for n in range(MAX_DOUBLINGS + 1))
+        self._answers = tuple(edge.raw_answer(GatewayError(OVERLOADED, retry_after_s=int(s)))
+                              for s in self.retry_after_s)
         self._metrics = metrics
         self._refused: dict[str, int] = {}  # by route, since the last `count`
         self._route_keys: dict[str, str] = {}
         for policy in [*self._exact.values(), *self._templated.values()]:
             self._refused[policy.path] = 0
             self._route_keys[policy.path] = policy.route_key
-        self.retry_after_s = float(GatewayError(OVERLOADED).retry_after or 1)
 
     def route_of(self, data: bytes) -> RoutePolicy | None:
         """The proxied route `data` asks for, if it is one whole plain request head."""
@@ -89,8 +95,9 @@ class Arrivals:
                 return None
         return policy
 
-    def refusal(self, data: bytes, policy: RoutePolicy) -> bytes:
-        """The 503 for a head `route_of` found, counted (see `count`) and logged."""
+    def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes:
+        """The 503 for a head `route_of` found, its Retry-After doubled `doublings` times;
+        counted (see `count`) and logged."""
         head = data.lower()
         rid = identity.request_id(_header(data, head, _REQUEST_ID))
         lang = negotiate_language(_header(data, head, _ACCEPT_LANGUAGE))
@@ -99,7 +106,7 @@ class Arrivals:
             target = data[:data.find(b"\r\n")].split(b" ")[1].partition(b"?")[0]
             self._edge.log_raw(rid, policy.method, policy.path, target.decode("latin-1"),
                                OVERLOADED.status, OVERLOADED.code, 0.0)
-        return self._answer.bytes_for(rid, lang)
+        return self._answers[doublings].bytes_for(rid, lang)
 
     def count(self) -> None:
         """Add the refusals since the last call to the metrics (on the housekeeping timer:

@@ -55,10 +55,10 @@ class AdmissionAtArrival(Protocol):
 
     def leave(self) -> None: ...
 
-    def refusal(self, data: bytes, policy: RoutePolicy) -> bytes: ...
+    def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes: ...
 
     @property
-    def retry_after_s(self) -> float: ...
+    def retry_after_s(self) -> tuple[float, ...]: ...
 
 
 def handler_args(server: ServerSettings) -> dict[str, Any]:
@@ -126,8 +126,18 @@ class EdgeConnection(web.RequestHandler):
     """aiohttp's connection handler with a head timeout, catalog answers, and admission
     at arrival (`arrivals.py`)."""
 
-    __slots__ = ("_answered", "_arrived_at", "_counted", "_edge_server", "_head_timer",
-                 "_held", "_last_payload", "_partial_head", "_refused_until")
+    __slots__ = (
+        "_answered",
+        "_arrived_at",
+        "_counted",
+        "_doublings",
+        "_edge_server",
+        "_head_timer",
+        "_held",
+        "_last_payload",
+        "_partial_head",
+        "_refused_until",
+    )
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -142,6 +152,7 @@ class EdgeConnection(web.RequestHandler):
         # A refusal at arrival waiting to go out, and when Retry-After of the last one ends.
         self._held: tuple[asyncio.TimerHandle, bytes] | None = None
         self._refused_until = 0.0
+        self._doublings = 0  # refusals in a row this client came back early for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -202,20 +213,28 @@ class EdgeConnection(web.RequestHandler):
             self._release()  # a head counted earlier that never reached its handler
         if arrivals.enter(policy.priority):
             self._counted = True
+            self._doublings = 0
             return True
-        self._refuse(arrivals.refusal(data, policy), arrivals.retry_after_s)
+        self._refuse(arrivals, data, policy)
         return False
 
-    def _refuse(self, answer: bytes, retry_after_s: float) -> None:
-        """Send a refusal, at once, or when the Retry-After of the last one sent on this
+    def _refuse(self, arrivals: AdmissionAtArrival, data: bytes, policy: RoutePolicy) -> None:
+        """Send a refusal, at once, or when the Retry-After of the last 503 on this
         connection ends: a client that asks again sooner than it was told waits out the
-        rest, so a crowd retrying in a tight loop cannot spend the CPU on refusals."""
+        rest, and is told to wait twice as long. A crowd retrying in a tight loop then
+        cannot spend the CPU on refusals."""
         now = self._loop.time()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         hold = self._refused_until - now
-        self._refused_until = max(now, self._refused_until) + retry_after_s
+        if hold > 0:
+            self._doublings = min(self._doublings + 1, len(arrivals.retry_after_s) - 1)
+        else:
+            self._doublings = 0
+        answer = arrivals.refusal(data, policy, self._doublings)
+        self._refused_until = max(now, self._refused_until) + arrivals.retry_after_s[
+            self._doublings]
         # Answered here, so aiohttp saw no request: its idle clock starts again.
         self._next_keepalive_close_time = now + max(0.0, hold) + self._keepalive_timeout
         if hold <= 0:

@@ -12,6 +12,7 @@ no per-request work decides what a route needs. Each step either answers
     -> 503 when a maintenance window covers it (an SRE may bypass)            (maintenance)
     -> 429 when the client's token bucket is empty                            (rate_limit)
     -> covered by the waiting room: a pass, or a ticket and 429 QUEUED      (waiting_room)
+       (a covered submission is paced to the room's rate just before it is sent)
     -> claim / replay / conflict, then settle the record     (idempotency, keyed POSTs only)
     -> backend call, retried when safe and worth it                  (upstream, retry)
     -> on failure, a recent answer marked stale (cacheable routes)            (stale_cache)
@@ -80,6 +81,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     lookup_path = policy.lookup_path or ""
     priority = policy.priority
     repeat = Repeat.ALWAYS if policy.safe_to_retry else Repeat.IF_UNSENT
+    submits = policy.requires_idempotency_key  # an order or a payment: paced when covered
 
     async def admitted(request: web.Request) -> web.StreamResponse:
         # Shed before reading anything: under overload this must cost microseconds.
@@ -87,7 +89,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         if not counted and not admission.enter(priority):
             _shed(shed)
         try:
-            if not admission.started(asyncio.get_running_loop().time() - arrived_at):
+            if not admission.started(priority, asyncio.get_running_loop().time() - arrived_at):
                 _shed(shed)  # waited too long already
             try:
                 return await handle(request)
@@ -154,6 +156,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                          deadline: float) -> web.StreamResponse:
         headers = _backend_headers(request, scope, key, has_body=body is not None)
         if guard is None or key is None or body is None:
+            if submits and gate.covered:
+                await room.paced(policy.route_key, deadline)
             try:
                 reply = await upstream.call(Call(policy.method, path, headers, deadline, query,
                                                  body, repeat, unknown_outcome))
@@ -169,6 +173,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                       unknown_outcome=unknown_outcome)
 
         async def forward() -> Reply:
+            if gate.covered:
+                await room.paced(policy.route_key, deadline)
             return await upstream.call(submit)
 
         async def lookup() -> Reply:

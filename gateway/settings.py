@@ -312,7 +312,7 @@ class OverloadSettings(_Model):
     browse_share: float = Field(0.7, gt=0, le=1)
     read_share: float = Field(0.85, gt=0, le=1)
     # The queueing delay (arrival to handler, and event-loop lag) the limit aims at.
-    queue_delay_target_ms: float = Field(100.0, gt=0, le=60_000)
+    queue_delay_target_ms: float = Field(30.0, gt=0, le=60_000)
     # A request that waited longer than this before its handler is refused (503).
     queue_delay_max_ms: float = Field(500.0, gt=0, le=600_000)
     # Overall budget of one request; a client may ask for less (X-Request-Timeout-Ms).

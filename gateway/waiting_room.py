@@ -15,6 +15,11 @@ process: forced open, or tripped and within its `open_seconds`. Half-open does
 not pause, so probes reach the backend and recovery never stalls behind the
 room. A pausing process renews a short flag in the store (`PAUSE_HOLD_S`).
 
+Covered submissions (orders, payments) are paced on their way to the backend at
+the room's rate, fleet-wide (`WaitingRoom.paced`): admission bounds new
+customers, but customers who order together would otherwise reach the backend
+in a lump.
+
 Tickets and passes are signed and bound to the client (`queue_tokens.py`), so a
 pass is checked with nothing but the clock: with Redis down, pass holders carry
 on while new customers get `503 STATE_UNAVAILABLE`. Settings changed through the
@@ -49,7 +54,7 @@ from gateway.problem import json_response
 from gateway.queue_tokens import QueueTokens
 from gateway.routes import RoutePolicy
 from gateway.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
-from gateway.store import RoomControl, StoreUnavailable, TicketQueue, TicketState
+from gateway.store import RoomControl, StoreUnavailable, TicketQueue, TicketState, TokenBuckets
 
 log = logging.getLogger("gateway.waiting_room")
 
@@ -69,6 +74,10 @@ WAIT_PARAM = "wait_s"
 HOLD_CHECK_S = 0.02
 # Polls come at most this far apart, so a customer learns of the admission soon enough.
 MAX_POLL_S = 10
+# Covered submissions on their way to the backend: a token bucket per route (rate
+# `admit_per_s`, this burst), so the backend sees at most admit_per_s + 1 in any second.
+PACE_SCOPE = "room-pace:{route}"
+PACE_BURST = 1
 _SECRET_BYTES = 32
 
 Answered = Callable[[], Awaitable[bool]]
@@ -119,9 +128,10 @@ def eta_s(position: int, admit_per_s: int, due_s: float = 0.0) -> int:
 class WaitingRoom:
     def __init__(self, settings: WaitingRoomSettings, queue: TicketQueue, control: RoomControl,
                  breakers: Mapping[str, Breaker], clock: Clock, metrics: Metrics, *,
-                 shared: bool, workers: int) -> None:
+                 shared: bool, workers: int, buckets: TokenBuckets) -> None:
         self._base = settings
         self._queue = queue
+        self._buckets = buckets
         self._control = control
         self._breakers = breakers
         self._clock = clock
@@ -240,6 +250,27 @@ class WaitingRoom:
         self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
         raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused,
                            entry.due_s)
+
+    async def paced(self, route_key: str, deadline: float) -> None:
+        """Hold a covered submission until the backend may take one more: at most
+        `admit_per_s` a second, and one more, over the whole fleet (a token bucket in the
+        store). Customers let in together, or ordering together after a stall on their
+        side or ours, still reach the backend at the room's rate; the wait is short,
+        since admissions come at that rate too. Past the deadline: 503 OVERLOADED, nothing
+        sent. With the store down the submission goes on: passes work without Redis."""
+        rate = self.settings.admit_per_s
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                wait = await self._buckets.take(PACE_SCOPE.format(route=route_key), rate,
+                                                PACE_BURST)
+            except StoreUnavailable:
+                return
+            if wait <= 0:
+                return
+            if loop.time() + wait > deadline:
+                raise GatewayError(errors.OVERLOADED)
+            await asyncio.sleep(wait)
 
     def _queued(self, tokens: QueueTokens, number: int, scope: str, position: int,
                 paused: bool, due_s: float) -> GatewayError:

@@ -16,7 +16,8 @@ a status line, headers, and a body of `Content-Length` bytes. Anything else
 (chunked bodies, a closed connection mid-answer) counts as an error.
 
 One JSON line on stdout: sent, answered by class (2xx, refused 4xx/5xx), errors,
-unsent, unanswered (still waiting `drain_s` after the last send), and latency
+unsent, unanswered (still waiting `drain_s` after the last send: longer than the
+longest hold of a refusal), and latency
 percentiles of 2xx and of refusals, in milliseconds.
 """
 
@@ -168,7 +169,7 @@ class _Pool:
 
 
 async def run(url: str, rate: float, seconds: float, connections: int,
-              drain_s: float = 5.0) -> dict[str, float | int]:
+              drain_s: float = 10.0) -> dict[str, float | int]:
     """Send `rate` requests/s for `seconds`, wait up to `drain_s` for the last answers."""
     parts = urlsplit(url)
     assert parts.hostname in ("127.0.0.1", "::1", "localhost"), "loopback only"

@@ -133,11 +133,13 @@ async def test_a_refusal_at_arrival_is_the_handlers_answer_and_keeps_the_connect
                      "x-frame-options", "referrer-policy", "server"):
             assert headers[name] == usual_headers[name], name
 
-        # Asked again at once: told Retry-After 1, so the answer waits out that second.
+        # Asked again at once: told Retry-After 1, so the answer waits out that second,
+        # and tells the client to wait twice as long.
         asked = time.monotonic()
         raw.sendall(HEAD.replace(b"probe-1", b"probe-2"))
-        status, _, body = await asyncio.to_thread(_answer, raw)
+        status, headers, body = await asyncio.to_thread(_answer, raw)
         assert status == 503 and orjson.loads(body)["request_id"] == "probe-2"
+        assert headers["retry-after"] == "2"
         assert time.monotonic() - asked > 0.6
 
         async with await held as first:

@@ -46,7 +46,7 @@ def test_admission_fills_browse_then_reads_then_writes() -> None:
 def _crowded(admission: Admission, waited_s: float, lag_s: float = 0.0) -> None:
     """One interval in which requests waited `waited_s` and some were refused."""
     for _ in range(3):
-        admission.started(waited_s)
+        admission.started(PRIORITY_BROWSE, waited_s)
     admission.enter(PRIORITY_BROWSE)
     while admission.enter(PRIORITY_BROWSE):
         pass
@@ -75,10 +75,12 @@ def test_the_limit_follows_the_measured_delay_within_its_bounds() -> None:
     assert admission.limit == 1000  # never above max_in_flight
 
 
-def test_a_request_that_waited_past_the_maximum_is_refused_at_its_handler() -> None:
+def test_a_browse_or_read_that_waited_past_the_maximum_is_refused_at_its_handler() -> None:
     admission = Admission(OverloadSettings(queue_delay_target_ms=50, queue_delay_max_ms=300))
-    assert admission.started(0.29)
-    assert not admission.started(0.31)
+    assert admission.started(PRIORITY_BROWSE, 0.29)
+    assert not admission.started(PRIORITY_BROWSE, 0.31)
+    assert not admission.started(PRIORITY_READ, 0.31)
+    assert admission.started(PRIORITY_WRITE, 5.0)  # submissions are shed last, never for this
 
 
 def test_the_floor_defaults_to_64_or_the_ceiling_if_lower() -> None:

@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -120,6 +121,23 @@ async def test_customers_beyond_the_rate_queue_with_place_and_eta_and_get_in_in_
     # And it keeps working, on every covered route, without taking an admission.
     for _ in range(3):
         assert (await order(http, gw, X_Queue_Pass=admitted.json["pass"])).status == 201
+
+
+async def test_covered_submissions_reach_the_backend_at_the_rooms_rate(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    """Customers let in together, ordering at once, still reach the backend at most
+    admit_per_s + 1 in any second: each waits briefly for its turn."""
+    gw = await gateway_app(room(admit_per_s=4))
+    first = await order(http, gw)
+    assert first.status == 201
+    lump = await asyncio.gather(*(order(http, gw, X_Queue_Pass=first.headers["X-Queue-Pass"])
+                                  for _ in range(9)))
+    assert [a.status for a in lump] == [201] * 9
+    created = sorted(datetime.fromisoformat(a.json["created_at"]).timestamp()
+                     for a in [first, *lump])
+    busiest = max(sum(1 for t in created if start <= t < start + 1) for start in created)
+    assert busiest <= 5, created
+    assert created[-1] - created[0] >= 1.5  # ten orders at four a second, one ahead
 
 
 async def test_a_resubmission_with_the_ticket_waits_then_goes_through_with_a_pass(
