@@ -4,6 +4,7 @@
 #   bash scripts/load.sh peak | peak-with-outage | maintenance-during-peak [--profile ci]
 #   bash scripts/load.sh flash-sale [--profile ci]
 #   bash scripts/load.sh bench [--rounds 3 --seconds 5]
+#   bash scripts/load.sh admission [--rounds 3 --before REV]
 #   bash scripts/load.sh profile [--route get|post]
 #   bash scripts/load.sh replicas   # 3 replicas behind nginx, one Redis, until Ctrl-C
 set -euo pipefail
@@ -20,6 +21,10 @@ case "$what" in
     exec python -m loadtest.replicas "$@" ;;
   flash-sale)
     exec python -m loadtest.flash_sale "$@" ;;
+  admission)
+    # 3,000 connections need wrk; the "before" gateway is checked out with git.
+    ensure_system_package wrk
+    exec python -m loadtest.admission "$@" ;;
   bench|profile)
     # Without wrk the benchmark falls back to its own Python load generator.
     ensure_system_package wrk || echo "wrk unavailable: using the Python load generator" >&2
