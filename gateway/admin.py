@@ -1,5 +1,5 @@
-"""The admin API for SREs: breakers, maintenance windows, client API keys, the waiting room
-(docs/api.md, "Admin API"; docs/operations.md shows each in use).
+"""The admin API for SREs: breakers, maintenance windows, client API keys, the waiting room,
+fault injection (docs/api.md, "Admin API"; docs/operations.md shows each in use).
 
 Registered only when an admin token is configured; otherwise `/admin/*` is
 simply not found. Every admin request passes, in order:
@@ -21,17 +21,18 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway import auth, connections, errors, field_errors, identity, privacy, validation
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
 from gateway.edge import REQUEST_ID
 from gateway.errors import GatewayError
+from gateway.faults import MAX_RULES, FaultRuleSettings, Faults
 from gateway.maintenance import Maintenance
 from gateway.problem import json_response
 from gateway.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
@@ -44,6 +45,7 @@ BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 WAITING_ROOM = web.AppKey("waiting_room", WaitingRoom)
+FAULTS = web.AppKey("faults", Faults)
 ACTOR_HEADER = "X-Admin-Actor"
 _TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
 # Where the guard leaves, on the request, who is acting and the body limits.
@@ -122,8 +124,24 @@ def _actor(request: web.Request) -> str | None:
 def _breaker_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if name not in request.app[BOARD].breakers:
-        raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
+        raise _not_found(request)
     return name
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _not_found(request: web.Request) -> GatewayError:
+    return GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
+
+
+def _strict(model: type[_Model], data: dict[str, Any]) -> _Model:
+    """`data` as `model`, strictly as JSON (an ISO-8601 string for a time, not a number);
+    422 with field errors otherwise."""
+    try:
+        return model.model_validate_json(orjson.dumps(data), strict=True)
+    except ValidationError as exc:
+        raise field_errors.failed(field_errors.from_pydantic(exc)) from None
 
 
 def _audit(request: web.Request, action: str, before: Any, after: Any, **fields: Any) -> None:
@@ -192,11 +210,7 @@ async def list_windows(request: web.Request) -> web.Response:
 
 async def set_window(request: web.Request) -> web.Response:
     data = await _json_object(request, "window fields")
-    try:
-        # Strict JSON: an ISO-8601 string for a time, not a number of seconds.
-        given = MaintenanceWindowSettings.model_validate_json(orjson.dumps(data), strict=True)
-    except ValidationError as exc:
-        raise field_errors.failed(field_errors.from_pydantic(exc)) from None
+    given = _strict(MaintenanceWindowSettings, data)
     maintenance = request.app[MAINTENANCE]
     if given.ends_at is not None and given.ends_at.timestamp() <= maintenance.now():
         raise field_errors.invalid_field("ends_at", "must be in the future")
@@ -209,7 +223,7 @@ async def set_window(request: web.Request) -> web.Response:
 async def end_window(request: web.Request) -> web.Response:
     window = await request.app[MAINTENANCE].delete(request.match_info["id"])
     if window is None:
-        raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
+        raise _not_found(request)
     _audit(request, "maintenance.end", window.public(request.app[MAINTENANCE].now()), None)
     return json_response({"ended": [window.id]})
 
@@ -253,7 +267,7 @@ async def add_api_key(request: web.Request) -> web.Response:
 async def revoke_api_key(request: web.Request) -> web.Response:
     client = await request.app[CLIENT_KEYS].revoke(request.match_info["key_id"])
     if client is None:
-        raise GatewayError(errors.NOT_FOUND, params={"path": request.path[:200]})
+        raise _not_found(request)
     _audit(request, "api_key.revoke", client.public(), None)
     return json_response({"revoked": [client.key_id]})
 
@@ -273,6 +287,37 @@ async def change_waiting_room(request: web.Request) -> web.Response:
     after = room.public_settings()
     _audit(request, "waiting_room.settings", before, after)
     return json_response(after)
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    faults = request.app[FAULTS]
+    await faults.sync()
+    return json_response({"faults": [rule.public() for rule in faults.rules()]})
+
+
+async def add_fault(request: web.Request) -> web.Response:
+    data = await _json_object(request, "fault rule fields")
+    given = _strict(FaultRuleSettings, data)
+    rule = await request.app[FAULTS].add(given)
+    if rule is None:
+        raise field_errors.invalid_field(
+            "body", f"at most {MAX_RULES} fault rules at once; end one first")
+    _audit(request, "fault.add", None, rule.public())
+    return json_response(rule.public())
+
+
+async def end_fault(request: web.Request) -> web.Response:
+    rule = await request.app[FAULTS].end(request.match_info["id"])
+    if rule is None:
+        raise _not_found(request)
+    _audit(request, "fault.end", rule.public(), None)
+    return json_response({"ended": [rule.id]})
+
+
+async def end_all_faults(request: web.Request) -> web.Response:
+    rules = await request.app[FAULTS].end_all()
+    _audit(request, "fault.end_all", [rule.public() for rule in rules], None)
+    return json_response({"ended": [rule.id for rule in rules]})
 
 
 def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
@@ -298,3 +343,7 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     route("DELETE", "/admin/api-keys/{key_id}", revoke_api_key)
     route("GET", "/admin/waiting-room", show_waiting_room)
     route("PUT", "/admin/waiting-room", change_waiting_room)
+    route("GET", "/admin/faults", list_faults)
+    route("PUT", "/admin/faults", add_fault)
+    route("DELETE", "/admin/faults", end_all_faults)
+    route("DELETE", "/admin/faults/{id}", end_fault)

@@ -32,6 +32,7 @@ from gateway.breaker import Breaker
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.edge import EDGE, Edge, Handler, middleware
+from gateway.faults import Faults
 from gateway.idempotency import Idempotency
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
@@ -96,9 +97,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                       lambda t: metrics.breaker_transition(t.breaker, t.old, t.new, t.reason))
         for name in BACKENDS
     }
+    faults = Faults(stores.faults, clock, metrics)
     upstreams: dict[str, Upstream] = {
         name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
-                       bulkheads=settings.overload.enabled)
+                       bulkheads=settings.overload.enabled, faults=faults)
         for name in BACKENDS
     }
     for name in BACKENDS:
@@ -113,6 +115,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         handler_args=connections.handler_args(settings.server),
     )
     app[EDGE] = edge
+    app[admin.FAULTS] = faults
     app[SETTINGS] = settings
     app[UPSTREAMS] = upstreams
     app[LIFECYCLE] = Lifecycle()
@@ -240,14 +243,17 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
     maintenance = app[MAINTENANCE]
     keys = app[admin.CLIENT_KEYS]
     room = app[admin.WAITING_ROOM]
+    faults = app[admin.FAULTS]
     with contextlib.suppress(StoreUnavailable):
         await maintenance.sync()  # windows in force before the first request
         await keys.sync()  # and the API keys added through the admin API
         await room.sync()  # and the waiting room's settings and shared secret
+        await faults.sync()  # and the fault rules of a game day under way
     async with (_background(follow("breakers", app[admin.BOARD].sync, interval)),
                 _background(follow("maintenance", maintenance.sync, interval)),
                 _background(follow("api_keys", keys.sync, interval)),
-                _background(follow("waiting_room", room.sync, interval))):
+                _background(follow("waiting_room", room.sync, interval)),
+                _background(follow("faults", faults.sync, interval))):
         yield
     await stores.close()
 

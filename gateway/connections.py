@@ -44,6 +44,7 @@ Refuse = Callable[[BaseRequest, int, BaseException | None], web.StreamResponse]
 
 
 _UNAVAILABLE = 503
+_HOLD_AFTER_503_S = 1
 
 
 class AdmissionAtArrival(Protocol):
@@ -168,8 +169,11 @@ class EdgeConnection(web.RequestHandler):
         super().data_received(data)
         if self._request_count != heads:
             self._arrived_at = self._loop.time()
-            self._partial_head = False
             self._last_payload = self._messages[-1][1] if self._messages else EMPTY_PAYLOAD
+            # Bytes after the last head may be the start of the next one: unless the read
+            # ended with a head (or a body is still coming), the parser may hold a part.
+            self._partial_head = (not data.endswith(b"\r\n\r\n")
+                                  and self._last_payload.is_eof())
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
@@ -189,10 +193,11 @@ class EdgeConnection(web.RequestHandler):
                 self._told_to_wait(resp.headers.get("Retry-After"))
 
     def _told_to_wait(self, retry_after: str | None) -> None:
-        """A 503 told the client when to come back; a refusal at arrival before then
-        is held until then (see `_refuse`)."""
+        """A 503 told the client when to come back; a refusal at arrival before then is
+        held until then (see `_refuse`), a second at most: a breaker's or a maintenance
+        window's Retry-After may be minutes, and a held answer must not look like a hang."""
         if retry_after is not None and retry_after.isdigit():
-            self._refused_until = self._loop.time() + int(retry_after)
+            self._refused_until = self._loop.time() + min(int(retry_after), _HOLD_AFTER_503_S)
 
     def _idle(self) -> bool:
         """Every request read is answered, and nothing of the next is held by the parser:

@@ -8,6 +8,7 @@ catalog.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,6 +42,9 @@ _ZH_VALUE_ERRORS: dict[str, str] = {
 }
 
 
+_NAMED = re.compile(r"(?P<field>[a-z_][a-z0-9_.]*): (?P<message>.+)", re.DOTALL)
+
+
 def from_pydantic(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     """Pydantic's errors as the contract's `errors: [{field, message}]`, in English.
 
@@ -50,6 +54,9 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]
     for err in exc.errors(include_url=False):
         path = ".".join(str(part) for part in err["loc"]) or "body"
         message = err["msg"].removeprefix("Value error, ")
+        if path == "body" and (named := _NAMED.fullmatch(message)):
+            # A whole-model rule names its field first ("abort: give abort, delay or both").
+            path, message = named["field"], named["message"]
         out.append({"field": prefix + path, "message": message, "type": err["type"],
                     "_ctx": err.get("ctx") or {}})
     return out

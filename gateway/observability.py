@@ -97,6 +97,9 @@ class Metrics:
         self.bulkhead_rejected_calls = Counter(
             "gateway_bulkhead_rejected_calls", "Backend calls refused by a full bulkhead or a "
             "deadline passed while queued (503 OVERLOADED)", ("backend",), registry=reg)
+        self.faults_injected = Counter(
+            "gateway_faults_injected", "Backend calls faulted by a fault-injection rule, by "
+            "backend and kind (abort, delay)", ("backend", "kind"), registry=reg)
         self.retries = Counter(
             "gateway_upstream_retries", "Backend calls retried, by backend", ("backend",),
             registry=reg)
@@ -135,6 +138,9 @@ class Metrics:
         if latency is None:
             latency = self._latency_children[route] = self.request_seconds.labels(route)
         latency.observe(seconds)
+
+    def fault_injected(self, backend: str, kind: str) -> None:
+        self.faults_injected.labels(backend, kind).inc()
 
     def count_requests(self, route: str, status: int, code: str, count: int) -> None:
         """Requests answered without a duration worth observing (refusals at arrival)."""

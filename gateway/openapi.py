@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway import errors, waiting_room
+from gateway.faults import FaultRuleSettings
 from gateway.idempotency import KEY_PATTERN
 from gateway.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.schemas import (
@@ -275,6 +276,36 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                 "responses": {"200": {"description": "The settings now in force", "content": {
                     "application/json": {"schema": {"type": "object"}}}}, **body_problems}},
     }
+    fault_view = {"type": "object",
+                  "required": ["id", "scope", "ttl_s", "created_at", "expires_at", "injected"],
+                  "properties": {
+                      **FaultRuleSettings.model_json_schema(ref_template=_REF)["properties"],
+                      "id": {"type": "string"}, "created_at": {"type": "string"},
+                      "expires_at": {"type": "string"},
+                      "injected": {"type": "object", "description": "calls faulted by the "
+                                   "answering process, by kind (abort, delay)"}}}
+    paths["/admin/faults"] = {
+        "get": {**secured, "summary": "Fault rules in force", "responses": {
+            "200": {"description": "Every rule", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"faults": {
+                    "type": "array", "items": fault_view}}}}}}, **problems}},
+        "put": {**secured, "summary": "Add a fault rule (at most 20 at once; a 21st is 422), "
+                                      "in force on every process within 1 s",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref(FaultRuleSettings)}}},
+                "responses": {"200": {"description": "The rule", "content": {
+                    "application/json": {"schema": fault_view}},
+                    "links": _link("EndThisFault", "/admin/faults/{id}", "delete",
+                                   id="$response.body#/id")},
+                    **body_problems}},
+        "delete": {**secured, "summary": "End every rule (the kill switch)",
+                   "responses": {"200": ended, **problems}},
+    }
+    paths["/admin/faults/{id}"] = {"delete": {
+        **secured, "summary": "End one rule",
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": ended, **problems}}}
     paths["/admin/api-keys/{key_id}"] = {"delete": {
         **secured, "summary": "Revoke a key added through this API",
         "parameters": [{"name": "key_id", "in": "path", "required": True,
@@ -291,7 +322,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     models = {policy.body_schema for policy in ROUTES if policy.body_schema is not None}
     models |= {policy.response_schema for policy in ROUTES}
     models |= {Problem, StatusResponse, BreakerSettings, MaintenanceWindowSettings,
-               MaintenanceWindowView, QueueState}
+               MaintenanceWindowView, QueueState, FaultRuleSettings}
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=str)],
                                  ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}

@@ -160,7 +160,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                 await room.paced(policy.route_key, deadline)
             try:
                 reply = await upstream.call(Call(policy.method, path, headers, deadline, query,
-                                                 body, repeat, unknown_outcome))
+                                                 body, repeat, unknown_outcome, policy,
+                                                 request.headers))
             except GatewayError:
                 if stale is None or (kept := stale.stale(_cache_key(query))) is None:
                     raise
@@ -170,7 +171,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             return _respond(reply)
 
         submit = Call(policy.method, path, headers, deadline, body=body,
-                      unknown_outcome=unknown_outcome)
+                      unknown_outcome=unknown_outcome, route=policy,
+                      client_headers=request.headers)
 
         async def forward() -> Reply:
             if gate.covered:
@@ -181,7 +183,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             # Built only when needed: most submissions are never looked up.
             return await upstream.call(Call("GET", lookup_path, _lookup_headers(headers),
                                             deadline, query={"idempotency_key": key},
-                                            repeat=Repeat.ALWAYS))
+                                            repeat=Repeat.ALWAYS, route=policy,
+                                            client_headers=request.headers))
 
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)

@@ -51,6 +51,7 @@ IDEMPOTENCY_KEY = "og:idem:{record}"
 MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
 ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
 API_KEYS_KEY = "og:api_keys"  # hash: SHA-256 hex of a client API key -> client JSON
+FAULTS_KEY = "og:faults"  # hash: fault rule id -> rule JSON
 RATE_KEY = "og:rl:{scope}"  # hash: tokens, ts (Redis time of the last refill)
 # The waiting room: one hash tag, so its scripts touch one slot on Redis Cluster.
 ROOM_KEYS = (
@@ -363,6 +364,42 @@ class RedisWindows(_JsonByIdHash):
             await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
 
 
+_ADD_FAULT = _Script.of("""
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+""")
+_END_FAULTS = _Script.of("""
+local ids = redis.call('HKEYS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return ids
+""")
+
+
+class RedisFaults(_JsonByIdHash):
+    key = FAULTS_KEY
+
+    def __init__(self, connection: RedisConnection) -> None:
+        super().__init__(connection)
+        self._connection = connection
+
+    async def rules(self) -> dict[str, bytes]:
+        async with _translated():
+            # bytes: the client does not decode
+            found: dict[bytes, bytes] = await self._redis.hgetall(FAULTS_KEY)  # type: ignore[assignment]
+        return {k.decode(): v for k, v in found.items()}
+
+    async def add(self, rule_id: str, data: bytes, most: int) -> bool:
+        # Not repeatable: run twice after a lost answer, the count could be off by one.
+        added = await self._connection.eval(_ADD_FAULT, (FAULTS_KEY,), rule_id, data, most,
+                                            repeatable=False)
+        return bool(added)
+
+    async def delete_all(self) -> list[str]:
+        ended = await self._connection.eval(_END_FAULTS, (FAULTS_KEY,), repeatable=False)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ended]
+
+
 class RedisKeys(_JsonByIdHash):
     key = API_KEYS_KEY
 
@@ -496,6 +533,7 @@ def redis_stores(url: str, timeout_s: float) -> Stores:
     return Stores(shared=True, breakers=RedisBreakerIntents(connection),
                   records=RedisIdempotencyRecords(connection),
                   windows=RedisWindows(connection), keys=RedisKeys(connection),
+                  faults=RedisFaults(connection),
                   buckets=RedisTokenBuckets(connection), queue=RedisTicketQueue(connection),
                   room=RedisRoomControl(connection), close=connection.close)
 

@@ -7,6 +7,7 @@
 - `WindowStore`: maintenance windows set through the admin API, and the config
   windows an SRE ended, for `maintenance.py`;
 - `KeyStore`: client API keys added through the admin API, for `auth.py`;
+- `FaultStore`: fault-injection rules added through the admin API, for `faults.py`;
 - `TokenBuckets`: tokens left and last refill per scope, for `rate_limit.py`
   (and, always in memory, the admin API's per-address limit);
 - `TicketQueue`: the waiting room's tickets, admissions of the last second and
@@ -143,6 +144,20 @@ class KeyStore(Protocol):
         """Revoke a key added through the admin API; False when there was none."""
 
 
+class FaultStore(Protocol):
+    async def rules(self) -> dict[str, bytes]:
+        """Fault rules in force or run out (id -> JSON); run-out ones are deleted by adds."""
+
+    async def add(self, rule_id: str, data: bytes, most: int) -> bool:
+        """Add a rule unless `most` are stored already (False)."""
+
+    async def delete(self, rule_id: str) -> bool:
+        """End a rule; False when there was none with this id."""
+
+    async def delete_all(self) -> list[str]:
+        """End every rule (the kill switch); the ids ended."""
+
+
 class TokenBuckets(Protocol):
     async def take(self, scope: str, rate_per_s: float, burst: int) -> float:
         """Take one token from the bucket: 0.0 if taken, else seconds until one is due.
@@ -231,6 +246,7 @@ class Stores:
     records: IdempotencyRecords
     windows: WindowStore
     keys: KeyStore
+    faults: FaultStore
     buckets: TokenBuckets
     queue: TicketQueue
     room: RoomControl
@@ -365,6 +381,28 @@ class MemoryKeys:
         return self._keys.pop(key_sha256, None) is not None
 
 
+class MemoryFaults:
+    def __init__(self) -> None:
+        self._rules: dict[str, bytes] = {}
+
+    async def rules(self) -> dict[str, bytes]:
+        return dict(self._rules)
+
+    async def add(self, rule_id: str, data: bytes, most: int) -> bool:
+        if len(self._rules) >= most:
+            return False
+        self._rules[rule_id] = data
+        return True
+
+    async def delete(self, rule_id: str) -> bool:
+        return self._rules.pop(rule_id, None) is not None
+
+    async def delete_all(self) -> list[str]:
+        ended = list(self._rules)
+        self._rules.clear()
+        return ended
+
+
 class MemoryTokenBuckets:
     """Token buckets of one process, the least recently used dropped past `max_buckets`
     (a dropped bucket comes back full)."""
@@ -497,6 +535,7 @@ def memory_stores(clock: Clock | None = None, max_records: int = 100_000,
     """Every concern in this process's memory: the embedded default (one process)."""
     return Stores(shared=False, breakers=MemoryBreakerIntents(),
                   records=MemoryIdempotencyRecords(clock, max_records), windows=MemoryWindows(),
-                  keys=MemoryKeys(), buckets=MemoryTokenBuckets(clock, max_buckets),
+                  keys=MemoryKeys(), faults=MemoryFaults(),
+                  buckets=MemoryTokenBuckets(clock, max_buckets),
                   queue=MemoryTicketQueue(clock), room=MemoryRoomControl(),
                   close=_nothing_to_close)

@@ -16,6 +16,9 @@ when the failed attempt certainly never reached the backend (no connection).
 Whether a keyed POST that may have landed is sent again is decided above this
 module, after a lookup (`gateway/idempotency.py`), never here.
 
+A fault-injection rule (`faults.py`) acts after the breaker let a call through and
+before anything is sent: a delay, then the failure it names, or the real send.
+
 A backend's 2xx and 4xx JSON answers pass through untouched. Every call first
 takes a slot of the backend's bulkhead (waiting at most until the request's
 deadline), then goes through the backend's circuit breaker: an open breaker answers `CIRCUIT_OPEN`
@@ -39,10 +42,12 @@ from gateway import errors
 from gateway.breaker import Breaker, Outcome
 from gateway.clock import Clock, SystemClock
 from gateway.errors import ErrorSpec, GatewayError
+from gateway.faults import RESET, Faults, Injection
 from gateway.observability import Metrics
 from gateway.overload import Bulkhead, Unlimited
 from gateway.reply import Reply
 from gateway.retry import Backoff, RetryBudget
+from gateway.routes import RoutePolicy
 from gateway.settings import UpstreamSettings
 
 # Response headers of a backend that mean something to the client; all others
@@ -84,6 +89,9 @@ class Call:
     # payment's PAYMENT_OUTCOME_UNKNOWN); None: a lost answer is a plain timeout or
     # unavailability.
     unknown_outcome: ErrorSpec | None = None
+    # The route being served and the client's headers: what fault rules match on.
+    route: RoutePolicy | None = None
+    client_headers: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -98,8 +106,10 @@ class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
-                 metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True) -> None:
+                 metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True,
+                 faults: Faults | None = None) -> None:
         self.name = name
+        self._faults = faults
         self.breaker = breaker
         self.bulkhead: Bulkhead | Unlimited = (
             Bulkhead(name, settings.max_concurrent, settings.max_queue) if bulkheads
@@ -200,8 +210,13 @@ class Upstream:
             self._metrics.breaker_rejected(self.name)
             raise
         timeout_s = min(self.settings.timeout_s, left_s)
+        faults = self._faults
         try:
-            result = await self._send(call, timeout_s)
+            if faults is not None and faults.active and (injection := faults.roll(
+                    self.name, call.route, call.client_headers)) is not None:
+                result = await self._send_faulted(call, timeout_s, injection)
+            else:
+                result = await self._send(call, timeout_s)
         except UpstreamError as err:
             # A timeout shorter than the backend's own (the request's deadline, which a
             # client may set) says nothing about the backend: a client asking for 1 ms
@@ -257,6 +272,27 @@ class Upstream:
                                worth_retrying=result.status in RETRY_STATUSES)
         self._record(started, "ok")
         return result
+
+    async def _send_faulted(self, call: Call, timeout_s: float, injection: Injection) -> Reply:
+        """A call a fault rule acts on: wait, then fail as the rule says, or send. Nothing is
+        sent before or instead of the failure, so it never reached the backend."""
+        started = time.monotonic()
+        if injection.delay_s >= timeout_s:
+            await asyncio.sleep(timeout_s)
+            failure = self._failed(errors.UPSTREAM_TIMEOUT, started,
+                                   {"backend": self.name, "timeout_s": round(timeout_s, 3)},
+                                   reached=False)
+            failure.timed_out = True
+            raise failure
+        if injection.delay_s:
+            await asyncio.sleep(injection.delay_s)
+        if injection.abort == RESET:
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
+                               worth_retrying=True)
+        if injection.abort is not None:
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
+                               worth_retrying=injection.abort in RETRY_STATUSES)
+        return await self._send(call, timeout_s - injection.delay_s)
 
     def _failed(self, spec: ErrorSpec, started: float,
                 params: dict[str, object] | None = None, *, reached: bool = True,

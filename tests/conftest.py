@@ -19,7 +19,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.redis_store import ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY, redis_stores
+from gateway.redis_store import (
+    FAULTS_KEY,
+    ROOM_KEYS,
+    ROOM_SECRET_KEY,
+    ROOM_SETTINGS_KEY,
+    redis_stores,
+)
 from gateway.settings import Settings
 from gateway.store import Stores, memory_stores
 from loadtest.harness import RUNNING, SHORT_TIMEOUTS, Gateway, RedisServer, Upstreams, merge
@@ -147,7 +153,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
     server: RedisServer = request.getfixturevalue("redis_server")
     # The session's Redis is shared by many tests; the waiting room's line is one per Redis.
     client = aioredis.Redis.from_url(server.url)
-    await client.delete(*ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY)
+    await client.delete(*ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY, FAULTS_KEY)
     await client.aclose()
     shared = redis_stores(server.url, timeout_s=1.0)
     yield shared

@@ -16,11 +16,15 @@ every invalid case is still sent exactly as generated. One line each, why:
   uniqueness across requests is no schema rule.
 - Balance payments: at most the simulated account's balance; more is the
   backend's own `402 INSUFFICIENT_BALANCE`, account state and no schema rule.
+- Fault rules: at most 20 in force at once, a count across requests: the rules
+  in force are ended (the kill switch) before each valid one is added.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 import schemathesis
 
 from gateway.schemas import resident_id_check_char
+from tests.fuzzing import ADMIN_TOKEN, GATEWAY_URL_ENV
 
 BALANCE = 1_000_000  # what the payment simulator's accounts hold, in fen
 
@@ -55,6 +60,22 @@ def map_case(_context: Any, case: Any) -> Any:
         if case.operation.path == "/admin/api-keys" and "key_sha256" in body:
             body["key_sha256"] = secrets.token_hex(32)
     return case
+
+
+@schemathesis.hook
+def before_call(_context: Any, case: Any, _kwargs: dict[str, Any]) -> None:
+    # At the moment of sending: cases are generated in batches, well before.
+    if (case.operation.path == "/admin/faults" and case.method.upper() == "PUT"
+            and _is_valid_case(case)):
+        _end_fault_rules()
+
+
+def _end_fault_rules() -> None:
+    request = urllib.request.Request(
+        os.environ[GATEWAY_URL_ENV] + "/admin/faults", method="DELETE",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5):
+        pass
 
 
 def _fix_resident_id(customer: Any) -> None:

@@ -35,6 +35,7 @@ from loadtest.harness import BIN, Gateway, Upstreams
 ROOT = Path(__file__).resolve().parent.parent
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
+GATEWAY_URL_ENV = "FUZZ_GATEWAY_URL"  # for the hooks that must act on the gateway itself
 PUBLIC = r"^/(v1/|healthz|readyz|metrics|openapi)"
 ADMIN = r"^/admin/"
 FAULTS = {"error_rate": 0.15, "error_status": 503, "reset_rate": 0.05, "jitter_ms": 30}
@@ -122,6 +123,7 @@ def run_pass(gw: Gateway, upstreams: Upstreams, step: Pass, profile: Profile,
         for backend in upstreams.urls:
             upstreams.set_faults(backend, **FAULTS)
     env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+           GATEWAY_URL_ENV: gw.url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True,
@@ -135,8 +137,9 @@ def run_pass(gw: Gateway, upstreams: Upstreams, step: Pass, profile: Profile,
 
 
 def _undo_admin_changes(gw: Gateway) -> None:
-    """End the fuzzed maintenance windows and unforce the fuzzed breakers."""
+    """End the fuzzed maintenance windows and fault rules, unforce the fuzzed breakers."""
     gw.admin("DELETE", "/admin/maintenance", ADMIN_TOKEN)
+    gw.admin("DELETE", "/admin/faults", ADMIN_TOKEN)
     gw.reset_breakers(ADMIN_TOKEN)
 
 

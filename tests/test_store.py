@@ -224,3 +224,16 @@ def test_the_bucket_step_refills_up_to_the_burst_and_says_how_long_to_wait() -> 
     assert (tokens, wait) == (0.5, 0.25)
     tokens, wait = refill_and_take(1.0, 0.0, 1000.0, rate_per_s=2.0, burst=5)
     assert (tokens, wait) == (4.0, 0.0)
+
+
+async def test_fault_rules_are_capped_deleted_one_by_one_or_all_at_once(stores: Stores) -> None:
+    await stores.faults.delete_all()
+    assert await stores.faults.add("flt-a", b'{"id":"flt-a"}', most=2)
+    assert await stores.faults.add("flt-b", b'{"id":"flt-b"}', most=2)
+    assert not await stores.faults.add("flt-c", b'{"id":"flt-c"}', most=2)
+    assert set(await stores.faults.rules()) == {"flt-a", "flt-b"}
+    assert await stores.faults.delete("flt-a")
+    assert not await stores.faults.delete("flt-a")
+    assert await stores.faults.add("flt-c", b'{"id":"flt-c"}', most=2)
+    assert sorted(await stores.faults.delete_all()) == ["flt-b", "flt-c"]
+    assert await stores.faults.rules() == {}
