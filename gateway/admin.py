@@ -21,13 +21,23 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway import auth, connections, errors, field_errors, identity, privacy, validation
+from gateway import (
+    auth,
+    connections,
+    errors,
+    events,
+    field_errors,
+    identity,
+    privacy,
+    validation,
+)
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
 from gateway.edge import REQUEST_ID
@@ -37,6 +47,8 @@ from gateway.maintenance import Maintenance
 from gateway.problem import json_response
 from gateway.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
 from gateway.store import MemoryTokenBuckets, StoreUnavailable
+from gateway.timeline import DEFAULT_LIMIT, KEEP, Kind, Timeline
+from gateway.traffic import Traffic
 from gateway.waiting_room import WaitingRoom
 
 log = logging.getLogger("gateway.audit")
@@ -46,6 +58,8 @@ MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 WAITING_ROOM = web.AppKey("waiting_room", WaitingRoom)
 FAULTS = web.AppKey("faults", Faults)
+TIMELINE = web.AppKey("timeline", Timeline)
+TRAFFIC = web.AppKey("traffic", Traffic)
 ACTOR_HEADER = "X-Admin-Actor"
 _TIERS = web.AppKey("rate_limit_tiers", tuple[str, ...])
 # Where the guard leaves, on the request, who is acting and the body limits.
@@ -145,9 +159,32 @@ def _strict(model: type[_Model], data: dict[str, Any]) -> _Model:
 
 
 def _audit(request: web.Request, action: str, before: Any, after: Any, **fields: Any) -> None:
+    who = request[_WHO]
     log.info("admin %s", action, extra={"fields": {
         "audit": True, "action": action, "request_id": request.get(REQUEST_ID),
-        "who": request[_WHO], "before": before, "after": after, **fields}})
+        "who": who, "before": before, "after": after, **fields}})
+    kind = _TIMELINE_KINDS.get(action.split(".", 1)[0], "admin")
+    request.app[TIMELINE].note(kind, _summary(action, before, after, fields), action=action,
+                               actor=who["actor"], token=who["token"], **fields)
+
+
+# Admin actions on these appear under their own kind in the timeline; others as "admin".
+_TIMELINE_KINDS: dict[str, Kind] = {"maintenance": "maintenance", "fault": "fault",
+                                    "waiting_room": "waiting_room"}
+
+
+def _summary(action: str, before: Any, after: Any, fields: dict[str, Any]) -> str:
+    """One line for the timeline: the action and what it was about."""
+    subject = after if after is not None else before
+    about = ""
+    if isinstance(subject, dict):
+        about = " ".join(str(subject[k]) for k in ("id", "scope") if k in subject)
+    elif isinstance(subject, list):
+        about = f"{len(subject)} item(s)"
+    elif subject is not None:
+        about = str(subject)
+    target = fields.get("breaker", "")
+    return " ".join(part for part in (action, target, about) if part)
 
 
 async def list_breakers(request: web.Request) -> web.Response:
@@ -320,6 +357,32 @@ async def end_all_faults(request: web.Request) -> web.Response:
     return json_response({"ended": [rule.id for rule in rules]})
 
 
+async def snapshot(app: web.Application) -> dict[str, Any]:
+    """What the console shows, in one object (`GET /admin/events`)."""
+    board, maintenance = app[BOARD], app[MAINTENANCE]
+    await board.sync()
+    now = maintenance.now()
+    return {
+        "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"),
+        "breakers": [b.snapshot() for b in board.breakers.values()],
+        "maintenance": [w.public(now) for w in maintenance.windows()],
+        "faults": [rule.public() for rule in app[FAULTS].rules()],
+        "waiting_room": await app[WAITING_ROOM].figures(),
+        "traffic": app[TRAFFIC].figures(),
+    }
+
+
+async def show_timeline(request: web.Request) -> web.Response:
+    sent = request.query.get("limit")
+    limit = DEFAULT_LIMIT
+    if sent is not None:
+        if not sent.isdigit() or not 1 <= int(sent) <= KEEP:
+            raise field_errors.invalid_field("limit", f"must be a whole number from 1 to {KEEP}")
+        limit = int(sent)
+    return json_response({"events": await request.app[TIMELINE].recent(limit)})
+
+
 def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
     listener = Listener(separate=settings.admin.port is not None)
     app[ADMIN_LISTENER] = listener
@@ -347,3 +410,5 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     route("PUT", "/admin/faults", add_fault)
     route("DELETE", "/admin/faults", end_all_faults)
     route("DELETE", "/admin/faults/{id}", end_fault)
+    route("GET", "/admin/timeline", show_timeline)
+    route("GET", "/admin/events", events.stream(snapshot))

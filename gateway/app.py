@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway import (
     admin,
     connections,
+    events,
     idempotency,
     openapi,
     rate_limit,
@@ -28,7 +29,7 @@ from gateway import (
 from gateway.admission import ADJUST_S, Admission, AdmitAll
 from gateway.arrivals import Arrivals
 from gateway.auth import AdminTokens, ClientKeys
-from gateway.breaker import Breaker
+from gateway.breaker import Breaker, Transition
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.edge import EDGE, Edge, Handler, middleware
@@ -44,6 +45,8 @@ from gateway.settings import Settings
 from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
 from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
+from gateway.timeline import FLUSH_S, Timeline
+from gateway.traffic import Traffic
 from gateway.upstream import Upstream
 from gateway.waiting_room import TICK_S, WaitingRoom, poll_route
 
@@ -92,9 +95,19 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
     stores = _make_stores(settings, clock)
+    timeline = Timeline(stores.timeline, clock)
+
+    def transition(t: Transition) -> None:
+        metrics.breaker_transition(t.breaker, t.old, t.new, t.reason)
+        figures = t.figures
+        timeline.note("breaker", f"{t.breaker}: {t.old} -> {t.new} ({t.reason})",
+                      backend=t.breaker, from_state=t.old, to_state=t.new, reason=t.reason,
+                      window={"calls": figures.calls,
+                              "failure_rate": round(figures.failure_rate, 4),
+                              "slow_call_rate": round(figures.slow_call_rate, 4)})
+
     breakers: dict[str, Breaker] = {
-        name: Breaker(name, settings.upstreams.get(name).breaker, clock,
-                      lambda t: metrics.breaker_transition(t.breaker, t.old, t.new, t.reason))
+        name: Breaker(name, settings.upstreams.get(name).breaker, clock, transition)
         for name in BACKENDS
     }
     faults = Faults(stores.faults, clock, metrics)
@@ -116,6 +129,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     )
     app[EDGE] = edge
     app[admin.FAULTS] = faults
+    app[admin.TIMELINE] = timeline
+    app[events.STOPPING] = asyncio.Event()
+    app[admin.TRAFFIC] = Traffic(metrics, clock)
     app[SETTINGS] = settings
     app[UPSTREAMS] = upstreams
     app[LIFECYCLE] = Lifecycle()
@@ -174,7 +190,17 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(_control_sync)
     app.cleanup_ctx.append(_admissions)
     app.cleanup_ctx.append(_admission_control)
+    app.cleanup_ctx.append(_timeline_flush)
     return app
+
+
+async def _timeline_flush(app: web.Application) -> AsyncIterator[None]:
+    """Timeline notes to the store on a timer (noting itself is synchronous)."""
+    timeline = app[admin.TIMELINE]
+    async with _background(follow("timeline", timeline.flush, FLUSH_S)):
+        yield
+    with contextlib.suppress(StoreUnavailable):
+        await timeline.flush()
 
 
 def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Settings,
@@ -216,6 +242,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     admission = app[ADMISSION]
     arrivals = app[ARRIVALS]
+    traffic = app[admin.TRAFFIC]
 
     async def every_tick() -> None:
         while True:
@@ -224,6 +251,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             metrics.in_flight.set(admission.in_flight)
             metrics.admission_limit.set(admission.limit)
             metrics.queue_delay.set(admission.delay_s)
+            traffic.sample()
             if arrivals is not None:
                 arrivals.count()
 

@@ -89,6 +89,12 @@ class Edge:
         return RawAnswer(err, self._headers, closing=closing)
 
     @property
+    def own_headers(self) -> dict[str, str]:
+        """The security headers every answer carries, for a stream that sends its own
+        before the edge sees it."""
+        return dict(self._headers)
+
+    @property
     def logs_access(self) -> bool:
         return self._access_log.enabled
 

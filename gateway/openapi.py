@@ -306,6 +306,28 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
         "parameters": [{"name": "id", "in": "path", "required": True,
                         "schema": {"type": "string"}}],
         "responses": {"200": ended, **problems}}}
+    paths["/admin/timeline"] = {"get": {
+        **secured, "summary": "The shared timeline, newest first: breaker transitions, "
+                              "maintenance, faults, waiting-room changes, admin actions",
+        "parameters": [{"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                   "default": 100}}],
+        "responses": {"200": {"description": "The events", "content": {"application/json": {
+            "schema": {"type": "object", "required": ["events"], "properties": {"events": {
+                "type": "array", "items": {
+                    "type": "object", "required": ["at", "kind", "summary", "process"],
+                    "properties": {
+                        "at": {"type": "string"}, "summary": {"type": "string"},
+                        "process": {"type": "string"},
+                        "kind": {"enum": ["breaker", "maintenance", "fault", "waiting_room",
+                                          "admin"]}}}}}}}}},
+            **_problems((*_ADMIN_ERRORS, "VALIDATION_FAILED"))}}}
+    paths["/admin/events"] = {"get": {
+        **secured, "summary": "Server-Sent Events: a `snapshot` event every second (breakers, "
+                              "maintenance, faults, waiting room, traffic) until the process "
+                              "drains",
+        "responses": {"200": {"description": "text/event-stream", "content": {
+            "text/event-stream": {"schema": {"type": "string"}}}}, **problems}}}
     paths["/admin/api-keys/{key_id}"] = {"delete": {
         **secured, "summary": "Revoke a key added through this API",
         "parameters": [{"name": "key_id", "in": "path", "required": True,

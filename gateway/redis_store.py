@@ -52,6 +52,7 @@ MAINTENANCE_KEY = "og:maintenance"  # hash: window id -> window JSON
 ENDED_WINDOWS_KEY = "og:maintenance:ended"  # set: ids of config windows ended by an SRE
 API_KEYS_KEY = "og:api_keys"  # hash: SHA-256 hex of a client API key -> client JSON
 FAULTS_KEY = "og:faults"  # hash: fault rule id -> rule JSON
+TIMELINE_KEY = "og:timeline"  # list: event JSON, newest first, capped
 RATE_KEY = "og:rl:{scope}"  # hash: tokens, ts (Redis time of the last refill)
 # The waiting room: one hash tag, so its scripts touch one slot on Redis Cluster.
 ROOM_KEYS = (
@@ -400,6 +401,22 @@ class RedisFaults(_JsonByIdHash):
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ended]
 
 
+class RedisTimeline:
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection.client
+
+    async def append(self, events: list[bytes], keep: int) -> None:
+        async with _translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(TIMELINE_KEY, *events)
+            pipe.ltrim(TIMELINE_KEY, 0, keep - 1)
+            await pipe.execute()
+
+    async def recent(self, limit: int) -> list[bytes]:
+        async with _translated():
+            found: list[bytes] = await self._redis.lrange(TIMELINE_KEY, 0, limit - 1)  # type: ignore[assignment]
+        return found
+
+
 class RedisKeys(_JsonByIdHash):
     key = API_KEYS_KEY
 
@@ -533,7 +550,7 @@ def redis_stores(url: str, timeout_s: float) -> Stores:
     return Stores(shared=True, breakers=RedisBreakerIntents(connection),
                   records=RedisIdempotencyRecords(connection),
                   windows=RedisWindows(connection), keys=RedisKeys(connection),
-                  faults=RedisFaults(connection),
+                  faults=RedisFaults(connection), timeline=RedisTimeline(connection),
                   buckets=RedisTokenBuckets(connection), queue=RedisTicketQueue(connection),
                   room=RedisRoomControl(connection), close=connection.close)
 

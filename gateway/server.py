@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway import events
 from gateway.admin import ADMIN_LISTENER
 from gateway.app import ARRIVALS, LIFECYCLE, build_app
 from gateway.connections import EdgeRunner, EdgeSite
@@ -102,6 +103,7 @@ async def serve(settings: Settings, stop: asyncio.Event,
         on_listening(port)
     await stop.wait()
     app[LIFECYCLE].draining = True
+    app[events.STOPPING].set()  # open event streams end now, not at the drain's timeout
     log.info("draining", extra={"fields": {"delay_s": server.drain_delay_s,
                                            "timeout_s": server.drain_timeout_s}})
     await asyncio.sleep(server.drain_delay_s)

@@ -8,6 +8,7 @@
   windows an SRE ended, for `maintenance.py`;
 - `KeyStore`: client API keys added through the admin API, for `auth.py`;
 - `FaultStore`: fault-injection rules added through the admin API, for `faults.py`;
+- `TimelineStore`: the shared timeline of events, newest first, for `timeline.py`;
 - `TokenBuckets`: tokens left and last refill per scope, for `rate_limit.py`
   (and, always in memory, the admin API's per-address limit);
 - `TicketQueue`: the waiting room's tickets, admissions of the last second and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -158,6 +160,14 @@ class FaultStore(Protocol):
         """End every rule (the kill switch); the ids ended."""
 
 
+class TimelineStore(Protocol):
+    async def append(self, events: list[bytes], keep: int) -> None:
+        """Add events (oldest first), keeping the newest `keep`."""
+
+    async def recent(self, limit: int) -> list[bytes]:
+        """The newest `limit` events, newest first."""
+
+
 class TokenBuckets(Protocol):
     async def take(self, scope: str, rate_per_s: float, burst: int) -> float:
         """Take one token from the bucket: 0.0 if taken, else seconds until one is due.
@@ -247,6 +257,7 @@ class Stores:
     windows: WindowStore
     keys: KeyStore
     faults: FaultStore
+    timeline: TimelineStore
     buckets: TokenBuckets
     queue: TicketQueue
     room: RoomControl
@@ -403,6 +414,20 @@ class MemoryFaults:
         return ended
 
 
+class MemoryTimeline:
+    def __init__(self) -> None:
+        self._events: deque[bytes] = deque()
+
+    async def append(self, events: list[bytes], keep: int) -> None:
+        for event in events:
+            self._events.appendleft(event)
+        while len(self._events) > keep:
+            self._events.pop()
+
+    async def recent(self, limit: int) -> list[bytes]:
+        return list(itertools.islice(self._events, limit))
+
+
 class MemoryTokenBuckets:
     """Token buckets of one process, the least recently used dropped past `max_buckets`
     (a dropped bucket comes back full)."""
@@ -535,7 +560,7 @@ def memory_stores(clock: Clock | None = None, max_records: int = 100_000,
     """Every concern in this process's memory: the embedded default (one process)."""
     return Stores(shared=False, breakers=MemoryBreakerIntents(),
                   records=MemoryIdempotencyRecords(clock, max_records), windows=MemoryWindows(),
-                  keys=MemoryKeys(), faults=MemoryFaults(),
+                  keys=MemoryKeys(), faults=MemoryFaults(), timeline=MemoryTimeline(),
                   buckets=MemoryTokenBuckets(clock, max_buckets),
                   queue=MemoryTicketQueue(clock), room=MemoryRoomControl(),
                   close=_nothing_to_close)
