@@ -162,7 +162,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[ARRIVALS] = None
     if settings.overload.enabled:
         admission = Admission(settings.overload)
-        app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics)
+        app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics,
+                                 holds=settings.overload.hold_early_retries)
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
     app[ADMISSION] = admission

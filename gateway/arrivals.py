@@ -47,7 +47,8 @@ class Arrivals:
     """Which proxied route a raw request head asks for, and the refusal as bytes."""
 
     def __init__(self, admission: Admission, routes: Iterable[RoutePolicy], edge: Edge,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, holds: bool = True) -> None:
+        self.holds = holds  # see `overload.hold_early_retries`
         self.enter = admission.enter
         self.leave = admission.leave
         self._exact: dict[bytes, RoutePolicy] = {}

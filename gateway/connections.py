@@ -61,6 +61,9 @@ class AdmissionAtArrival(Protocol):
     @property
     def retry_after_s(self) -> tuple[float, ...]: ...
 
+    @property
+    def holds(self) -> bool: ...
+
 
 def handler_args(server: ServerSettings) -> dict[str, Any]:
     """aiohttp's per-connection settings, from ours."""
@@ -232,7 +235,7 @@ class EdgeConnection(web.RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        hold = self._refused_until - now
+        hold = self._refused_until - now if arrivals.holds else 0.0
         if hold > 0:
             self._doublings = min(self._doublings + 1, len(arrivals.retry_after_s) - 1)
         else:

@@ -315,6 +315,10 @@ class OverloadSettings(_Model):
     queue_delay_target_ms: float = Field(30.0, gt=0, le=60_000)
     # A request that waited longer than this before its handler is refused (503).
     queue_delay_max_ms: float = Field(500.0, gt=0, le=600_000)
+    # A client refused again before the Retry-After of its last 503 ended gets the
+    # refusal when it ends, told to wait twice as long. False: every refusal at once
+    # (for measuring what a refusal costs; a crowd retrying in a loop then burns the CPU).
+    hold_early_retries: bool = True
     # Overall budget of one request; a client may ask for less (X-Request-Timeout-Ms).
     request_deadline_s: float = Field(10.0, gt=0, le=600)
 

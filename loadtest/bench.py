@@ -12,7 +12,8 @@ pinned to CPU 0; the load generator (wrk where installed, else
 
 Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
 - `GET /v1/availability`: direct to the simulator, bare proxy, gateway,
-  gateway with rate limiting;
+  gateway with rate limiting, gateway with a fault rule in force that this
+  traffic does not match (every backend call pays the match);
 - `POST /v1/orders` with a new Idempotency-Key per request: direct, bare
   proxy, bare proxy + Redis, gateway;
 - refusals: `GET /v1/orders/{id}` with the breaker open, and shed
@@ -62,6 +63,7 @@ HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
 TARGET_GET_RATIO = 1.3
 TARGET_POST_RATIO = 1.5
 TARGET_REFUSAL_US = 30.0
+TARGET_FAULT_RULE_RATIO = 1.05  # a rule that matches nothing: within the machine's noise
 TARGET_ADDED_P99_MS = 2.0
 ISSUE_FLOOR_US = 93.0  # the minimal proxy's CPU per request where the targets were set
 GROUPS = {"get": "GET /v1/availability", "post": "POST /v1/orders", "refusals": "refusals"}
@@ -162,6 +164,13 @@ def processes(log_dir: Path) -> Iterator[list[Target]]:
 
         main = gateway(base)
         limited = gateway({**base, "rate_limit": {"rate_per_s": 1_000_000, "burst": 1_000_000}})
+        # A game day under way: one fault rule in force that this traffic never matches
+        # (its cohort header is not sent), so every backend call pays the match. Its own
+        # Redis database: rules are fleet-wide, and the other gateways must have none.
+        faulted = gateway({"redis": {"url": redis.url.rsplit("/", 1)[0] + "/1"}})
+        faulted.admin("PUT", "/admin/faults", ADMIN_TOKEN, {
+            "scope": "all", "abort": {"percent": 100, "status": 503}, "ttl_s": 3600,
+            "match_header": {"name": "X-Fault-Cohort", "value": "gameday"}})
         bare_url, bare_pid = start_bare(log_dir, sims, stack)
         bare_redis_url, bare_redis_pid = start_bare(log_dir, sims, stack, "--redis", redis.url)
 
@@ -171,8 +180,13 @@ def processes(log_dir: Path) -> Iterator[list[Target]]:
         pin_threads(hung.proc.pid, other_cpus())
         hung.set_faults("availability", hang=True)
         refusing = gateway({
-            "overload": {"max_in_flight": HELD_SLOTS * 2, "browse_share": 0.5,
-                         "read_share": 0.6, "request_deadline_s": 600},
+            # Refusals answered at once: wrk never honours Retry-After, and what is
+            # measured here is what a refusal costs, not how long a client is held.
+            # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
+            # of the breaker-open target room: they must reach the breaker.
+            "overload": {"max_in_flight": HELD_SLOTS * 20, "min_in_flight": HELD_SLOTS * 20,
+                         "browse_share": 0.05, "read_share": 0.95, "request_deadline_s": 600,
+                         "hold_early_retries": False},
             "upstreams": {"availability": {"timeout_s": 300}},
             "stale_cache": {"max_entries": 0}}, hung)
         refusing.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
@@ -187,6 +201,8 @@ def processes(log_dir: Path) -> Iterator[list[Target]]:
             Target(get, "gateway", Load(main.url + "/v1" + AVAILABILITY), main.proc.pid),
             Target(get, "gateway +rate limit", Load(limited.url + "/v1" + AVAILABILITY),
                    limited.proc.pid),
+            Target(get, "gateway +fault rule", Load(faulted.url + "/v1" + AVAILABILITY),
+                   faulted.proc.pid),
             Target(post, "direct", Load(sims.urls["order"] + "/orders", **keyed), None),
             Target(post, "bare proxy", Load(bare_url + "/v1/orders", **keyed), bare_pid),
             Target(post, "bare proxy +Redis", Load(bare_redis_url + "/v1/orders", **keyed),
@@ -277,6 +293,10 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
          cpu_ratio("GET /v1/availability", "gateway", "bare proxy"), TARGET_GET_RATIO, "x"),
         ("POST /v1/orders CPU: gateway / bare proxy +Redis",
          cpu_ratio("POST", "gateway", "bare proxy +Redis"), TARGET_POST_RATIO, "x"),
+        # A rule in force costs one match per backend call; none in force, nothing.
+        ("GET /v1/availability CPU: with a fault rule in force / without",
+         cpu_ratio("GET /v1/availability", "gateway +fault rule", "gateway"),
+         TARGET_FAULT_RULE_RATIO, "x"),
     ]
     bare_get = row("GET /v1/availability", "bare proxy")
     for name in ("breaker open", "shed (overloaded)"):
