@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from gateway import (
     auth,
     connections,
+    console,
     errors,
     events,
     field_errors,
@@ -121,6 +122,16 @@ def _guard(settings: Settings, tokens: AdminTokens,
         return functools.partial(check, handler=handler)
 
     return guarded
+
+
+def _on_listener(listener: Listener, handler: Handler) -> Handler:
+    """The console's files: on the admin listener, without the token (they hold no data)."""
+    async def on_listener(request: web.Request) -> web.StreamResponse:
+        if not listener.admits(request):
+            raise GatewayError(errors.NOT_FOUND, params={"path": privacy.scrub(request.path)})
+        return await handler(request)
+
+    return on_listener
 
 
 def _fingerprint(token: str) -> str:
@@ -389,6 +400,8 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     app[_TIERS] = settings.rate_limit.tier_names
 
     guarded = _guard(settings, tokens, listener)
+    for path, serve_file in console.handlers().items():
+        app.router.add_get(path, _on_listener(listener, serve_file))
 
     def route(method: str, path: str, handler: Handler) -> None:
         app.router.add_route(method, path, guarded(handler))

@@ -53,7 +53,8 @@ class Edge:
                code: str, route: str, started: float) -> None:
         headers = response.headers
         headers["X-Request-ID"] = rid
-        headers.update(self._headers)
+        for name, value in self._headers.items():
+            headers.setdefault(name, value)  # the console's page sets a CSP of its own
         if self.cors is not None:
             self.cors.decorate(request, response)
         elapsed = time.perf_counter() - started

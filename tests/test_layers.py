@@ -67,7 +67,7 @@ FLOORS = (
      "upstream"),
     ("validation", "maintenance", "rate_limit", "idempotency", "stale_cache", "edge",
      "arrivals", "waiting_room", "proxy"),
-    ("timeline", "traffic", "events", "admin", "status", "openapi"),
+    ("timeline", "traffic", "events", "console", "admin", "status", "openapi"),
     ("app", "server", "demo", "cli", "__main__"),
 )
 

@@ -1,0 +1,295 @@
+// The SRE console: live breakers, faults, maintenance, waiting room and timeline, and a form
+// for every admin action. Plain script, no framework: it reads GET /admin/events with fetch()
+// (so the token travels in a header, never in a URL) and calls the admin API. The token and
+// the actor's name live in sessionStorage only.
+"use strict";
+
+const TEXT = {
+  en: {
+    title: "order-gateway console", offline: "offline", live: "live", token: "Admin token",
+    actor: "Your name (shown in the timeline)", sign_in: "Sign in",
+    denied: "The token was refused.", backends: "Backends", faults: "Faults",
+    end_all_faults: "End all faults", scope: "Scope", abort_percent: "Abort %",
+    abort_status: "Abort as (500-599 or reset)", delay_percent: "Delay %", delay_ms: "Delay ms",
+    header_name: "Only with header", header_value: "with value", ttl_s: "Lasts (s)",
+    add_fault: "Add fault", maintenance: "Maintenance", read_only: "Read-only",
+    minutes: "Minutes (empty: until ended)", message_en: "Message (English)",
+    message_zh: "Message (Chinese)", open_window: "Open window", waiting_room: "Waiting room",
+    enabled: "Enabled", admit_per_s: "Admit per second", queue_all: "Everyone queues",
+    apply: "Apply", timeline: "Timeline", change_setting: "Change setting", end: "End",
+    open: "Open", close: "Close", reset: "Reset", calls: "calls/s", failures: "failure rate",
+    slow: "slow calls", p99: "p99 ms", none: "none", waiting: "waiting",
+    admitted: "admitted", failed: "Failed:",
+  },
+  "zh-CN": {
+    title: "order-gateway 控制台", offline: "离线", live: "实时", token: "管理令牌",
+    actor: "您的名字（显示在时间线中）", sign_in: "登录", denied: "令牌被拒绝。",
+    backends: "后端", faults: "故障注入", end_all_faults: "结束全部故障", scope: "范围",
+    abort_percent: "中止比例 %", abort_status: "中止方式（500-599 或 reset）",
+    delay_percent: "延迟比例 %", delay_ms: "延迟毫秒", header_name: "仅限请求头",
+    header_value: "取值", ttl_s: "持续（秒）", add_fault: "添加故障", maintenance: "维护窗口",
+    read_only: "只读", minutes: "分钟（留空：直到结束）", message_en: "公告（英文）",
+    message_zh: "公告（中文）", open_window: "开启窗口", waiting_room: "排队等候室",
+    enabled: "启用", admit_per_s: "每秒放行", queue_all: "全部排队", apply: "应用",
+    timeline: "时间线", change_setting: "修改设置", end: "结束", open: "断开", close: "闭合",
+    reset: "复位", calls: "调用/秒", failures: "失败率", slow: "慢调用", p99: "p99 毫秒",
+    none: "无", waiting: "等待中", admitted: "已放行", failed: "失败：",
+  },
+};
+const LANG = (navigator.languages || [navigator.language]).some(
+  (tag) => String(tag).toLowerCase().startsWith("zh")) ? "zh-CN" : "en";
+const t = (key) => TEXT[LANG][key] || TEXT.en[key] || key;
+const SETTINGS = ["failure_rate_threshold", "slow_call_duration_ms", "slow_call_rate_threshold",
+  "minimum_calls", "window_seconds", "consecutive_failures", "open_seconds", "half_open_calls"];
+const SCOPES = ["all", "order", "payment", "availability", "POST /v1/orders",
+  "GET /v1/orders/{order_id}", "POST /v1/payments", "GET /v1/payments/{payment_id}",
+  "GET /v1/availability"];
+const history = {};  // backend -> the last 60 calls/s figures, for the sparkline
+
+const $ = (selector) => document.querySelector(selector);
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value; else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function headers() {
+  const sent = { Authorization: "Bearer " + sessionStorage.getItem("og-token"),
+    "Content-Type": "application/json" };
+  const actor = sessionStorage.getItem("og-actor");
+  if (actor) sent["X-Admin-Actor"] = actor;
+  return sent;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, { method, headers: headers(),
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  return { status: response.status, data };
+}
+
+// -- forms -----------------------------------------------------------------------------------
+
+function showErrors(form, answer) {
+  form.querySelectorAll(".field-error").forEach((span) => { span.textContent = ""; });
+  if (answer.status < 400) return true;
+  const errors = (answer.data && answer.data.errors) || [];
+  for (const error of errors) {
+    const spans = [...form.querySelectorAll(".field-error")];
+    const span = spans.find((s) => error.field === s.dataset.field
+      || error.field.startsWith(s.dataset.field + "."))
+      || form.querySelector('.field-error[data-field="body"]') || spans[spans.length - 1];
+    if (span) span.textContent = (span.textContent ? span.textContent + " " : "") + error.message;
+  }
+  if (!errors.length) {
+    const span = form.querySelector(".field-error");
+    if (span) span.textContent = t("failed") + " " + ((answer.data && answer.data.title) || answer.status);
+  }
+  return false;
+}
+
+function number(value) {
+  return value.trim() === "" ? undefined : Number(value);
+}
+
+function faultBody(form) {
+  const get = (name) => form.elements[name].value.trim();
+  const body = { scope: get("scope"), ttl_s: number(get("ttl_s")) };
+  if (get("abort.percent") !== "") {
+    const status = get("abort.status");
+    body.abort = { percent: number(get("abort.percent")),
+      status: status === "reset" ? "reset" : number(status) };
+  }
+  if (get("delay.percent") !== "") {
+    body.delay = { percent: number(get("delay.percent")), ms: number(get("delay.ms")) };
+  }
+  if (get("match_header.name") !== "") {
+    body.match_header = { name: get("match_header.name"), value: get("match_header.value") };
+  }
+  return body;
+}
+
+function windowBody(form) {
+  const minutes = form.elements.minutes.value.trim();
+  return {
+    scope: form.elements.scope.value, read_only: form.elements.read_only.checked,
+    starts_at: null,
+    ends_at: minutes === "" ? null : new Date(Date.now() + Number(minutes) * 60000).toISOString(),
+    message: { en: form.elements["message.en"].value, "zh-CN": form.elements["message.zh-CN"].value },
+  };
+}
+
+function wire() {
+  for (const select of document.querySelectorAll("select.scopes")) {
+    for (const scope of SCOPES) select.append(el("option", { value: scope, text: scope }));
+  }
+  const breakerForm = $("#breaker-form");
+  for (const name of ["order", "payment", "availability"]) {
+    breakerForm.elements.name.append(el("option", { value: name, text: name }));
+  }
+  for (const name of SETTINGS) breakerForm.elements.setting.append(el("option", { value: name, text: name }));
+  breakerForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const answer = await api("PUT", "/admin/breakers/" + form.elements.name.value,
+      { [form.elements.setting.value]: number(form.elements.value.value) });
+    showErrors(form, answer.status === 422 ? { ...answer, data: { errors: (answer.data.errors || [])
+      .map((e) => ({ ...e, field: "value" })) } } : answer);
+  });
+  $("#fault-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (showErrors(event.target, await api("PUT", "/admin/faults", faultBody(event.target)))) refresh();
+  });
+  $("#end-all-faults").addEventListener("click", async () => {
+    await api("DELETE", "/admin/faults");
+    refresh();
+  });
+  $("#maintenance-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (showErrors(event.target, await api("PUT", "/admin/maintenance", windowBody(event.target)))) refresh();
+  });
+  $("#room-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const body = { enabled: form.elements.enabled.checked, queue_all: form.elements.queue_all.checked };
+    const rate = number(form.elements.admit_per_s.value);
+    if (rate !== undefined) body.admit_per_s = rate;
+    if (showErrors(form, await api("PUT", "/admin/waiting-room", body))) refresh();
+  });
+}
+
+// -- what is shown -----------------------------------------------------------------------------
+
+function sparkline(values) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 60 32");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const top = Math.max(1, ...values);
+  const points = values.map((v, i) => `${i + 60 - values.length},${31 - (v / top) * 30}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.join(" "));
+  svg.append(line);
+  return svg;
+}
+
+function tile(breaker, traffic) {
+  const figures = traffic || { calls_per_s: 0, failure_rate: 0, p99_ms: 0 };
+  const seen = (history[breaker.name] = history[breaker.name] || []);
+  seen.push(figures.calls_per_s);
+  if (seen.length > 60) seen.shift();
+  const box = el("div", { class: "tile", "data-breaker": breaker.name, "data-state": breaker.state });
+  box.append(el("h3", {}, el("span", { text: breaker.name }),
+    el("span", { text: breaker.state + (breaker.forced ? " (forced)" : "") })));
+  const dl = el("dl");
+  const row = (label, value) => dl.append(el("dt", { text: label }), el("dd", { text: value }));
+  row(t("calls"), figures.calls_per_s.toFixed(1));
+  row(t("failures"), (100 * figures.failure_rate).toFixed(1) + " %");
+  row(t("slow"), (100 * breaker.window.slow_call_rate).toFixed(1) + " %");
+  row(t("p99"), figures.p99_ms === null ? "-" : String(Math.round(figures.p99_ms)));
+  box.append(dl, sparkline(seen));
+  for (const action of ["open", "close", "reset"]) {
+    const button = el("button", { type: "button", "data-action": action, text: t(action) });
+    button.addEventListener("click", async () => {
+      await api("POST", `/admin/breakers/${breaker.name}/${action}`);
+    });
+    box.append(button, " ");
+  }
+  return box;
+}
+
+function endButton(path) {
+  const button = el("button", { type: "button", text: t("end") });
+  button.addEventListener("click", async () => { await api("DELETE", path); refresh(); });
+  return button;
+}
+
+function render(snapshot) {
+  $("#tiles").replaceChildren(...snapshot.breakers.map(
+    (b) => tile(b, snapshot.traffic[b.name])));
+  $("#faults").replaceChildren(...(snapshot.faults.length ? snapshot.faults.map((f) => el("li",
+    { "data-fault": f.id }, `${f.id} ${f.scope} ${f.abort ? "abort " + f.abort.percent + "% " + f.abort.status : ""}`
+    + ` ${f.delay ? "delay " + f.delay.percent + "% " + f.delay.ms + "ms" : ""} → ${f.expires_at} `,
+    endButton("/admin/faults/" + f.id))) : [el("li", { text: t("none") })]));
+  $("#windows").replaceChildren(...(snapshot.maintenance.length ? snapshot.maintenance.map((w) => el("li",
+    { "data-window": w.id }, `${w.id} ${w.scope} ${w.read_only ? "read-only" : ""} `
+    + `${w.message ? w.message[LANG] || w.message.en : ""} `, endButton("/admin/maintenance/" + w.id)))
+    : [el("li", { text: t("none") })]));
+  const room = snapshot.waiting_room;
+  const settings = room.settings || {};
+  $("#room").textContent = `${settings.enabled ? t("enabled") : "-"} · ${t("admit_per_s")} `
+    + `${settings.admit_per_s} · ${t("waiting")} ${room.waiting} · ${t("admitted")} ${room.admitted_total}`;
+}
+
+async function refresh() {
+  const answer = await api("GET", "/admin/timeline?limit=50");
+  if (answer.status !== 200) return;
+  $("#timeline").replaceChildren(...answer.data.events.map((e) => el("li", {},
+    el("span", { class: "kind", text: e.kind }), `${e.at} ${e.summary}`
+    + (e.actor ? ` (${e.actor})` : "") + ` · ${e.process}`)));
+}
+
+// -- the live stream ---------------------------------------------------------------------------
+
+async function follow() {
+  for (;;) {
+    try {
+      const response = await fetch("/admin/events", { headers: headers() });
+      if (response.status === 401) { signOut(t("denied")); return; }
+      $("#live").textContent = t("live");
+      $("#live").className = "on";
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
+          if (block.startsWith("event: snapshot") && data) { render(JSON.parse(data)); refresh(); }
+        }
+      }
+    } catch (_) { /* the gateway restarted or the network blinked: try again */ }
+    $("#live").textContent = t("offline");
+    $("#live").className = "";
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("og-token");
+  $("#app").hidden = true;
+  $("#login").hidden = false;
+  $("#login-error").textContent = message || "";
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  sessionStorage.setItem("og-token", $("#admin-token").value);
+  sessionStorage.setItem("og-actor", $("#admin-actor").value.trim());
+  const answer = await api("GET", "/admin/breakers");
+  if (answer.status !== 200) { signOut(t("denied")); return; }
+  start();
+}
+
+function start() {
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  follow();
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.documentElement.lang = LANG;
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  wire();
+  $("#login-form").addEventListener("submit", signIn);
+  if (sessionStorage.getItem("og-token")) start();
+});

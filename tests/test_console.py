@@ -1,0 +1,131 @@
+"""The SRE console in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+One gateway process with its admin token, the suite's simulators. The page is
+used as an SRE would: sign in, force a breaker open, add a fault and see
+requests fail, end it with the kill switch, open a maintenance window and see
+/v1/status show it; no JavaScript error on the way. Screenshots are kept in
+`artifacts/console/` (one of them is docs/console.png).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Page, async_playwright
+
+from loadtest.harness import REPO, Gateway, Upstreams
+from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS, admin_gateway, healed
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "artifacts" / "console"
+AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
+
+
+@pytest.fixture(scope="module")
+def console_gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
+    with admin_gateway(log_dir, upstreams, NO_STALE_ANSWERS) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def page(console_gateway: Gateway, upstreams: Upstreams) -> AsyncIterator[Page]:
+    errors: list[str] = []
+    with healed(upstreams, console_gateway):
+        async with async_playwright() as driver:
+            browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+            context = await browser.new_context(locale="en-US",
+                                                viewport={"width": 1280, "height": 1400})
+            opened = await context.new_page()
+            opened.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Chromium logs every 4xx answer as a console error; a 422 is the API refusing
+            # a form on purpose (shown next to its field), anything else counts.
+            opened.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+                      and "status of 422" not in msg.text else None)
+            await opened.goto(console_gateway.url + "/admin/console")
+            yield opened
+            await browser.close()
+    assert errors == [], errors
+
+
+async def _sign_in(page: Page) -> None:
+    await page.fill("#admin-actor", "sre-li")
+    await page.fill("#admin-token", ADMIN_TOKEN)
+    await page.press("#admin-token", "Enter")
+    await page.wait_for_selector('[data-breaker="payment"]')
+
+
+async def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def _get(gw: Gateway, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(gw.url + path) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_sign_in_and_force_the_payment_breaker_open(
+        page: Page, console_gateway: Gateway) -> None:
+    await _sign_in(page)
+    assert await page.evaluate("sessionStorage.getItem('og-token')") == ADMIN_TOKEN
+    assert "token" not in page.url
+    tile = '[data-breaker="payment"]'
+    await page.click(f'{tile} button[data-action="open"]')
+    await page.wait_for_selector('[data-breaker="payment"][data-state="open"]', timeout=5000)
+    colour = await page.eval_on_selector(tile, "e => getComputedStyle(e).backgroundColor")
+    assert colour == "rgb(185, 28, 28)"  # red
+    await _shot(page, "breaker-open")
+    await page.click(f'{tile} button[data-action="reset"]')
+    await page.wait_for_selector('[data-breaker="payment"][data-state="closed"]', timeout=5000)
+    async with aiohttp.ClientSession() as http, http.get(
+            console_gateway.url + "/admin/timeline?limit=5",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        events = (await resp.json())["events"]
+    assert any(e.get("actor") == "sre-li" and e.get("action") == "breaker.open" for e in events)
+
+
+async def test_a_fault_from_the_console_fails_requests_until_the_kill_switch(
+        page: Page, console_gateway: Gateway) -> None:
+    await _sign_in(page)
+    form = "#fault-form"
+    await page.select_option(f"{form} select[name=scope]", "availability")
+    await page.fill(f'{form} input[name="abort.percent"]', "101")
+    await page.click(f"{form} button[type=submit]")
+    # Refused by the same API, the message shown next to the field.
+    error = page.locator(f'{form} .field-error[data-field="abort.percent"]')
+    await error.wait_for()
+    assert "100" in (await error.text_content() or "")
+    await page.fill(f'{form} input[name="abort.percent"]', "100")
+    await page.click(f"{form} button[type=submit]")
+    await page.wait_for_selector("#faults li[data-fault]", timeout=5000)
+    status, body = await _get(console_gateway, AVAILABILITY)
+    assert (status, body["code"]) == (502, "UPSTREAM_UNAVAILABLE")
+    await _shot(page, "fault-active")
+    await page.click("#end-all-faults")
+    await page.wait_for_selector("#faults li[data-fault]", state="detached", timeout=5000)
+    assert (await _get(console_gateway, AVAILABILITY))[0] == 200
+
+
+async def test_a_maintenance_window_from_the_form_shows_on_the_status_page(
+        page: Page, console_gateway: Gateway) -> None:
+    await _sign_in(page)
+    form = "#maintenance-form"
+    await page.select_option(f"{form} select[name=scope]", "order")
+    await page.fill(f"{form} input[name=minutes]", "10")
+    await page.fill(f'{form} input[name="message.en"]', "Order system upgrade")
+    await page.fill(f'{form} input[name="message.zh-CN"]', "订单系统升级")
+    await page.click(f"{form} button[type=submit]")
+    await page.wait_for_selector("#windows li[data-window]", timeout=5000)
+    status, body = await _get(console_gateway, "/v1/status")
+    assert status == 200
+    current = body["maintenance"]["current"]
+    assert any(w["scope"] == "order" for w in current), current
+    await page.wait_for_selector("#timeline li", timeout=5000)
+    await _shot(page, "console")
+    for item in await page.query_selector_all("#windows li[data-window] button"):
+        await item.click()
+    await page.wait_for_selector("#windows li[data-window]", state="detached", timeout=5000)
