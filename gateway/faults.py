@@ -228,4 +228,5 @@ class Faults:
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

@@ -125,7 +125,34 @@ async def test_a_maintenance_window_from_the_form_shows_on_the_status_page(
     current = body["maintenance"]["current"]
     assert any(w["scope"] == "order" for w in current), current
     await page.wait_for_selector("#timeline li", timeout=5000)
+    # A client key added from the console, its key shown once, then revoked.
+    await page.fill("#key-form input[name=client_id]", "kiosk-7")
+    await page.click("#key-form button[type=submit]")
+    await page.wait_for_selector("#keys li[data-key]", timeout=5000)
+    assert "kiosk-7" in (await page.text_content("#keys") or "")
+    assert len((await page.text_content("#new-key") or "").split()[-1]) >= 32
     await _shot(page, "console")
-    for item in await page.query_selector_all("#windows li[data-window] button"):
-        await item.click()
+    await page.locator("#keys li[data-key] button").first.click()
+    await page.wait_for_selector("#keys li[data-key]", state="detached", timeout=5000)
+    # The lists are drawn again with every snapshot: click by locator, which finds the
+    # button afresh, never by a handle to a node that may have been replaced.
+    await page.locator("#windows li[data-window] button").first.click()
     await page.wait_for_selector("#windows li[data-window]", state="detached", timeout=5000)
+
+
+async def test_the_page_speaks_chinese_to_a_chinese_browser_under_its_own_csp(
+        console_gateway: Gateway, upstreams: Upstreams) -> None:
+    async with aiohttp.ClientSession() as http, http.get(
+            console_gateway.url + "/admin/console") as resp:
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    async with aiohttp.ClientSession() as http, http.get(console_gateway.url + "/healthz") as resp:
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        context = await browser.new_context(locale="zh-CN")
+        page = await context.new_page()
+        await page.goto(console_gateway.url + "/admin/console")
+        assert await page.text_content("button[type=submit]") == "登录"
+        assert await page.get_attribute("html", "lang") == "zh-CN"
+        await browser.close()

@@ -19,7 +19,9 @@ const TEXT = {
     apply: "Apply", timeline: "Timeline", change_setting: "Change setting", end: "End",
     open: "Open", close: "Close", reset: "Reset", calls: "calls/s", failures: "failure rate",
     slow: "slow calls", p99: "p99 ms", none: "none", waiting: "waiting",
-    admitted: "admitted", failed: "Failed:",
+    admitted: "admitted", failed: "Failed:", api_keys: "Client API keys",
+    client_id: "Client id", role: "Role", tier: "Tier", add_key: "Add key",
+    revoke: "Revoke", new_key: "New key (shown once):",
   },
   "zh-CN": {
     title: "order-gateway 控制台", offline: "离线", live: "实时", token: "管理令牌",
@@ -34,6 +36,8 @@ const TEXT = {
     timeline: "时间线", change_setting: "修改设置", end: "结束", open: "断开", close: "闭合",
     reset: "复位", calls: "调用/秒", failures: "失败率", slow: "慢调用", p99: "p99 毫秒",
     none: "无", waiting: "等待中", admitted: "已放行", failed: "失败：",
+    api_keys: "客户端 API 密钥", client_id: "客户端 ID", role: "角色", tier: "等级",
+    add_key: "添加密钥", revoke: "吊销", new_key: "新密钥（仅显示一次）：",
   },
 };
 const LANG = (navigator.languages || [navigator.language]).some(
@@ -152,6 +156,17 @@ function wire() {
     event.preventDefault();
     if (showErrors(event.target, await api("PUT", "/admin/maintenance", windowBody(event.target)))) refresh();
   });
+  $("#key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const answer = await api("POST", "/admin/api-keys", { client_id: form.elements.client_id.value,
+      role: form.elements.role.value, tier: form.elements.tier.value });
+    $("#new-key").textContent = "";
+    if (showErrors(form, answer)) {
+      $("#new-key").textContent = `${t("new_key")} ${answer.data.key}`;
+      refresh();
+    }
+  });
   $("#room-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = event.target;
@@ -201,8 +216,8 @@ function tile(breaker, traffic) {
   return box;
 }
 
-function endButton(path) {
-  const button = el("button", { type: "button", text: t("end") });
+function endButton(path, label) {
+  const button = el("button", { type: "button", text: label || t("end") });
   button.addEventListener("click", async () => { await api("DELETE", path); refresh(); });
   return button;
 }
@@ -225,6 +240,12 @@ function render(snapshot) {
 }
 
 async function refresh() {
+  const keys = await api("GET", "/admin/api-keys");
+  if (keys.status === 200) {
+    $("#keys").replaceChildren(...keys.data.api_keys.map((k) => el("li", { "data-key": k.key_id },
+      `${k.client_id} · ${k.role} · ${k.tier} · ${k.key_id} (${k.source}) `,
+      k.source === "admin" ? endButton("/admin/api-keys/" + k.key_id, t("revoke")) : "")));
+  }
   const answer = await api("GET", "/admin/timeline?limit=50");
   if (answer.status !== 200) return;
   $("#timeline").replaceChildren(...answer.data.events.map((e) => el("li", {},
