@@ -203,9 +203,11 @@ async def test_counts_never_leak_when_clients_vanish_or_pipeline(
         while _in_flight(gw) != 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
         assert _in_flight(gw) == 0
-        # And the limit still has all its room: requests are taken on again.
+        # And the limit still has all its room: a request is taken on again (its answer may
+        # still be the backend's or its breaker's, on a machine too busy for 1 s timeouts).
         async with aiohttp.ClientSession() as http, http.get(gw.url + AVAILABILITY) as resp:
-            assert resp.status == 200
+            body = await resp.json(content_type=None)
+            assert resp.status == 200 or body["code"] != "OVERLOADED", body
     finally:
         upstreams.heal()
         gw.stop()
