@@ -197,8 +197,10 @@ async def test_counts_never_leak_when_clients_vanish_or_pipeline(
             first = await asyncio.to_thread(_answer, sock)
             second = await asyncio.to_thread(_answer, sock)
             assert [first[1]["x-request-id"], second[1]["x-request-id"]] == ["pipe-1", "pipe-2"]
-        # The vanished requests' backend calls end (a timeout and retries at worst); the
-        # gauge samples every half second.
+        # The vanished requests' backend calls end (a 1 s timeout and retries at worst), and
+        # the gauge, sampled every half second, must then show nothing left counted: a sample
+        # taken before they ended says nothing, so it is read only after they can have.
+        await asyncio.sleep(1.5)
         deadline = time.monotonic() + 10
         while _in_flight(gw) != 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
