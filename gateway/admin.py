@@ -21,7 +21,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -41,6 +40,7 @@ from gateway import (
 )
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker_control import BreakerBoard
+from gateway.clock import iso_utc
 from gateway.edge import REQUEST_ID
 from gateway.errors import GatewayError
 from gateway.faults import MAX_RULES, FaultRuleSettings, Faults
@@ -374,8 +374,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     await board.sync()
     now = maintenance.now()
     return {
-        "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z"),
+        "at": iso_utc(now),
         "breakers": [b.snapshot() for b in board.breakers.values()],
         "maintenance": [w.public(now) for w in maintenance.windows()],
         "faults": [rule.public() for rule in app[FAULTS].rules()],

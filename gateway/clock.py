@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Literal, Protocol
 
 
 class Clock(Protocol):
@@ -36,3 +37,8 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+
+def iso_utc(wall: float, timespec: Literal["seconds", "milliseconds"] = "milliseconds") -> str:
+    """Unix time as ISO-8601 UTC with a `Z`, as every admin answer and event shows it."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")

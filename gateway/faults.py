@@ -21,14 +21,13 @@ import random
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway import scopes
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.json_types import ACCEPT_WHOLE_FLOATS
 from gateway.observability import Metrics
 from gateway.routes import RoutePolicy
@@ -106,7 +105,7 @@ class Rule:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, **self.given.model_dump(exclude_none=True),
-                "created_at": _iso(self.created_at), "expires_at": _iso(self.expires_at),
+                "created_at": iso_utc(self.created_at), "expires_at": iso_utc(self.expires_at),
                 "injected": dict(self.injected)}
 
     def dumps(self) -> bytes:
@@ -227,6 +226,3 @@ class Faults:
                 await self._store.delete(rule.id)
 
 
-def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")

@@ -28,14 +28,13 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from gateway import errors, scopes
 from gateway.auth import AdminTokens
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.errors import GatewayError, Text
 from gateway.routes import RoutePolicy
 from gateway.settings import MaintenanceWindowSettings
@@ -93,7 +92,7 @@ class Window:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ts, "seconds")
 
 
 def _message(given: MaintenanceWindowSettings) -> Text:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.store import TimelineStore
 
 Kind = Literal["breaker", "maintenance", "fault", "waiting_room", "admin"]
@@ -38,9 +37,8 @@ class Timeline:
 
     def note(self, kind: Kind, summary: str, **fields: Any) -> None:
         """Record an event; it reaches the store on the next flush."""
-        at = datetime.fromtimestamp(self._clock.wall(), UTC).isoformat(timespec="milliseconds")
         self._pending.append(orjson.dumps({
-            "at": at.replace("+00:00", "Z"), "kind": kind, "summary": summary,
+            "at": iso_utc(self._clock.wall()), "kind": kind, "summary": summary,
             "process": self._process, **fields}))
 
     async def flush(self) -> None:
