@@ -46,6 +46,7 @@ from gateway.stale_cache import StaleCache
 from gateway.status import StatusPage
 from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
 from gateway.timeline import FLUSH_S, Timeline
+from gateway.timer_wheel import TimerWheel
 from gateway.traffic import Traffic
 from gateway.upstream import Upstream
 from gateway.waiting_room import TICK_S, WaitingRoom, poll_route
@@ -111,9 +112,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         for name in BACKENDS
     }
     faults = Faults(stores.faults, clock, metrics)
+    wheel = TimerWheel()  # every backend call's deadline, on one loop timer
     upstreams: dict[str, Upstream] = {
         name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
-                       bulkheads=settings.overload.enabled, faults=faults)
+                       bulkheads=settings.overload.enabled, faults=faults, wheel=wheel)
         for name in BACKENDS
     }
     for name in BACKENDS:
@@ -249,6 +251,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             access_log.flush()
+            metrics.flush()
             metrics.in_flight.set(admission.in_flight)
             metrics.admission_limit.set(admission.limit)
             metrics.queue_delay.set(admission.delay_s)

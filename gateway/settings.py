@@ -77,6 +77,9 @@ class UpstreamSettings(_Model):
     # Connections idle this long are closed; below the backends' own keep-alive
     # timeout, so the gateway never reuses a connection the backend is closing.
     keepalive_s: float = Field(15.0, gt=0)
+    # For an https:// backend: a PEM file of the CAs its certificate is checked against
+    # (a private CA); None: the system's CAs.
+    ca_file: str | None = None
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
 
@@ -96,6 +99,15 @@ class UpstreamSettings(_Model):
         # Beyond the pool, aiohttp would queue calls itself, unbounded and unseen.
         if self.max_concurrent > self.pool_size:
             raise ValueError("max_concurrent: must not exceed pool_size")
+        return self
+
+    @model_validator(mode="after")
+    def _ca_file_for_tls(self) -> UpstreamSettings:
+        if self.ca_file is not None:
+            if not self.url.startswith("https://"):
+                raise ValueError("ca_file: only for an https:// url")
+            if not Path(self.ca_file).is_file():
+                raise ValueError(f"ca_file: no such file: {self.ca_file}")
         return self
 
     @field_validator("url")

@@ -1,12 +1,12 @@
 """Calls to the backends: the only module that makes outgoing HTTP requests.
 
-One pooled keep-alive `aiohttp.ClientSession` per backend. Every way a call can
-fail is translated here, at exactly one boundary, into a catalog error:
+One pool of keep-alive connections per backend (`http_wire.py`). Every way a
+call can fail is translated here, at exactly one boundary, into a catalog error:
 
 - connection refused or connect timeout: the backend certainly did nothing,
   `UPSTREAM_UNAVAILABLE`;
 - reset, 5xx, or an answer that is not JSON: `UPSTREAM_UNAVAILABLE`;
-- no answer within `timeout_s`: `UPSTREAM_TIMEOUT`;
+- no answer within `timeout_s` (kept by the process's timer wheel): `UPSTREAM_TIMEOUT`;
 - for a call that may have had an effect and whose outcome is unknown (sent,
   then timed out or reset), the route's own error (`PAYMENT_OUTCOME_UNKNOWN`).
 
@@ -33,27 +33,29 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict
 
 from gateway import errors
 from gateway.breaker import Breaker, Outcome
 from gateway.clock import Clock, SystemClock
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.faults import RESET, Faults, Injection
+from gateway.http_wire import Answer, ConnectFailed, HttpWire, HttpWireError, TimedOut
 from gateway.observability import Metrics
 from gateway.overload import Bulkhead, Unlimited
 from gateway.reply import Reply
 from gateway.retry import Backoff, RetryBudget
 from gateway.routes import RoutePolicy
 from gateway.settings import UpstreamSettings
+from gateway.timer_wheel import TimerWheel
 
 # Response headers of a backend that mean something to the client; all others
 # (hop-by-hop, server internals) stay behind the gateway.
 PASSTHROUGH_RESPONSE_HEADERS = ("Location", "ETag", "Last-Modified", "Cache-Control",
                                 "Content-Language", "Retry-After")
+_PASSTHROUGH = tuple((name, name.lower()) for name in PASSTHROUGH_RESPONSE_HEADERS)
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 
@@ -107,7 +109,7 @@ class Upstream:
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
                  metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, wheel: TimerWheel | None = None) -> None:
         self.name = name
         self._faults = faults
         self.breaker = breaker
@@ -119,30 +121,19 @@ class Upstream:
         self._budget = RetryBudget(settings.retry, clock or SystemClock())
         self._metrics = metrics
         self.settings = settings
-        self._base = settings.url
-        self._session: aiohttp.ClientSession | None = None
+        self._wire = HttpWire(settings.url, size=settings.pool_size,
+                              keepalive_s=settings.keepalive_s,
+                              connect_timeout_s=settings.connect_timeout_s,
+                              max_body_bytes=MAX_RESPONSE_BYTES,
+                              wheel=wheel or TimerWheel(), ca_file=settings.ca_file)
         self._timeout_error_params = {"backend": name, "timeout_s": settings.timeout_s}
         self._backend_params = {"backend": name}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.pool_size,
-            keepalive_timeout=self.settings.keepalive_s,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),
-            # Bodies pass through as bytes; ask for identity so none needs re-encoding.
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            auto_decompress=True,
-            raise_for_status=False,
-        )
+        """Nothing to open: connections are made as calls need them."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._wire.close()
 
     async def call(self, call: Call) -> Reply:
         """Send one request and return a pass-through answer, or raise a GatewayError."""
@@ -235,37 +226,37 @@ class Upstream:
         return result
 
     async def _send(self, call: Call, timeout_s: float) -> Reply:
-        assert self._session is not None, "Upstream.start() was not awaited"
         started = time.monotonic()
-        answered = False
+        target = call.path
+        if call.query:
+            target += "?" + urlencode(call.query, quote_via=quote)
         try:
-            async with asyncio.timeout(timeout_s):
-                async with self._session.request(
-                    call.method, self._base + call.path, params=call.query, data=call.body,
-                    headers=call.headers, allow_redirects=False,
-                ) as resp:
-                    answered = True
-                    payload = await _read_limited(resp)
-                    result = Reply(
-                        status=resp.status,
-                        body=payload,
-                        content_type=resp.content_type,
-                        headers=_passthrough_headers(resp.headers),
-                    )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            answer = await self._wire.request(
+                call.method, target, call.headers, call.body,
+                asyncio.get_running_loop().time() + timeout_s,
+                repeatable=call.repeat is Repeat.ALWAYS)
+        except ConnectFailed:
             # No connection, so the backend certainly never saw the request.
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
                                worth_retrying=True) from None
-        except TimeoutError:
-            failure = self._failed(call.unknown_outcome or errors.UPSTREAM_TIMEOUT, started,
-                                   {"backend": self.name, "timeout_s": round(timeout_s, 3)})
+        except TimedOut as err:
+            # Timed out before anything was sent (connecting, or waiting for the pool): no
+            # effect is possible, so no outcome is unknown.
+            spec = (call.unknown_outcome if err.sent else None) or errors.UPSTREAM_TIMEOUT
+            failure = self._failed(spec, started,
+                                   {"backend": self.name, "timeout_s": round(timeout_s, 3)},
+                                   reached=err.sent)
             failure.timed_out = True
             raise failure from None
-        except (aiohttp.ClientError, ValueError):
+        except HttpWireError as err:
             # Reset, disconnect or a malformed HTTP answer once the request was sent;
             # a reset before any answer is worth another try, a broken answer is not.
             raise self._failed(call.unknown_outcome or errors.UPSTREAM_UNAVAILABLE, started,
-                               worth_retrying=not answered) from None
+                               worth_retrying=not err.answered) from None
+        except ValueError:
+            # A header value the request line cannot carry: nothing was sent.
+            raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False) from None
+        result = _reply(answer)
         if result.status >= 500 or not _is_json(result):
             # A 5xx does not promise the backend did nothing: treated as reached.
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started,
@@ -305,22 +296,13 @@ class Upstream:
         self._metrics.observe_upstream(self.name, time.monotonic() - started, outcome)
 
 
-async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or ValueError past MAX_RESPONSE_BYTES (a backend gone wrong)."""
-    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
-        raise ValueError("response too large")
-    if resp.content_length is not None and "Content-Encoding" not in resp.headers:
-        # The usual case: a declared, bounded, uncompressed length, read in one await.
-        # (A compressed body may inflate past the limit: it is counted as it comes.)
-        return await resp.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise ValueError("response too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _reply(answer: Answer) -> Reply:
+    headers = answer.headers
+    ctype = headers.get("content-type", "application/octet-stream")
+    return Reply(status=answer.status, body=answer.body,
+                 content_type=ctype.partition(";")[0].strip().lower(),
+                 headers=tuple((name, headers[lower]) for name, lower in _PASSTHROUGH
+                               if lower in headers))
 
 
 def _is_json(result: Reply) -> bool:
@@ -332,8 +314,3 @@ def _is_json(result: Reply) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
-
-
-def _passthrough_headers(headers: CIMultiDict[str] | Mapping[str, str]) -> tuple[
-        tuple[str, str], ...]:
-    return tuple((name, headers[name]) for name in PASSTHROUGH_RESPONSE_HEADERS if name in headers)
