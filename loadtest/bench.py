@@ -6,28 +6,32 @@ admission control, stale cache), the same gateway with per-client rate
 limiting on, a minimal aiohttp pass-through proxy (`loadtest/bare_proxy.py`)
 without and with one Redis `SET NX` per order, and a second gateway kept
 refusing (its order breaker forced open; its browse slots held by requests to
-a hung backend, so availability requests are shed). Every measured proxy is
-pinned to CPU 0; the load generator (wrk where installed, else
-`loadtest/loadgen.py`), the simulators and Redis to the other CPUs.
+a hung backend, so availability requests are shed). The gateway and the
+refusing gateway also run as they were at `--before` (a git revision checked
+out in a temporary worktree), so every gain is a ratio measured in the same
+run. Every measured proxy is pinned to CPU 0; the load generator (wrk where
+installed, else `loadtest/loadgen.py`), the simulators and Redis to the other
+CPUs. A gateway with `--workers 2`, not pinned, is measured for its rate only.
 
 Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
-- `GET /v1/availability`: direct to the simulator, bare proxy, gateway,
-  gateway with rate limiting, gateway with a fault rule in force that this
-  traffic does not match (every backend call pays the match);
+- `GET /v1/availability`: direct to the simulator, bare proxy, gateway, the
+  gateway before, gateway with rate limiting, gateway with a fault rule in
+  force that this traffic does not match (every backend call pays the match),
+  and 1 against 2 workers;
 - `POST /v1/orders` with a new Idempotency-Key per request: direct, bare
-  proxy, bare proxy + Redis, gateway;
-- refusals: `GET /v1/orders/{id}` with the breaker open, and shed
-  `GET /v1/availability`;
+  proxy, bare proxy + Redis, gateway, the gateway before;
+- refusals, now and before: `/healthz` (the server's cheapest answer),
+  `GET /v1/orders/{id}` with the breaker open, and shed `GET /v1/availability`;
 - paced `GET /v1/availability` at half the gateway's measured saturation
-  rate (random arrivals): direct, bare proxy and gateway (added latency where
-  it matters).
+  rate (random arrivals): direct, bare proxy, gateway and the gateway before
+  (added latency where it matters).
 
 It reports, as medians over the rounds, requests/s, p50/p99 and the CPU time
 of the measured process per request (from /proc, so it holds up better on a
-busy machine than rates do), the ratios against the targets, prints a table
-and writes JSON (`--json`).
+busy machine than rates do), the ratios against the targets, now and before,
+prints a table and writes JSON (`--json`).
 
-    python -m loadtest.bench --rounds 3 --seconds 5
+    python -m loadtest.bench --rounds 5 --seconds 5
 """
 
 from __future__ import annotations
@@ -48,7 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.harness import Gateway, Proc, RedisServer, Upstreams, cpu_seconds, free_port
+from loadtest.harness import (
+    Gateway,
+    Proc,
+    RedisServer,
+    Upstreams,
+    checkout,
+    cpu_seconds,
+    free_port,
+)
 from loadtest.loadgen import Generator, Load, Tally, generator, pin
 
 AVAILABILITY = "/availability?address=Beijing%201&product=fiber"
@@ -59,14 +71,17 @@ ADMIN_TOKEN = "bench-admin-token-0123456789"
 MEASURED_CPU = {0}
 HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
 
-# The issue's targets: (what, limit, how it is computed).
-TARGET_GET_RATIO = 1.3
-TARGET_POST_RATIO = 1.5
-TARGET_REFUSAL_US = 30.0
+# The targets, all measured against a floor in the same run.
+TARGET_GET_RATIO = 1.0  # gateway / bare proxy, CPU per request
+TARGET_POST_RATIO = 1.0  # gateway / bare proxy + one Redis SET NX
+TARGET_REFUSAL_RATIO = 1.2  # a refusal / the same server's /healthz
 TARGET_FAULT_RULE_RATIO = 1.05  # a rule that matches nothing: within the machine's noise
-TARGET_ADDED_P99_MS = 2.0
-ISSUE_FLOOR_US = 93.0  # the minimal proxy's CPU per request where the targets were set
-GROUPS = {"get": "GET /v1/availability", "post": "POST /v1/orders", "refusals": "refusals"}
+TARGET_ADDED_P50_MS = 1.0  # at half saturation, over direct
+# The gateway "before": the last commit before the hot path's own HTTP client.
+BEFORE = "fdce035"
+BEFORE_TAG = " (before)"
+GROUPS = {"get": "GET /v1/availability", "post": "POST /v1/orders", "refusals": "refusals",
+          "workers": "GET /v1/availability, workers"}
 
 
 @dataclass(frozen=True)
@@ -148,18 +163,36 @@ def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) ->
     return f"http://127.0.0.1:{port}", proc.pid
 
 
+def refusing_config() -> dict[str, Any]:
+    """A gateway kept refusing: its availability backend hangs (see `processes`)."""
+    return {
+        # Refusals answered at once: wrk never honours Retry-After, and what is
+        # measured here is what a refusal costs, not how long a client is held.
+        # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
+        # of the breaker-open target room: they must reach the breaker.
+        "overload": {"max_in_flight": HELD_SLOTS * 20, "min_in_flight": HELD_SLOTS * 20,
+                     "browse_share": 0.05, "read_share": 0.95, "request_deadline_s": 600,
+                     "hold_early_retries": False},
+        "upstreams": {"availability": {"timeout_s": 300}},
+        "stale_cache": {"max_entries": 0}}
+
+
 @contextmanager
-def processes(log_dir: Path) -> Iterator[list[Target]]:
-    """Start everything, yield the targets, stop everything."""
+def processes(log_dir: Path, before: Path | None) -> Iterator[list[Target]]:
+    """Start everything, yield the targets, stop everything. `before`: the source tree of
+    the gateway to compare with (None: no "before" rows)."""
     with ExitStack() as stack:
         redis, sims = start_backends(log_dir, stack)
         base = {"redis": {"url": redis.url}}
 
-        def gateway(config: dict[str, Any], upstreams: Upstreams = sims) -> Gateway:
+        def gateway(config: dict[str, Any], upstreams: Upstreams = sims,
+                    source: Path | None = None, workers: int = 1) -> Gateway:
             gw = Gateway(log_dir, upstreams.urls, config=config,
-                         env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+                         env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}, source=source,
+                         workers=workers)
             stack.callback(gw.stop)
-            pin_threads(gw.proc.pid, MEASURED_CPU)
+            if workers == 1:
+                pin_threads(gw.proc.pid, MEASURED_CPU)
             return gw
 
         main = gateway(base)
@@ -171,34 +204,34 @@ def processes(log_dir: Path) -> Iterator[list[Target]]:
         faulted.admin("PUT", "/admin/faults", ADMIN_TOKEN, {
             "scope": "all", "abort": {"percent": 100, "status": 503}, "ttl_s": 3600,
             "match_header": {"name": "X-Fault-Cohort", "value": "gameday"}})
+        two = gateway(base, workers=2)
         bare_url, bare_pid = start_bare(log_dir, sims, stack)
         bare_redis_url, bare_redis_pid = start_bare(log_dir, sims, stack, "--redis", redis.url)
 
-        # The refusing gateway has simulators of its own: its availability backend hangs.
+        # The refusing gateways have simulators of their own: their availability backend
+        # hangs.
         hung = Upstreams(log_dir)
         stack.callback(hung.proc.stop)
         pin_threads(hung.proc.pid, other_cpus())
         hung.set_faults("availability", hang=True)
-        refusing = gateway({
-            # Refusals answered at once: wrk never honours Retry-After, and what is
-            # measured here is what a refusal costs, not how long a client is held.
-            # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
-            # of the breaker-open target room: they must reach the breaker.
-            "overload": {"max_in_flight": HELD_SLOTS * 20, "min_in_flight": HELD_SLOTS * 20,
-                         "browse_share": 0.05, "read_share": 0.95, "request_deadline_s": 600,
-                         "hold_early_retries": False},
-            "upstreams": {"availability": {"timeout_s": 300}},
-            "stale_cache": {"max_entries": 0}}, hung)
-        refusing.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
-        holder = _Holder(refusing.url, HELD_SLOTS)
-        stack.callback(holder.close)
 
-        get, post = "GET /v1/availability", "POST /v1/orders"
-        keyed = {"method": "POST", "body": ORDER, "keyed": True}
-        yield [
+        def refusing(source: Path | None) -> Gateway:
+            gw = gateway(refusing_config(), hung, source)
+            gw.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+            holder = _Holder(gw.url, HELD_SLOTS)
+            stack.callback(holder.close)
+            return gw
+
+        get, post, keyed = "GET /v1/availability", "POST /v1/orders", {
+            "method": "POST", "body": ORDER, "keyed": True}
+        gateways = [("", main, refusing(None))]
+        if before is not None:
+            gateways.append((BEFORE_TAG, gateway(base, source=before), refusing(before)))
+        targets = [
             Target(get, "direct", Load(sims.urls["availability"] + AVAILABILITY), None),
             Target(get, "bare proxy", Load(bare_url + "/v1" + AVAILABILITY), bare_pid),
-            Target(get, "gateway", Load(main.url + "/v1" + AVAILABILITY), main.proc.pid),
+            *(Target(get, "gateway" + tag, Load(gw.url + "/v1" + AVAILABILITY), gw.proc.pid)
+              for tag, gw, _ in gateways),
             Target(get, "gateway +rate limit", Load(limited.url + "/v1" + AVAILABILITY),
                    limited.proc.pid),
             Target(get, "gateway +fault rule", Load(faulted.url + "/v1" + AVAILABILITY),
@@ -207,15 +240,22 @@ def processes(log_dir: Path) -> Iterator[list[Target]]:
             Target(post, "bare proxy", Load(bare_url + "/v1/orders", **keyed), bare_pid),
             Target(post, "bare proxy +Redis", Load(bare_redis_url + "/v1/orders", **keyed),
                    bare_redis_pid),
-            Target(post, "gateway", Load(main.url + "/v1/orders", **keyed), main.proc.pid),
-            # The cheapest answer the same server can give: the floor under any refusal.
-            Target("refusals", "/healthz (reference)", Load(refusing.url + "/healthz"),
-                   refusing.proc.pid),
-            Target("refusals", "breaker open", Load(refusing.url + "/v1/orders/ord_1"),
-                   refusing.proc.pid, refusal=True),
-            Target("refusals", "shed (overloaded)", Load(refusing.url + "/v1" + AVAILABILITY),
-                   refusing.proc.pid, refusal=True),
+            *(Target(post, "gateway" + tag, Load(gw.url + "/v1/orders", **keyed), gw.proc.pid)
+              for tag, gw, _ in gateways),
+            # Rates only: a supervisor and its workers are not one process to measure.
+            Target(GROUPS["workers"], "1 worker", Load(main.url + "/v1" + AVAILABILITY), None),
+            Target(GROUPS["workers"], "2 workers", Load(two.url + "/v1" + AVAILABILITY), None),
         ]
+        for tag, _, refuser in gateways:
+            pid = refuser.proc.pid
+            targets += [
+                # The cheapest answer the same server can give: the floor under any refusal.
+                Target("refusals", "/healthz" + tag, Load(refuser.url + "/healthz"), pid),
+                Target("refusals", "breaker open" + tag,
+                       Load(refuser.url + "/v1/orders/ord_1"), pid, refusal=True),
+                Target("refusals", "shed" + tag, Load(refuser.url + "/v1" + AVAILABILITY),
+                       pid, refusal=True)]
+        yield targets
 
 
 # --- the rounds ----------------------------------------------------------------------------
@@ -234,12 +274,15 @@ def measure(gen: Generator, target: Target, seconds: float) -> tuple[Tally, floa
     return tally, cpu
 
 
+PACED = "GET /v1/availability paced"
+
+
 def paced(targets: list[Target], rate: float) -> list[Target]:
-    """Availability targets at a fixed rate: direct, the floor and the gateway."""
-    by_name = {t.name: t for t in targets if t.group == "GET /v1/availability"}
-    group = f"GET /v1/availability at {rate:.0f} req/s"
-    return [Target(group, name, Load(by_name[name].load.url, rate=rate), by_name[name].pid)
-            for name in ("direct", "bare proxy", "gateway")]
+    """Availability targets at a fixed rate: direct, the floor and the gateways."""
+    group = f"{PACED} at {rate:.0f} req/s"
+    return [Target(group, t.name, Load(t.load.url, rate=rate), t.pid) for t in targets
+            if t.group == GROUPS["get"]
+            and t.name in ("direct", "bare proxy", "gateway", "gateway" + BEFORE_TAG)]
 
 
 def run_rounds(gen: Generator, targets: list[Target], args: argparse.Namespace) -> list[Row]:
@@ -270,13 +313,12 @@ def run_rounds(gen: Generator, targets: list[Target], args: argparse.Namespace) 
 
 
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
-    """The targets that this run's groups can judge.
+    """The targets that this run's groups can judge, for the gateway now and before.
 
     CPU ratios are the median of per-round ratios: the two processes of a round
     are measured seconds apart, so the machine's drift between rounds (often
-    20% here) cancels out. The refusal target is absolute (30 us where the
-    issue's minimal proxy costs 93 us); it is also given as a share of this
-    run's own floor (30/93 = 0.32), which is comparable across machines.
+    20% here) cancels out. A refusal is judged against the same server's
+    cheapest answer (`/healthz`), which is comparable across machines.
     """
     def row(group: str, name: str) -> Row | None:
         return next((r for r in rows if r.target.group.startswith(group)
@@ -284,41 +326,54 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
 
     def cpu_ratio(group: str, name: str, floor: str) -> float | None:
         top, bottom = row(group, name), row(group, floor)
-        if top is None or bottom is None:
+        if top is None or bottom is None or not top.cpu_us:
             return None
         return statistics.median(a / b for a, b in zip(top.cpu_us, bottom.cpu_us, strict=True))
 
-    checks: list[tuple[str, float | None, float, str]] = [
-        ("GET /v1/availability CPU: gateway / bare proxy",
-         cpu_ratio("GET /v1/availability", "gateway", "bare proxy"), TARGET_GET_RATIO, "x"),
-        ("POST /v1/orders CPU: gateway / bare proxy +Redis",
-         cpu_ratio("POST", "gateway", "bare proxy +Redis"), TARGET_POST_RATIO, "x"),
+    def added_p50(name: str) -> float | None:
+        top, direct = row(PACED, name), row(PACED, "direct")
+        if top is None or direct is None:
+            return None
+        return top.median("p50_ms") - direct.median("p50_ms")
+
+    checks: list[tuple[str, float | None, float, str]] = []
+    for tag in ("", BEFORE_TAG):
+        checks += [
+            (f"GET /v1/availability CPU: gateway{tag} / bare proxy",
+             cpu_ratio(GROUPS["get"], "gateway" + tag, "bare proxy"), TARGET_GET_RATIO, "x"),
+            (f"POST /v1/orders CPU: gateway{tag} / bare proxy +Redis",
+             cpu_ratio(GROUPS["post"], "gateway" + tag, "bare proxy +Redis"),
+             TARGET_POST_RATIO, "x"),
+            *((f"refusal CPU, {name}{tag} / /healthz{tag}",
+               cpu_ratio("refusals", name + tag, "/healthz" + tag), TARGET_REFUSAL_RATIO, "x")
+              for name in ("breaker open", "shed")),
+            (f"added p50 at half saturation: gateway{tag} - direct (ms)",
+             added_p50("gateway" + tag), TARGET_ADDED_P50_MS, "ms")]
+    checks += [
+        ("  for comparison, the floor: bare proxy - direct (ms)", added_p50("bare proxy"),
+         TARGET_ADDED_P50_MS, "ms"),
         # A rule in force costs one match per backend call; none in force, nothing.
         ("GET /v1/availability CPU: with a fault rule in force / without",
-         cpu_ratio("GET /v1/availability", "gateway +fault rule", "gateway"),
-         TARGET_FAULT_RULE_RATIO, "x"),
-    ]
-    bare_get = row("GET /v1/availability", "bare proxy")
-    for name in ("breaker open", "shed (overloaded)"):
-        refusal = row("refusals", name)
-        if refusal is None:
-            continue
-        checks.append((f"refusal CPU, {name} (us/request)", refusal.median("cpu_us"),
-                       TARGET_REFUSAL_US, "us"))
-        if bare_get is not None:
-            checks.append(("  the same as a share of the floor's CPU per request",
-                           refusal.median("cpu_us") / bare_get.median("cpu_us"),
-                           round(TARGET_REFUSAL_US / ISSUE_FLOOR_US, 2), "x"))
-    paced_rows = {r.target.name: r for r in rows if " at " in r.target.group}
-    if paced_rows:
-        p99 = {name: r.median("p99_ms") for name, r in paced_rows.items()}
-        checks += [
-            ("added p99 at half saturation: gateway - direct (ms)",
-             p99["gateway"] - p99["direct"], TARGET_ADDED_P99_MS, "ms"),
-            ("  for comparison, the floor: bare proxy - direct (ms)",
-             p99["bare proxy"] - p99["direct"], TARGET_ADDED_P99_MS, "ms")]
+         cpu_ratio(GROUPS["get"], "gateway +fault rule", "gateway"),
+         TARGET_FAULT_RULE_RATIO, "x")]
     return [{"what": what, "value": round(value, 3), "target": limit, "unit": unit,
              "met": value <= limit} for what, value, limit, unit in checks if value is not None]
+
+
+def reported(rows: list[Row]) -> list[str]:
+    """Figures the run reports without judging them."""
+    lines = []
+    one, two = (next((r for r in rows if r.target.group == GROUPS["workers"]
+                      and r.target.name == name), None) for name in ("1 worker", "2 workers"))
+    if one is not None and two is not None:
+        lines.append(f"workers: 2 / 1 served {two.median('rate') / one.median('rate'):.2f}x "
+                     "the requests/s (the load generator shares the two cores: reported, "
+                     "not judged)")
+    for row in rows:
+        if row.target.group.startswith(PACED) and row.target.name != "direct":
+            lines.append(f"p99 at half saturation, {row.target.name}: "
+                         f"{row.median('p99_ms'):.2f} ms")
+    return lines
 
 
 def table(rows: list[Row], checks: list[dict[str, Any]]) -> str:
@@ -333,6 +388,7 @@ def table(rows: list[Row], checks: list[dict[str, Any]]) -> str:
     for check in checks:
         lines.append(f"[{'met' if check['met'] else 'MISSED'}] {check['what']}: "
                      f"{check['value']:.2f} (target <= {check['target']:g})")
+    lines += ["", *reported(rows)]
     return "\n".join(lines)
 
 
@@ -350,7 +406,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--generator", choices=("wrk", "python"), default="wrk",
@@ -359,14 +415,20 @@ def main() -> None:
                         default=[*GROUPS, "paced"], help="what to measure (default: all)")
     parser.add_argument("--json", type=Path, default=None,
                         help="default: load-reports/bench-<time>.json")
+    parser.add_argument("--before", default=BEFORE,
+                        help=f"git revision of the gateway to compare with (default {BEFORE}); "
+                             "'none' for no comparison")
     args = parser.parse_args()
     gen = generator(args.connections, other_cpus(), prefer_wrk=args.generator == "wrk")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-bench-"))
     about = {**machine(), "generator": gen.name, "connections": args.connections,
-             "rounds": args.rounds, "seconds": args.seconds, "groups": args.groups}
+             "rounds": args.rounds, "seconds": args.seconds, "groups": args.groups,
+             "before": args.before}
     print(f"load generator: {gen.name}; logs in {log_dir}", flush=True)
-    with processes(log_dir) as targets:
-        rows = run_rounds(gen, targets, args)
+    with ExitStack() as stack:
+        before = None if args.before == "none" else stack.enter_context(checkout(args.before))
+        with processes(log_dir, before) as targets:
+            rows = run_rounds(gen, targets, args)
     checks = ratios(rows)
     print("\nmedians over", args.rounds, "interleaved rounds;", about["date"], about["commit"],
           about["cpu"], "\n")
