@@ -27,7 +27,7 @@ from gateway import (
     status,
 )
 from gateway.admission import ADJUST_S, Admission, AdmitAll
-from gateway.arrivals import Arrivals
+from gateway.arrivals import Arrivals, EarlyRefusal
 from gateway.auth import AdminTokens, ClientKeys
 from gateway.breaker import Breaker, Transition
 from gateway.breaker_control import BreakerBoard
@@ -162,10 +162,21 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[admin.CLIENT_KEYS] = keys
     admission: Admission | AdmitAll = AdmitAll()
     app[ARRIVALS] = None
+    stale_caches = {policy.path: StaleCache(clock, settings.stale_cache.max_age_s,
+                                            settings.stale_cache.max_entries,
+                                            metrics.stale_served.labels(policy.route_key).inc)
+                    for policy in ROUTES
+                    if policy.cacheable and settings.stale_cache.max_entries > 0}
     if settings.overload.enabled:
         admission = Admission(settings.overload)
+        early = {}
+        if limiter is None and not keys.enabled:  # else a 401, 403 or 429 may come first
+            early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
+                                               breakers[policy.backend], room.gate(policy))
+                     for policy in ROUTES if policy.method == "GET"
+                     and policy.query_schema is None and policy.path not in stale_caches}
         app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics,
-                                 holds=settings.overload.hold_early_retries)
+                                 holds=settings.overload.hold_early_retries, early=early)
     else:
         log.warning("overload protection is off: no admission control, no bulkheads")
     app[ADMISSION] = admission
@@ -173,15 +184,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
                     settings.server.body_timeout_s)
     for policy in ROUTES:
-        stale = None
-        if policy.cacheable and settings.stale_cache.max_entries > 0:
-            stale = StaleCache(clock, settings.stale_cache.max_age_s,
-                               settings.stale_cache.max_entries,
-                               metrics.stale_served.labels(policy.route_key).inc)
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, stores.records, settings, metrics), stale,
-            metrics.shed.labels(policy.route_key).inc))
+            _idempotency(policy, stores.records, settings, metrics),
+            stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/queue/{ticket}", poll_route(room, keys if keys.enabled else None))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
@@ -326,6 +332,8 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    if (arrivals := request.app[ARRIVALS]) is not None:
+        arrivals.count()  # the refusals at arrival so far, as the rest is current
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 

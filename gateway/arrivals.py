@@ -1,4 +1,4 @@
-"""Admission at arrival: the decision taken on a request head as soon as it is read.
+"""Decisions at arrival: taken on a request head as soon as it is read.
 
 Under a crowd most requests are refused, so the price of a refusal decides how
 much CPU is left for the requests let in. Through aiohttp a refusal costs a
@@ -15,23 +15,41 @@ is counted by admission at once, or refused with prebuilt bytes: `503
 OVERLOADED` with the client's request id and language, the same answer the
 handler would give. The connection stays open. A client that came back before
 the Retry-After of its last refusal ended is told to wait twice as long (up to
-8 s; see `connections.EdgeConnection._refuse`). The refusals are added to the
-metrics on the housekeeping timer; they are not in the duration histogram,
-which describes requests that reached a handler. Every other request goes the
-usual way, and its handler applies the same admission first.
+8 s; see `connections.EdgeConnection._refuse`).
+
+A maintenance window and an open breaker answer at arrival too, before
+admission, where nothing the handler does before them could answer otherwise
+(`EarlyRefusal`): a GET by id (no query or body to validate), no API keys, no
+rate limit, no stale answers; checked per request, no waiting room covering
+the route, no `X-Maintenance-Bypass`, and valid `X-Client-ID` and
+`X-Request-Timeout-Ms` headers. The answer is the handler's `503 MAINTENANCE`
+(the window ending last, with its announcement) or `503 CIRCUIT_OPEN`, with
+its Retry-After; it is prebuilt once per window or backend and number of
+seconds. A call refused here is not counted in the backend's retry budget
+(one refused by the handler was).
+
+Refusals at arrival are added to the metrics on the housekeeping timer and
+before a scrape; they are not in the duration histogram, which describes
+requests that reached a handler. Every other request goes the usual way, and
+its handler applies the same admission and breaker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from gateway import identity
+from gateway import identity, overload, validation
 from gateway.admission import Admission
-from gateway.edge import Edge
-from gateway.errors import OVERLOADED, GatewayError
+from gateway.breaker import Breaker
+from gateway.edge import Edge, RawAnswer
+from gateway.errors import CIRCUIT_OPEN, MAINTENANCE, OVERLOADED, ErrorSpec, GatewayError
+from gateway.maintenance import BYPASS_HEADER, Maintenance, RouteWindows, Window
 from gateway.observability import Metrics
 from gateway.problem import negotiate_language
 from gateway.routes import RoutePolicy
+from gateway.waiting_room import RouteGate
 
 _HEAD_END = b"\r\n\r\n"
 # Headers (lowercased, as they follow a line break) that send a request the usual way.
@@ -39,15 +57,31 @@ _USUAL_WAY = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nconnection:",
               b"\nupgrade:", b"\norigin:", b"\nexpect:")
 _REQUEST_ID = b"\nx-request-id:"
 _ACCEPT_LANGUAGE = b"\naccept-language:"
+_CLIENT_ID = b"\nx-client-id:"
+_DEADLINE = b"\n" + overload.DEADLINE_HEADER.lower().encode() + b":"
+_BYPASS = b"\n" + BYPASS_HEADER.lower().encode() + b":"
+_MAX_PREBUILT = 64  # answers kept per kind; past this they are built again
 _MAX_ID_BYTES = 128  # a path id longer than this is checked the usual way
 MAX_DOUBLINGS = 3  # Retry-After 1, 2, 4, 8 s
 
 
+@dataclass(frozen=True, slots=True)
+class EarlyRefusal:
+    """A route whose maintenance windows and breaker may answer its plain heads at arrival,
+    with what decides per request whether they do."""
+
+    maintenance: Maintenance
+    windows: RouteWindows
+    breaker: Breaker
+    gate: RouteGate
+
+
 class Arrivals:
-    """Which proxied route a raw request head asks for, and the refusal as bytes."""
+    """Which proxied route a raw request head asks for, and the refusals as bytes."""
 
     def __init__(self, admission: Admission, routes: Iterable[RoutePolicy], edge: Edge,
-                 metrics: Metrics, *, holds: bool = True) -> None:
+                 metrics: Metrics, *, holds: bool = True,
+                 early: Mapping[str, EarlyRefusal] | None = None) -> None:
         self.holds = holds  # see `overload.hold_early_retries`
         self.enter = admission.enter
         self.leave = admission.leave
@@ -68,11 +102,13 @@ class Arrivals:
         self._answers = tuple(edge.raw_answer(GatewayError(OVERLOADED, retry_after_s=int(s)))
                               for s in self.retry_after_s)
         self._metrics = metrics
-        self._refused: dict[str, int] = {}  # by route, since the last `count`
-        self._route_keys: dict[str, str] = {}
-        for policy in [*self._exact.values(), *self._templated.values()]:
-            self._refused[policy.path] = 0
-            self._route_keys[policy.path] = policy.route_key
+        # Refusals since the last `count`, by route and code.
+        self._refused: dict[tuple[str, ErrorSpec], int] = {}
+        self._policies = {p.path: p for p in [*self._exact.values(), *self._templated.values()]}
+        self._early = dict(early or {})  # by route path
+        self._breaker_answers: dict[tuple[str, int], RawAnswer] = {}
+        # By window object (a window changed through the API is a new one) and Retry-After.
+        self._window_answers: dict[tuple[int, int | None], tuple[Window, RawAnswer]] = {}
 
     def route_of(self, data: bytes) -> RoutePolicy | None:
         """The proxied route `data` asks for, if it is one whole plain request head."""
@@ -99,25 +135,86 @@ class Arrivals:
     def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes:
         """The 503 for a head `route_of` found, its Retry-After doubled `doublings` times;
         counted (see `count`) and logged."""
+        return self._refuse(data, data.lower(), policy, self._answers[doublings], OVERLOADED)
+
+    def early_refusal(self, data: bytes,
+                      policy: RoutePolicy) -> tuple[bytes, int | None] | None:
+        """For a head `route_of` found: a maintenance window's or an open breaker's answer and
+        its Retry-After, when one refuses the route now and nothing the handler checks first
+        could answer otherwise; None: the usual way."""
+        early = self._early.get(policy.path)
+        if early is None or early.gate.covered:
+            return None
+        window = early.maintenance.refusal(early.windows, policy.method) if (
+            early.windows.windows) else None
+        left_s = None if window is not None else early.breaker.held_back_for()
+        if window is None and left_s is None:
+            return None
         head = data.lower()
+        if not _checks_pass(data, head, policy):
+            return None
+        if window is not None:
+            if _BYPASS in head:
+                return None  # the handler judges the token (and audits its use)
+            err = early.maintenance.error(window)
+            key = (id(window), err.retry_after)
+            kept = self._window_answers.get(key)
+            if kept is None or kept[0] is not window:
+                if len(self._window_answers) >= _MAX_PREBUILT:
+                    self._window_answers.clear()
+                kept = self._window_answers[key] = (window, self._edge.raw_answer(err))
+            return self._refuse(data, head, policy, kept[1], MAINTENANCE), err.retry_after
+        assert left_s is not None
+        retry_after = max(1, math.ceil(left_s))
+        answer = self._breaker_answers.get((policy.backend, retry_after))
+        if answer is None:
+            if len(self._breaker_answers) >= _MAX_PREBUILT:
+                self._breaker_answers.clear()
+            answer = self._breaker_answers[(policy.backend, retry_after)] = (
+                self._edge.raw_answer(early.breaker.rejection(retry_after)))
+        return self._refuse(data, head, policy, answer, CIRCUIT_OPEN), retry_after
+
+    def _refuse(self, data: bytes, head: bytes, policy: RoutePolicy, answer: RawAnswer,
+                spec: ErrorSpec) -> bytes:
         rid = identity.request_id(_header(data, head, _REQUEST_ID))
         lang = negotiate_language(_header(data, head, _ACCEPT_LANGUAGE))
-        self._refused[policy.path] += 1
+        key = (policy.path, spec)
+        self._refused[key] = self._refused.get(key, 0) + 1
         if self._edge.logs_access:
-            target = data[:data.find(b"\r\n")].split(b" ")[1].partition(b"?")[0]
-            self._edge.log_raw(rid, policy.method, policy.path, target.decode("latin-1"),
-                               OVERLOADED.status, OVERLOADED.code, 0.0)
-        return self._answers[doublings].bytes_for(rid, lang)
+            self._edge.log_raw(rid, policy.method, policy.path, _target(data).decode("latin-1"),
+                               spec.status, spec.code, 0.0)
+        return answer.bytes_for(rid, lang)
 
     def count(self) -> None:
-        """Add the refusals since the last call to the metrics (on the housekeeping timer:
-        a Prometheus update per refusal cost as much as the rest of it)."""
-        for route, refused in self._refused.items():
-            if refused:
-                self._metrics.count_requests(route, OVERLOADED.status, OVERLOADED.code,
-                                             refused)
-                self._metrics.shed.labels(self._route_keys[route]).inc(refused)
-                self._refused[route] = 0
+        """Add the refusals since the last call to the metrics (on the housekeeping timer
+        and before a scrape: a Prometheus update per refusal cost as much as the rest of it)."""
+        refused, self._refused = self._refused, {}
+        for (route, spec), count in refused.items():
+            policy = self._policies[route]
+            self._metrics.count_requests(route, spec.status, spec.code, count)
+            if spec is OVERLOADED:
+                self._metrics.shed.labels(policy.route_key).inc(count)
+            elif spec is CIRCUIT_OPEN:
+                self._metrics.breaker_rejections.labels(policy.backend).inc(count)
+
+
+def _checks_pass(data: bytes, head: bytes, policy: RoutePolicy) -> bool:
+    """Whether the steps a handler takes before maintenance and the breaker let this head
+    through: otherwise they answer it, the usual way."""
+    try:
+        identity.client_scope(_header(data, head, _CLIENT_ID))
+        if (deadline := _header(data, head, _DEADLINE)) is not None:
+            overload.deadline_of(0.0, 1.0, deadline)
+        validation.check_path_ids({policy.path_params[0]:
+                                   _target(data).rpartition(b"/")[2].decode()})
+    except GatewayError:
+        return False
+    return True
+
+
+def _target(data: bytes) -> bytes:
+    """The request target's path, without its query."""
+    return data[:data.find(b"\r\n")].split(b" ")[1].partition(b"?")[0]
 
 
 def _plain_id(segment: bytes) -> bool:

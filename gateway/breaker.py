@@ -159,18 +159,18 @@ class Breaker:
         """Admit a call, or raise CIRCUIT_OPEN with Retry-After until the next probe."""
         now = self._clock.monotonic()
         if self.forced == "open":
-            raise self._rejected(self.settings.open_seconds)
+            raise self.rejection(self.settings.open_seconds)
         if self.forced is None:
             state = self.state
             if state == "open":
                 waited = now - (self.opened_at or now)
                 if waited < self.settings.open_seconds:
-                    raise self._rejected(self.settings.open_seconds - waited)
+                    raise self.rejection(self.settings.open_seconds - waited)
                 self._transition(self._cb.half_open, "open_period_elapsed")
                 state = "half_open"
             if state == "half_open":
                 if self._probes >= self.settings.half_open_calls:
-                    raise self._rejected(1)
+                    raise self.rejection(1)
                 self._probes += 1
                 return Permit(now, self._generation, probe=True)
         return Permit(now, self._generation, probe=False)
@@ -178,10 +178,17 @@ class Breaker:
     def holds_back(self) -> bool:
         """Whether calls are refused outright: forced open, or tripped and still within
         `open_seconds` (past it, the next call is a probe)."""
+        return self.held_back_for() is not None
+
+    def held_back_for(self) -> float | None:
+        """Seconds until a call may go ahead (the Retry-After of `acquire`'s refusal) while
+        calls are refused outright; None when the next call would go ahead or probe."""
         if self.forced is not None:
-            return self.forced == "open"
-        return self.state == "open" and \
-            self._clock.monotonic() - (self.opened_at or 0.0) < self.settings.open_seconds
+            return self.settings.open_seconds if self.forced == "open" else None
+        if self.state != "open":
+            return None
+        left = self.settings.open_seconds - (self._clock.monotonic() - (self.opened_at or 0.0))
+        return left if left > 0 else None
 
     def release(self, permit: Permit, outcome: Outcome) -> None:
         now = self._clock.monotonic()
@@ -219,7 +226,8 @@ class Breaker:
         except (_Failure, pybreaker.CircuitBreakerError):
             pass
 
-    def _rejected(self, retry_after_s: float) -> GatewayError:
+    def rejection(self, retry_after_s: float) -> GatewayError:
+        """The CIRCUIT_OPEN refusal, telling the client to come back in `retry_after_s`."""
         return GatewayError(errors.CIRCUIT_OPEN, params={"backend": self.name},
                             retry_after_s=max(1, math.ceil(retry_after_s)))
 

@@ -58,6 +58,9 @@ class AdmissionAtArrival(Protocol):
 
     def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes: ...
 
+    def early_refusal(self, data: bytes,
+                      policy: RoutePolicy) -> tuple[bytes, int | None] | None: ...
+
     @property
     def retry_after_s(self) -> tuple[float, ...]: ...
 
@@ -219,6 +222,14 @@ class EdgeConnection(web.RequestHandler):
             return None
         if self._counted:
             self._release()  # a head counted earlier that never reached its handler
+        if (refused := arrivals.early_refusal(data, policy)) is not None:
+            answer, retry_after_s = refused
+            self._answered_at_arrival(self._loop.time())
+            assert self.transport is not None
+            self.transport.write(answer)
+            if retry_after_s is not None:
+                self._told_to_wait(str(retry_after_s))  # as a handler's 503 would
+            return False
         if arrivals.enter(policy.priority):
             self._counted = True
             self._doublings = 0
@@ -232,9 +243,6 @@ class EdgeConnection(web.RequestHandler):
         rest, and is told to wait twice as long. A crowd retrying in a tight loop then
         cannot spend the CPU on refusals."""
         now = self._loop.time()
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
         hold = self._refused_until - now if arrivals.holds else 0.0
         if hold > 0:
             self._doublings = min(self._doublings + 1, len(arrivals.retry_after_s) - 1)
@@ -243,13 +251,20 @@ class EdgeConnection(web.RequestHandler):
         answer = arrivals.refusal(data, policy, self._doublings)
         self._refused_until = max(now, self._refused_until) + arrivals.retry_after_s[
             self._doublings]
-        # Answered here, so aiohttp saw no request: its idle clock starts again.
-        self._next_keepalive_close_time = now + max(0.0, hold) + self._keepalive_timeout
+        self._answered_at_arrival(now + max(0.0, hold))
         if hold <= 0:
             assert self.transport is not None
             self.transport.write(answer)
             return
         self._held = (self._loop.call_later(hold, self._send_held), answer)
+
+    def _answered_at_arrival(self, sent_at: float) -> None:
+        """A head answered here, its answer going out at loop time `sent_at`: aiohttp saw no
+        request, so its idle clock starts again then, and the head's timer is done."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._next_keepalive_close_time = sent_at + self._keepalive_timeout
 
     def _send_held(self) -> None:
         assert self._held is not None

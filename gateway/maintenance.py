@@ -46,6 +46,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 DEFAULT_MESSAGE = Text("Planned maintenance is in progress.", "系统正在进行计划内维护。")
 
 
+# An SRE verifying an upgrade sends the admin token in it to pass a window (`bypassed`).
+BYPASS_HEADER = "X-Maintenance-Bypass"
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     id: str

@@ -36,7 +36,7 @@ from gateway.auth import API_KEY_HEADER, ClientKeys
 from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.idempotency import Idempotency
-from gateway.maintenance import Maintenance, RouteWindows
+from gateway.maintenance import BYPASS_HEADER, Maintenance, RouteWindows
 from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
 from gateway.routes import RoutePolicy
@@ -45,7 +45,6 @@ from gateway.upstream import Call, Repeat, Upstream
 from gateway.waiting_room import PASS_HEADER, WaitingRoom
 
 audit = logging.getLogger("gateway.audit")
-BYPASS_HEADER = "X-Maintenance-Bypass"
 
 # Client headers the backends are told about; everything else stays at the edge.
 FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")

@@ -21,7 +21,9 @@ Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
 - `POST /v1/orders` with a new Idempotency-Key per request: direct, bare
   proxy, bare proxy + Redis, gateway, the gateway before;
 - refusals, now and before: `/healthz` (the server's cheapest answer),
-  `GET /v1/orders/{id}` with the breaker open, and shed `GET /v1/availability`;
+  `GET /v1/orders/{id}` with the breaker open, shed `GET /v1/availability`,
+  `GET /v1/payments/{id}` under maintenance, and `POST /v1/payments` queued by
+  the waiting room (429 QUEUED with a new ticket each);
 - paced `GET /v1/availability` at half the gateway's measured saturation
   rate (random arrivals): direct, bare proxy, gateway and the gateway before
   (added latency where it matters).
@@ -67,6 +69,8 @@ AVAILABILITY = "/availability?address=Beijing%201&product=fiber"
 ORDER = json.dumps({
     "customer": {"name": "张三", "phone": "13800138000", "id_number": "11010519491231002X"},
     "product": "fiber-500", "address": "北京市朝阳区建国路 1 号"}, ensure_ascii=False)
+PAYMENT = json.dumps({"order_id": "ord_1", "amount": 9900, "currency": "CNY",
+                      "method": "alipay"})
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 MEASURED_CPU = {0}
 HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
@@ -164,8 +168,12 @@ def start_bare(log_dir: Path, sims: Upstreams, stack: ExitStack, *extra: str) ->
 
 
 def refusing_config() -> dict[str, Any]:
-    """A gateway kept refusing: its availability backend hangs (see `processes`)."""
+    """A gateway kept refusing: its availability backend hangs (see `processes`), reading a
+    payment is under maintenance, and every new customer submitting one is queued."""
     return {
+        "maintenance": {"windows": [{"scope": "GET /v1/payments/{payment_id}"}]},
+        "waiting_room": {"enabled": True, "routes": ["POST /v1/payments"], "queue_all": True,
+                         "admit_per_s": 1},
         # Refusals answered at once: wrk never honours Retry-After, and what is
         # measured here is what a refusal costs, not how long a client is held.
         # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
@@ -254,6 +262,11 @@ def processes(log_dir: Path, before: Path | None) -> Iterator[list[Target]]:
                 Target("refusals", "breaker open" + tag,
                        Load(refuser.url + "/v1/orders/ord_1"), pid, refusal=True),
                 Target("refusals", "shed" + tag, Load(refuser.url + "/v1" + AVAILABILITY),
+                       pid, refusal=True),
+                Target("refusals", "maintenance" + tag,
+                       Load(refuser.url + "/v1/payments/pay_1"), pid, refusal=True),
+                Target("refusals", "queued" + tag, Load(
+                    refuser.url + "/v1/payments", method="POST", body=PAYMENT, keyed=True),
                        pid, refusal=True)]
         yield targets
 
@@ -346,7 +359,7 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
              TARGET_POST_RATIO, "x"),
             *((f"refusal CPU, {name}{tag} / /healthz{tag}",
                cpu_ratio("refusals", name + tag, "/healthz" + tag), TARGET_REFUSAL_RATIO, "x")
-              for name in ("breaker open", "shed")),
+              for name in ("breaker open", "shed", "maintenance", "queued")),
             (f"added p50 at half saturation: gateway{tag} - direct (ms)",
              added_p50("gateway" + tag), TARGET_ADDED_P50_MS, "ms")]
     checks += [

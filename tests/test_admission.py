@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +28,7 @@ from gateway.app import ARRIVALS, build_app
 from gateway.connections import EdgeSite
 from gateway.settings import Settings
 from loadtest.harness import Gateway, Upstreams
-from tests.conftest import NO_STALE_ANSWERS
+from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS, admin_gateway
 
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 AVAILABILITY = "/v1/availability?address=Beijing%201&product=fiber-500"
@@ -264,3 +265,103 @@ def test_a_crowd_of_new_connections_is_accepted_while_the_loop_is_busy() -> None
         took = runner.run(main())
     assert len(accepted) == 300
     assert took < 3.0, f"300 connections took {took:.1f} s to be accepted"
+
+
+# -- an open breaker's refusal at arrival -----------------------------------------------------
+
+ORDER_HEAD = (b"GET /v1/orders/ord_1 HTTP/1.1\r\nHost: gw\r\nX-Request-ID: probe-b\r\n"
+              b"Accept-Language: zh-CN\r\nX-Client-ID: shop-1\r\n\r\n")
+
+
+def _ask_raw(gw: Gateway, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), 5) as raw:
+        raw.settimeout(5)
+        raw.sendall(head)
+        return _answer(raw)
+
+
+async def _the_usual_way(http: aiohttp.ClientSession,
+                         gw: Gateway) -> tuple[int, dict[str, str], bytes]:
+    """ORDER_HEAD's request sent so that it is not decided at arrival (a `Connection`
+    header sends it the usual way): the handler's answer."""
+    async with http.get(gw.url + "/v1/orders/ord_1", headers={
+            "X-Request-ID": "probe-b", "Accept-Language": "zh-CN", "X-Client-ID": "shop-1",
+            "Connection": "keep-alive"}) as usual:
+        return (usual.status, {k.lower(): v for k, v in usual.headers.items()},
+                await usual.read())
+
+
+def _metric(text: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.parametrize("settings", ["defaults", "tuned"])
+async def test_an_open_breaker_answers_at_arrival_as_its_handler_would(
+        log_dir: Path, upstreams: Upstreams, http: aiohttp.ClientSession, settings: str) -> None:
+    config = ({"overload": {"max_in_flight": 8, "browse_share": 0.5}}
+              if settings == "tuned" else {})
+    with admin_gateway(log_dir, upstreams, config) as gw:
+        gw.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+        status, headers, body = await asyncio.to_thread(_ask_raw, gw, ORDER_HEAD)
+        usual_status, usual_headers, usual_body = await _the_usual_way(http, gw)
+        assert status == usual_status == 503
+        assert orjson.loads(body) == orjson.loads(usual_body)
+        assert orjson.loads(body)["code"] == "CIRCUIT_OPEN"
+        for name in ("content-type", "content-language", "cache-control", "retry-after",
+                     "x-request-id", "x-content-type-options", "content-security-policy",
+                     "x-frame-options", "referrer-policy", "server"):
+            assert headers[name] == usual_headers[name], name
+        async with http.get(gw.url + "/metrics") as resp:
+            metrics = await resp.text()
+        # Both counted at once; only the handler's answer has a duration.
+        assert _metric(metrics, 'gateway_requests_total{code="CIRCUIT_OPEN",'
+                                'route="/v1/orders/{order_id}"') == 2
+        assert _metric(metrics, 'gateway_breaker_rejected_calls_total{backend="order"}') == 2
+        assert _metric(metrics, 'gateway_request_duration_seconds_count{'
+                                'route="/v1/orders/{order_id}"}') == 1
+
+        # Whatever the handler checks before the breaker still answers first.
+        for head, code in (
+                (ORDER_HEAD.replace(b"shop-1", b"no spaces allowed"), "VALIDATION_FAILED"),
+                (ORDER_HEAD.replace(b"X-Client-ID", b"X-Request-Timeout-Ms"), "VALIDATION_FAILED"),
+                (ORDER_HEAD.replace(b"ord_1", b"o" * 65), "VALIDATION_FAILED")):
+            status, _, body = await asyncio.to_thread(_ask_raw, gw, head)
+            assert orjson.loads(body)["code"] == code, head
+
+        # A maintenance window comes before the breaker, and answers at arrival too.
+        gw.admin("PUT", "/admin/maintenance", ADMIN_TOKEN, {
+            "scope": "order", "ends_at": datetime.fromtimestamp(time.time() + 600, UTC)
+            .isoformat(), "message": {"en": "Upgrading orders.", "zh-CN": "订单系统升级中。"}})
+        status, headers, body = await asyncio.to_thread(_ask_raw, gw, ORDER_HEAD)
+        usual_status, usual_headers, usual_body = await _the_usual_way(http, gw)
+        assert status == usual_status == 503
+        assert orjson.loads(body) == orjson.loads(usual_body)
+        assert orjson.loads(body)["code"] == "MAINTENANCE"
+        assert orjson.loads(body)["announcement"] == "订单系统升级中。"
+        assert abs(int(headers["retry-after"]) - int(usual_headers["retry-after"])) <= 1
+        for name in ("content-type", "content-language", "cache-control", "x-request-id",
+                     "x-content-type-options", "content-security-policy"):
+            assert headers[name] == usual_headers[name], name
+        # An SRE's bypass is judged by the handler: past the window, the breaker refuses.
+        bypass = ORDER_HEAD.replace(b"\r\n\r\n", f"\r\nX-Maintenance-Bypass: {ADMIN_TOKEN}"
+                                                   "\r\n\r\n".encode())
+        status, _, body = await asyncio.to_thread(_ask_raw, gw, bypass)
+        assert (status, orjson.loads(body)["code"]) == (503, "CIRCUIT_OPEN")
+        async with http.get(gw.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert _metric(metrics, 'gateway_requests_total{code="MAINTENANCE",'
+                                'route="/v1/orders/{order_id}"') == 2
+        gw.admin("DELETE", "/admin/maintenance", ADMIN_TOKEN)
+        # Back to automatic (closed): the call goes ahead to the backend.
+        gw.admin("POST", "/admin/breakers/order/reset", ADMIN_TOKEN)
+        status, headers, body = await asyncio.to_thread(_ask_raw, gw, ORDER_HEAD)
+        assert status in (200, 404) and "retry-after" not in headers, body
+
+
+async def test_with_api_keys_an_open_breaker_answers_after_the_key_check(
+        log_dir: Path, upstreams: Upstreams) -> None:
+    config = {"auth": {"api_keys": [{"client_id": "web-shop", "key_sha256": "0" * 64}]}}
+    with admin_gateway(log_dir, upstreams, config) as gw:
+        gw.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+        status, _, body = await asyncio.to_thread(_ask_raw, gw, ORDER_HEAD)
+        assert (status, orjson.loads(body)["code"]) == (401, "UNAUTHORIZED")

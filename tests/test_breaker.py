@@ -264,3 +264,22 @@ class TestPybreakerTrapsTheWrapperAvoids:
             with cb.calling():  # a second caller while the first probe is in flight
                 entered.append(2)
         assert entered == [1, 2]
+
+
+def test_held_back_for_says_what_acquire_would_refuse_with() -> None:
+    """The refusal at arrival (gateway/arrivals.py) asks this instead of acquiring."""
+    breaker, clock, _ = make()
+    assert breaker.held_back_for() is None  # closed: calls go ahead
+    trip(breaker, clock)
+    clock.advance(1.2)
+    assert breaker.held_back_for() == pytest.approx(3.8)
+    with pytest.raises(GatewayError) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after == 4
+    clock.advance(3.8)
+    assert breaker.held_back_for() is None  # the next call is a probe: the usual way
+    assert breaker.state == "open"  # asking changed nothing
+    breaker.force("open")
+    assert breaker.held_back_for() == 5.0
+    breaker.force("closed")
+    assert breaker.held_back_for() is None
