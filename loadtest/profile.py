@@ -9,6 +9,7 @@ share of all samples. The raw collapsed stacks are kept for flame graphs.
     python -m loadtest.profile --route get --seconds 20
     python -m loadtest.profile --route post --seconds 20
     python -m loadtest.profile --route refuse --seconds 20   # order breaker forced open
+    python -m loadtest.profile --route queued --seconds 20   # the waiting room queues all
     python -m loadtest.profile --route get --bare            # the floor, to compare
 """
 
@@ -21,14 +22,17 @@ import tempfile
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from loadtest.bench import (
     ADMIN_TOKEN,
     AVAILABILITY,
     MEASURED_CPU,
     ORDER,
+    PAYMENT,
     other_cpus,
     pin_threads,
+    refusing_config,
     start_backends,
     start_bare,
 )
@@ -81,7 +85,10 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
     """The process to profile, pinned to the measured CPU: its URL and PID."""
     if args.bare:
         return start_bare(log_dir, sims, stack, "--redis", redis.url)
-    gateway = Gateway(log_dir, sims.urls, config={"redis": {"url": redis.url}},
+    config: dict[str, Any] = {"redis": {"url": redis.url}}
+    if args.route == "queued":
+        config["waiting_room"] = refusing_config()["waiting_room"]
+    gateway = Gateway(log_dir, sims.urls, config=config,
                       env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
     stack.callback(gateway.stop)
     pin_threads(gateway.proc.pid, MEASURED_CPU)
@@ -93,7 +100,7 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=("get", "post", "refuse"), default="get")
+    parser.add_argument("--route", choices=("get", "post", "refuse", "queued"), default="get")
     parser.add_argument("--bare", action="store_true",
                         help="profile the bare proxy (+Redis on post) instead, to compare")
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -102,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy is not installed (pip install -e '.[load]')")
-    if args.bare and args.route == "refuse":
+    if args.bare and args.route in ("refuse", "queued"):
         raise SystemExit("the bare proxy never refuses")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-profile-"))
     out = log_dir / "profile.collapsed"
@@ -111,7 +118,9 @@ def main() -> None:
         url, pid = _start_measured(args, log_dir, sims, redis, stack)
         load = {"get": Load(url + "/v1" + AVAILABILITY),
                 "post": Load(url + "/v1/orders", method="POST", body=ORDER, keyed=True),
-                "refuse": Load(url + "/v1/orders/ord_1")}[args.route]
+                "refuse": Load(url + "/v1/orders/ord_1"),
+                "queued": Load(url + "/v1/payments", method="POST", body=PAYMENT, keyed=True),
+                }[args.route]
         gen = generator(args.connections, other_cpus())
         gen.run(load, 2.0)  # warm up
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),
