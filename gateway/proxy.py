@@ -118,7 +118,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             path = policy.upstream_path
         query = None
         if policy.query_schema is not None:
-            query = validation.parse_query(policy.query_schema, request.query).model_dump()
+            query = validation.query_fields(policy.query_schema, request.query)
         key = None
         body = None
         if policy.body_schema is not None:

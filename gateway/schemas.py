@@ -114,10 +114,14 @@ ResourceId = Annotated[str, Field(pattern=ID_PATTERN), BeforeValidator(normalise
 _NOT_BLANK = {"pattern": r"[^\s\x1c-\x1f]"}
 Name = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=_NOT_BLANK),
                  BeforeValidator(normalise_text), _at_most(64)]
-Product = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=_NOT_BLANK),
-                    BeforeValidator(normalise_text), _at_most(64)]
-Address = Annotated[str, Field(min_length=1, max_length=200, json_schema_extra=_NOT_BLANK),
-                    BeforeValidator(normalise_text), _at_most(200)]
+PRODUCT_MAX = 64
+ADDRESS_MAX = 200
+Product = Annotated[str, Field(min_length=1, max_length=PRODUCT_MAX,
+                               json_schema_extra=_NOT_BLANK),
+                    BeforeValidator(normalise_text), _at_most(PRODUCT_MAX)]
+Address = Annotated[str, Field(min_length=1, max_length=ADDRESS_MAX,
+                               json_schema_extra=_NOT_BLANK),
+                    BeforeValidator(normalise_text), _at_most(ADDRESS_MAX)]
 
 
 class _Schema(BaseModel):
@@ -150,6 +154,14 @@ class AvailabilityQuery(_Schema):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
     address: Address
     product: Product
+
+
+# Query models made only of required normalised text fields, with each field's length limit:
+# validation.py checks these by hand on the hot path (the same normalising, the same limits)
+# and leaves whatever it would refuse to pydantic, for its field errors.
+TEXT_QUERIES: dict[type[BaseModel], tuple[tuple[str, int], ...]] = {
+    AvailabilityQuery: (("address", ADDRESS_MAX), ("product", PRODUCT_MAX)),
+}
 
 
 class AvailabilityResponse(BaseModel):

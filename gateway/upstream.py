@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import orjson
 
@@ -229,7 +229,8 @@ class Upstream:
         started = time.monotonic()
         target = call.path
         if call.query:
-            target += "?" + urlencode(call.query, quote_via=quote)
+            target += "?" + "&".join(f"{quote(name, safe='')}={quote(value, safe='')}"
+                                     for name, value in call.query.items())
         try:
             answer = await self._wire.request(
                 call.method, target, call.headers, call.body,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.field_errors import failed, from_pydantic, invalid_field
-from gateway.schemas import ID_PATTERN
+from gateway.schemas import ID_PATTERN, TEXT_QUERIES, normalise_text
 
 _ID = re.compile(ID_PATTERN)
 _JSON_TYPES = ("application/json",)
@@ -53,6 +53,34 @@ def parse_query(schema: type[BaseModel], query: Mapping[str, str]) -> BaseModel:
         return schema.model_validate(dict(query))
     except ValidationError as exc:
         raise failed(from_pydantic(exc)) from None
+
+
+def query_fields(schema: type[BaseModel], query: Mapping[str, str]) -> dict[str, str]:
+    """The validated, normalised query as it is forwarded.
+
+    A query of text fields only (`schemas.TEXT_QUERIES`) is checked by hand: a
+    model per request was a few per cent of a read's CPU. The check normalises
+    as the model does and accepts only what the model accepts; anything else
+    goes to the model, which gives the field errors."""
+    fields = TEXT_QUERIES.get(schema)
+    if fields is not None and (checked := text_fields(fields, query)) is not None:
+        return checked
+    return parse_query(schema, query).model_dump()
+
+
+def text_fields(fields: tuple[tuple[str, int], ...],
+                query: Mapping[str, str]) -> dict[str, str] | None:
+    """The fields (name, length limit) normalised, or None if the model might refuse them."""
+    checked: dict[str, str] = {}
+    for name, limit in fields:
+        sent = query.get(name)
+        if sent is None or len(sent) > limit:
+            return None
+        value = normalise_text(sent)
+        if not value or len(value) > limit:
+            return None
+        checked[name] = value
+    return checked
 
 
 def check_path_ids(params: Mapping[str, str]) -> None:

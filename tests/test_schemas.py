@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from pydantic import ValidationError
 
 from gateway import validation
 from gateway.errors import GatewayError
-from gateway.schemas import OrderRequest, normalise_text, resident_id_check_char
+from gateway.schemas import (
+    TEXT_QUERIES,
+    AvailabilityQuery,
+    OrderRequest,
+    normalise_text,
+    resident_id_check_char,
+)
 
 
 def test_contract_example_id_is_valid() -> None:
@@ -58,3 +67,36 @@ def test_bad_ids(id_number: str, message: str) -> None:
     with pytest.raises(GatewayError) as caught:
         validation.parse_body(OrderRequest, _order(id_number=id_number))
     assert message in caught.value.extra["errors"][0]["message"]
+
+
+def _random_text(rng: random.Random) -> str:
+    alphabet = ["a", "Z", "7", " ", "  ", "\t", "\u3000", "１", "Ａ", "北", "京", "-", "#",
+                "\u0301", "\n", "ﬁ", "%"]
+    size = rng.choice([0, 1, 2, 5, 30, 63, 64, 65, 199, 200, 201, 250])
+    return "".join(rng.choice(alphabet) for _ in range(size))
+
+
+def test_the_hand_written_query_check_accepts_only_what_the_model_accepts() -> None:
+    """validation.query_fields checks text-only queries by hand on the hot path; whatever it
+    accepts must be exactly what the pydantic model gives, for the same input."""
+    rng = random.Random(19)
+    fields = TEXT_QUERIES[AvailabilityQuery]
+    accepted = refused = 0
+    for _ in range(3000):
+        query = {name: _random_text(rng) for name, _ in fields if rng.random() > 0.05}
+        if rng.random() < 0.2:
+            query["utm_source"] = "x"  # ignored by both
+        fast = validation.text_fields(fields, query)
+        try:
+            model = AvailabilityQuery.model_validate(query).model_dump()
+        except ValidationError:
+            assert fast is None, query
+            refused += 1
+            continue
+        assert fast in (None, model), query
+        assert validation.query_fields(AvailabilityQuery, query) == model
+        accepted += fast is not None
+    assert accepted > 300 and refused > 300  # both sides were exercised
+    with pytest.raises(GatewayError) as caught:
+        validation.query_fields(AvailabilityQuery, {"address": "  ", "product": "p"})
+    assert caught.value.extra["errors"][0]["field"] == "address"
