@@ -61,6 +61,7 @@ _CLIENT_ID = b"\nx-client-id:"
 _DEADLINE = b"\n" + overload.DEADLINE_HEADER.lower().encode() + b":"
 _BYPASS = b"\n" + BYPASS_HEADER.lower().encode() + b":"
 _MAX_PREBUILT = 64  # answers kept per kind; past this they are built again
+_STATUSES = {spec.code: spec.status for spec in (OVERLOADED, CIRCUIT_OPEN, MAINTENANCE)}
 _MAX_ID_BYTES = 128  # a path id longer than this is checked the usual way
 MAX_DOUBLINGS = 3  # Retry-After 1, 2, 4, 8 s
 
@@ -103,7 +104,8 @@ class Arrivals:
                               for s in self.retry_after_s)
         self._metrics = metrics
         # Refusals since the last `count`, by route and code.
-        self._refused: dict[tuple[str, ErrorSpec], int] = {}
+        # (Keyed by the code: hashing an ErrorSpec hashes all its texts, per refusal.)
+        self._refused: dict[tuple[str, str], int] = {}
         self._policies = {p.path: p for p in [*self._exact.values(), *self._templated.values()]}
         self._early = dict(early or {})  # by route path
         self._breaker_answers: dict[tuple[str, int], RawAnswer] = {}
@@ -178,7 +180,7 @@ class Arrivals:
                 spec: ErrorSpec) -> bytes:
         rid = identity.request_id(_header(data, head, _REQUEST_ID))
         lang = negotiate_language(_header(data, head, _ACCEPT_LANGUAGE))
-        key = (policy.path, spec)
+        key = (policy.path, spec.code)
         self._refused[key] = self._refused.get(key, 0) + 1
         if self._edge.logs_access:
             self._edge.log_raw(rid, policy.method, policy.path, _target(data).decode("latin-1"),
@@ -189,12 +191,12 @@ class Arrivals:
         """Add the refusals since the last call to the metrics (on the housekeeping timer
         and before a scrape: a Prometheus update per refusal cost as much as the rest of it)."""
         refused, self._refused = self._refused, {}
-        for (route, spec), count in refused.items():
+        for (route, code), count in refused.items():
             policy = self._policies[route]
-            self._metrics.count_requests(route, spec.status, spec.code, count)
-            if spec is OVERLOADED:
+            self._metrics.count_requests(route, _STATUSES[code], code, count)
+            if code == OVERLOADED.code:
                 self._metrics.shed.labels(policy.route_key).inc(count)
-            elif spec is CIRCUIT_OPEN:
+            elif code == CIRCUIT_OPEN.code:
                 self._metrics.breaker_rejections.labels(policy.backend).inc(count)
 
 

@@ -24,9 +24,9 @@ Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
   `GET /v1/orders/{id}` with the breaker open, shed `GET /v1/availability`,
   `GET /v1/payments/{id}` under maintenance, and `POST /v1/payments` queued by
   the waiting room (429 QUEUED with a new ticket each);
-- paced `GET /v1/availability` at half the gateway's measured saturation
-  rate (random arrivals): direct, bare proxy, gateway and the gateway before
-  (added latency where it matters).
+- paced `GET /v1/availability` at half the measured saturation rate of the
+  slower of the bare proxy and the gateway (random arrivals): direct, bare
+  proxy, gateway and the gateway before (added latency where it matters).
 
 It reports, as medians over the rounds, requests/s, p50/p99 and the CPU time
 of the measured process per request (from /proc, so it holds up better on a
@@ -299,13 +299,15 @@ def paced(targets: list[Target], rate: float) -> list[Target]:
 
 
 def run_rounds(gen: Generator, targets: list[Target], args: argparse.Namespace) -> list[Row]:
-    chosen = [t for t in targets if any(t.group == GROUPS[g] for g in args.groups)]
+    chosen = [t for t in targets if any(t.group == GROUPS.get(g) for g in args.groups)]
     for target in chosen:  # warm pools, caches and code paths
         measure(gen, target, 1.0)
     if "paced" in args.groups:
-        gateway_get = next(t for t in targets if t.name == "gateway"
-                           and t.group == GROUPS["get"])
-        saturation = measure(gen, gateway_get, args.seconds)[0].rate
+        # Half the saturation of the slower of the floor and the gateway: both proxies, and
+        # the gateway before, then run at most half loaded (judging each at half its own
+        # would compare different loads).
+        saturation = min(measure(gen, t, args.seconds)[0].rate for t in targets
+                         if t.group == GROUPS["get"] and t.name in ("bare proxy", "gateway"))
         chosen += paced(targets, saturation / 2)
     targets = chosen
     rows = [Row(t) for t in targets]
@@ -334,8 +336,10 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
     cheapest answer (`/healthz`), which is comparable across machines.
     """
     def row(group: str, name: str) -> Row | None:
-        return next((r for r in rows if r.target.group.startswith(group)
-                     and r.target.name == name), None)
+        # The paced group's name carries its rate; every other is matched whole.
+        return next((r for r in rows if r.target.name == name and (
+            r.target.group.startswith(group) if group == PACED else r.target.group == group)),
+            None)
 
     def cpu_ratio(group: str, name: str, floor: str) -> float | None:
         top, bottom = row(group, name), row(group, floor)
