@@ -89,23 +89,36 @@ def tight(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
         gw.stop()
 
 
+def _answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` HTTP/1.1 answers with Content-Length bodies, read off a raw socket in order
+    (pipelined answers may arrive in one read)."""
+    data = b""
+    answers = []
+    for _ in range(count):
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            data += chunk
+        answers.append((int(lines[0].split(" ")[1]), headers, data[:length]))
+        data = data[length:]
+    assert not data, "more bytes than the answers asked for"
+    return answers
+
+
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 answer with a Content-Length body, read off a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(lines[0].split(" ")[1]), headers, body
+    return _answers(sock, 1)[0]
 
 
 async def test_a_refusal_at_arrival_is_the_handlers_answer_and_keeps_the_connection(
@@ -195,8 +208,7 @@ async def test_counts_never_leak_when_clients_vanish_or_pipeline(
             # timeout and a retry (1 s each here) on a machine busy with the whole suite.
             sock.settimeout(20)
             sock.sendall(HEAD.replace(b"probe-1", b"pipe-1") + HEAD.replace(b"probe-1", b"pipe-2"))
-            first = await asyncio.to_thread(_answer, sock)
-            second = await asyncio.to_thread(_answer, sock)
+            first, second = await asyncio.to_thread(_answers, sock, 2)
             assert [first[1]["x-request-id"], second[1]["x-request-id"]] == ["pipe-1", "pipe-2"]
         # The vanished requests' backend calls end (a 1 s timeout and retries at worst), and
         # the gauge, sampled every half second, must then show nothing left counted: a sample
