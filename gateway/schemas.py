@@ -34,6 +34,9 @@ _SPACES = re.compile(r"\s+")
 def normalise_text(value: Any) -> Any:
     """Full-width to half-width and outer spaces removed; non-strings pass to the type check."""
     if isinstance(value, str):
+        if (value.isascii() and value.isprintable() and "  " not in value
+                and value[:1] != " " and value[-1:] != " "):
+            return value  # already normal (NFKC leaves printable ASCII as it is): the usual case
         return _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip()
     return value
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 
 import pytest
 from pydantic import ValidationError
@@ -100,3 +102,16 @@ def test_the_hand_written_query_check_accepts_only_what_the_model_accepts() -> N
     with pytest.raises(GatewayError) as caught:
         validation.query_fields(AvailabilityQuery, {"address": "  ", "product": "p"})
     assert caught.value.extra["errors"][0]["field"] == "address"
+
+
+def test_the_ascii_shortcut_of_normalise_text_changes_nothing() -> None:
+    """Printable ASCII without doubled or outer spaces is returned as it is; everything else is
+    normalised in full. Both must agree with the full normalising, for every ASCII character."""
+    def full(value: str) -> str:
+        return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", value)).strip()
+
+    rng = random.Random(4647)
+    alphabet = [chr(code) for code in range(128)] + ["１", "\u3000", "北"]
+    for _ in range(20_000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        assert normalise_text(value) == full(value), repr(value)
