@@ -3,9 +3,9 @@
 # run one load scenario, the floor benchmark, the profile or the multi-replica set-up:
 #   bash scripts/load.sh peak | peak-with-outage | maintenance-during-peak [--profile ci]
 #   bash scripts/load.sh flash-sale [--profile ci]
-#   bash scripts/load.sh bench [--rounds 3 --seconds 5]
+#   bash scripts/load.sh bench [--rounds 5 --seconds 5 --before REV]
 #   bash scripts/load.sh admission [--rounds 3 --before REV]
-#   bash scripts/load.sh profile [--route get|post]
+#   bash scripts/load.sh profile [--route get|post|refuse|queued] [--bare]
 #   bash scripts/load.sh replicas   # 3 replicas behind nginx, one Redis, until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
