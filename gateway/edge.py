@@ -22,10 +22,10 @@ from aiohttp.typedefs import Middleware
 
 from gateway import connections, errors, identity, privacy
 from gateway.cors import Cors
-from gateway.errors import GatewayError
+from gateway.errors import LANGUAGES, GatewayError
 from gateway.idempotency import REPLAY_HEADER
 from gateway.observability import AccessLog, Metrics
-from gateway.problem import LANGUAGES, PROBLEM_JSON, negotiate_language, problem_body, render
+from gateway.problem import PROBLEM_JSON, negotiate_language, problem_body, render
 from gateway.security_headers import security_headers
 from gateway.settings import Settings
 

@@ -112,7 +112,10 @@ def _parameters(policy: RoutePolicy) -> list[dict[str, Any]]:
                         "ignored when they are",
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{0,128}$"}},
         {"name": "Accept-Language", "in": "header", "required": False,
-         "schema": {"type": "string", "examples": ["zh-CN", "en"]}},
+         "description": "The language of the gateway's own answers (RFC 4647 lookup): en, "
+                        "zh-CN (zh, zh-CN, zh-SG, zh-Hans*) or zh-Hant (zh-TW, zh-HK, zh-MO, "
+                        "zh-Hant*); English by default. Content-Language names the one used",
+         "schema": {"type": "string", "examples": ["zh-CN", "zh-TW", "en"]}},
         {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
          "description": "Answer within this many milliseconds (shortens, never lengthens, "
                         "the gateway's own deadline)",

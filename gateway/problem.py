@@ -1,7 +1,8 @@
 """Renders the gateway's own answers: catalog errors as RFC 9457
 `application/problem+json` (the only place that does), and plain JSON.
 
-Also negotiates the client's language (`en` or `zh-CN`) from `Accept-Language`.
+Also negotiates the client's language (`en`, `zh-CN` or `zh-Hant`) from
+`Accept-Language`.
 """
 
 from __future__ import annotations
@@ -15,34 +16,59 @@ from gateway.errors import GatewayError, Text, render_detail
 from gateway.field_errors import localise
 
 PROBLEM_JSON = "application/problem+json"
-LANGUAGES = ("en", "zh-CN")  # what negotiate_language may answer
+
+
+# Chinese regions that write Traditional characters.
+_HANT_REGIONS = frozenset(("tw", "hk", "mo"))
 
 
 @lru_cache(maxsize=256)
 def negotiate_language(header: str | None) -> str:
-    """`zh-CN` when the client prefers any Chinese over English, else `en`.
+    """The language of an answer, from `Accept-Language` (RFC 4647 lookup with q-values).
+
+    Ranges are tried from the highest q down (in the client's order among equals);
+    q=0 marks a range unacceptable. The first that names a language we write wins:
+    `en...` -> `en`; `zh-Hant...`, or `zh` with region TW, HK or MO -> `zh-Hant`;
+    any other `zh...` (`zh`, `zh-CN`, `zh-SG`, `zh-Hans...`) -> `zh-CN`. `*` or
+    nothing we write: English, the default.
 
     Cached: clients send a handful of distinct headers, so parsing is paid once each.
     """
     if not header:
         return "en"
-    best_lang, best_q = "en", -1.0
-    for part in header.split(","):
+    ranges: list[tuple[float, int, str]] = []
+    for order, part in enumerate(header.split(",")):
         tag, _, params = part.strip().partition(";")
-        tag = tag.strip().lower()
         q = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                q = float(params[2:])
-            except ValueError:
-                q = 0.0
-        lang = "zh-CN" if tag == "zh" or tag.startswith("zh-") else (
-            "en" if tag == "en" or tag.startswith("en-") or tag == "*" else None)
-        # q=0 (or an unreadable q) means "not acceptable".
-        if lang is not None and q > 0 and q > best_q:
-            best_lang, best_q = lang, q
-    return best_lang
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # an unreadable weight: not acceptable
+        if q > 0:
+            ranges.append((-q, order, tag.strip().lower()))
+    for _, _, tag in sorted(ranges):
+        lang = _language_of(tag)
+        if lang is not None:
+            return lang
+    return "en"
+
+
+def _language_of(tag: str) -> str | None:
+    """The language we write for one language range, if any."""
+    subtags = tag.split("-")
+    if subtags[0] == "en":
+        return "en"
+    if subtags[0] != "zh":
+        return None  # `*` among them: it names no language of its own
+    rest = subtags[1:]
+    if "hant" in rest:
+        return "zh-Hant"
+    if "hans" in rest:
+        return "zh-CN"
+    return "zh-Hant" if any(sub in _HANT_REGIONS for sub in rest) else "zh-CN"
 
 
 def json_response(data: object, status_code: int = 200, **headers: str) -> web.Response:

@@ -36,7 +36,7 @@ class StatusPage:
         self._key: tuple[int, tuple[str, ...], tuple[Any, ...]] | None = None
 
     def body(self, lang: str) -> bytes:
-        """The page with each window's `announcement` in `lang` (`en` or `zh-CN`)."""
+        """The page with each window's `announcement` in `lang` (`errors.LANGUAGES`)."""
         now = self._clock.monotonic()
         # Health and the room are cheap to read and must show at once; the rest may be a
         # second old.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import orjson
 import pytest
 
-from gateway import errors
+from gateway import errors, field_errors, schemas
 from gateway.errors import GatewayError
 from gateway.problem import negotiate_language, render
 
@@ -32,10 +35,45 @@ def test_catalog_matches_the_contract(code: str, status: int) -> None:
         assert text.en and text.zh and text.en != text.zh
 
 
+@pytest.mark.parametrize("code", sorted(errors.CATALOG))
+def test_every_code_speaks_every_language(code: str) -> None:
+    """The catalog is complete: title, detail and hint in each language, with the same
+    placeholders, the Traditional text its own (not the Simplified one)."""
+    spec = errors.CATALOG[code]
+    for text in (spec.title, spec.detail, spec.hint):
+        written = {lang: text.get(lang) for lang in errors.LANGUAGES}
+        assert all(written.values()), written
+        assert len(set(written.values())) == len(errors.LANGUAGES), written
+        shapes = {lang: sorted(re.findall(r"{\w+}", value)) for lang, value in written.items()}
+        assert len({tuple(shape) for shape in shapes.values()}) == 1, shapes
+
+
+def test_every_field_message_speaks_every_language() -> None:
+    for table in (field_errors._MESSAGES, field_errors._VALUE_ERRORS):
+        assert set(table) == set(errors.LANGUAGES) - {"en"}
+        keys = [set(messages) for messages in table.values()]
+        assert all(k == keys[0] for k in keys)
+    # And every check of our schemas raises a message the tables know.
+    raised = {message for messages in field_errors._VALUE_ERRORS.values() for message in messages}
+    schemas_text = Path(schemas.__file__).read_text()
+    for message in raised:
+        assert message in schemas_text, message
+
+
 @pytest.mark.parametrize(("header", "lang"), [
-    (None, "en"), ("", "en"), ("zh-CN", "zh-CN"), ("zh", "zh-CN"), ("zh-Hans-CN", "zh-CN"),
+    (None, "en"), ("", "en"), ("zh-CN", "zh-CN"), ("zh", "zh-CN"), ("zh-SG", "zh-CN"),
+    ("zh-Hans", "zh-CN"), ("zh-Hans-CN", "zh-CN"), ("zh-Hans-TW", "zh-CN"),
+    ("zh-TW", "zh-Hant"), ("zh-HK", "zh-Hant"), ("zh-MO", "zh-Hant"), ("zh-Hant", "zh-Hant"),
+    ("zh-Hant-TW", "zh-Hant"), ("zh-hant-hk", "zh-Hant"), ("ZH-tw", "zh-Hant"),
     ("en-US,en;q=0.9", "en"), ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
-    ("en;q=0.5, zh-TW;q=0.8", "zh-CN"), ("fr-FR", "en"), ("zh;q=oops", "en"), ("*", "en"),
+    ("zh-TW,zh;q=0.9,en-US;q=0.8,en;q=0.7", "zh-Hant"),
+    ("en;q=0.5, zh-TW;q=0.8", "zh-Hant"), ("en;q=0.9, zh-TW;q=0.8", "en"),
+    ("zh-CN;q=0.5, zh-HK;q=0.6", "zh-Hant"), ("zh-HK;q=0.5, zh-CN;q=0.6", "zh-CN"),
+    ("zh-TW, zh-CN", "zh-Hant"), ("zh-CN, zh-TW", "zh-CN"),  # equal q: the client's order
+    ("fr-FR", "en"), ("fr-FR, zh-TW;q=0.1", "zh-Hant"), ("ja, *;q=0.5", "en"),
+    ("*", "en"), ("*, zh-TW;q=0.5", "zh-Hant"),
+    ("zh-TW;q=0", "en"), ("zh-TW;q=0, zh-CN;q=0.1", "zh-CN"), ("en;q=0, zh-HK", "zh-Hant"),
+    ("zh;q=oops", "en"), ("zh-TW;level=1;q=0.5", "zh-Hant"),
 ])
 def test_language_negotiation(header: str | None, lang: str) -> None:
     assert negotiate_language(header) == lang
@@ -82,6 +120,11 @@ def test_chinese_rendering_and_field_errors() -> None:
     assert body["title"] == "请求内容不合法"
     assert body["errors"] == [{"field": "amount", "message": "必须大于 0", "type": "greater_than"}]
     assert headers["Content-Language"] == "zh-CN"
+    body, headers = _body(err, "zh-Hant")
+    assert body["title"] == "請求內容不正確"
+    assert body["detail"] == "有 1 個欄位未通過驗證。"
+    assert body["errors"] == [{"field": "amount", "message": "必須大於 0", "type": "greater_than"}]
+    assert headers["Content-Language"] == "zh-Hant"
 
 
 def test_unknown_placeholder_does_not_break_rendering() -> None:
