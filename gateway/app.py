@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway import (
     admin,
+    chinese_script,
     connections,
     events,
     idempotency,
@@ -144,6 +145,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     admin_tokens = None
     if settings.admin.token is not None:
         admin_tokens = AdminTokens(settings.admin.token, settings.admin.previous_token)
+    chinese_script.load()  # announcements are converted as windows are set: never a wait then
     maintenance = Maintenance(ROUTES, stores.windows, clock, settings.maintenance.windows,
                               admin_tokens)
     app[MAINTENANCE] = maintenance

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from gateway import errors, scopes
+from gateway import chinese_script, errors, scopes
 from gateway.auth import AdminTokens
 from gateway.clock import Clock, iso_utc
 from gateway.errors import GatewayError, Text
@@ -43,7 +43,8 @@ from gateway.store import WindowStore
 log = logging.getLogger("gateway.maintenance")
 
 READ_METHODS = frozenset({"GET", "HEAD"})
-DEFAULT_MESSAGE = Text("Planned maintenance is in progress.", "系统正在进行计划内维护。")
+DEFAULT_MESSAGE = Text("Planned maintenance is in progress.", "系统正在进行计划内维护。",
+                       "系統正在進行預定的維護。")
 
 
 # An SRE verifying an upgrade sends the admin token in it to pass a window (`bypassed`).
@@ -78,7 +79,8 @@ class Window:
             "id": self.id, "scope": self.scope, "read_only": self.read_only,
             "starts_at": _iso(self.starts_at),
             "ends_at": None if self.ends_at is None else _iso(self.ends_at),
-            "message": {"en": self.message.en, "zh-CN": self.message.zh},
+            "message": {"en": self.message.en, "zh-CN": self.message.zh,
+                        "zh-Hant": self.message.hant},
             "state": "current" if self.active(now) else "scheduled",
             "source": self.source,
         }
@@ -86,13 +88,16 @@ class Window:
     def dumps(self) -> bytes:
         return orjson.dumps({"id": self.id, "scope": self.scope, "read_only": self.read_only,
                              "starts_at": self.starts_at, "ends_at": self.ends_at,
-                             "en": self.message.en, "zh": self.message.zh})
+                             "en": self.message.en, "zh": self.message.zh,
+                             "hant": self.message.hant})
 
     @classmethod
     def loads(cls, data: bytes) -> Window:
         raw = orjson.loads(data)
+        # A window stored before Traditional text existed has none: converted now, once.
+        hant = raw.get("hant") or chinese_script.to_traditional(raw["zh"])
         return cls(raw["id"], raw["scope"], raw["read_only"], raw["starts_at"], raw["ends_at"],
-                   Text(raw["en"], raw["zh"]), "admin")
+                   Text(raw["en"], raw["zh"], hant), "admin")
 
 
 def _iso(ts: float) -> str:
@@ -100,10 +105,18 @@ def _iso(ts: float) -> str:
 
 
 def _message(given: MaintenanceWindowSettings) -> Text:
-    en, zh = given.message.en, given.message.zh_cn
-    if en is None and zh is None:
+    """The announcement in every language: a text given stands as written; a Chinese one
+    given in one script only is converted to the other (here, once, as the window is set);
+    English alone stands in for both, and either Chinese for English."""
+    en, zh, hant = given.message.en, given.message.zh_cn, given.message.zh_hant
+    if en is None and zh is None and hant is None:
         return DEFAULT_MESSAGE
-    return Text(en or zh or "", zh or en or "")
+    if zh is None and hant is not None:
+        zh = chinese_script.to_simplified(hant)
+    elif hant is None and zh is not None:
+        hant = chinese_script.to_traditional(zh)
+    english = en or zh or ""
+    return Text(english, zh or english, hant or english)
 
 
 def build_window(given: MaintenanceWindowSettings, window_id: str, now: float,

@@ -382,11 +382,14 @@ class StaleCacheSettings(_Model):
 
 
 class MaintenanceMessage(_Model):
-    """An announcement in both languages; one given alone stands in for the other."""
+    """An announcement in English, Simplified and Traditional Chinese. A text given stands
+    as written; Chinese given in one script is converted to the other (OpenCC, when the
+    window is set); English alone stands in for Chinese, and Chinese for English."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     en: str | None = Field(None, min_length=1, max_length=1000)
     zh_cn: str | None = Field(None, alias="zh-CN", min_length=1, max_length=1000)
+    zh_hant: str | None = Field(None, alias="zh-Hant", min_length=1, max_length=1000)
 
 
 class MaintenanceWindowSettings(_Model):

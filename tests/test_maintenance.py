@@ -97,7 +97,8 @@ async def test_set_list_end_one_and_end_all(admin: Admin) -> None:
     first = await admin.put(scope="payment", ends_at=soon(600),
                             message={"en": "Payments upgrade", "zh-CN": "支付升级"})
     assert first["id"] and first["state"] == "current" and first["read_only"] is False
-    assert first["message"] == {"en": "Payments upgrade", "zh-CN": "支付升级"}
+    assert first["message"] == {"en": "Payments upgrade", "zh-CN": "支付升级",
+                                "zh-Hant": "支付升級"}  # converted when set
     second = await admin.put(scope="all", read_only=True, starts_at=soon(3600))
     assert second["state"] == "scheduled" and second["ends_at"] is None
     listed = (await admin.call("GET", "/admin/maintenance"))[1]["windows"]
@@ -127,6 +128,13 @@ async def test_a_covered_request_is_refused_in_the_clients_language_and_not_forw
     assert (status, body["announcement"], headers["Content-Language"]) == (
         503, "下单系统升级中。", "zh-CN")
     assert body["title"] == "系统维护中"
+    # Taiwan, Hong Kong: the announcement converted to Traditional when the window was set.
+    for tag in ("zh-TW", "zh-HK,zh;q=0.8", "zh-Hant"):
+        status, headers, body = await request(http, gw, "GET", "/v1/orders/ord_1",
+                                              **{"Accept-Language": tag})
+        assert (status, body["announcement"], headers["Content-Language"]) == (
+            503, "下單系統升級中。", "zh-Hant"), tag
+        assert body["title"] == "系統維護中"
     assert healthy.stats("order")["requests"] == before, "nothing reached the order backend"
     status, _, _ = await request(http, gw, "GET", AVAILABILITY)
     assert status == 200, "other backends are untouched"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway import errors
@@ -111,9 +112,41 @@ async def test_windows_that_ran_out_are_dropped_from_the_store(clock: FakeClock)
 async def test_the_announcement_falls_back_to_the_other_language(
         maintenance: Maintenance) -> None:
     only_zh = await maintenance.put(window(scope="all", message={"zh-CN": "维护中"}))
-    assert (only_zh.message.en, only_zh.message.zh) == ("维护中", "维护中")
+    assert (only_zh.message.en, only_zh.message.zh, only_zh.message.hant) == (
+        "维护中", "维护中", "維護中")
+    only_en = await maintenance.put(window(scope="all", message={"en": "Back soon."}))
+    assert (only_en.message.zh, only_en.message.hant) == ("Back soon.", "Back soon.")
     nothing = await maintenance.put(window(scope="all"))
     assert nothing.message.en.startswith("Planned maintenance")
+    assert nothing.message.hant == "系統正在進行預定的維護。"
+
+
+async def test_chinese_given_in_one_script_is_converted_to_the_other_by_opencc(
+        maintenance: Maintenance) -> None:
+    """Real OpenCC, both ways, with Taiwan's phrases, not only its characters."""
+    simplified = await maintenance.put(window(scope="all", message={
+        "en": "Network and database upgrade.", "zh-CN": "网络与数据库升级，订单服务暂停。"}))
+    assert simplified.message.zh == "网络与数据库升级，订单服务暂停。"  # as written
+    assert simplified.message.hant == "網路與資料庫升級，訂單服務暫停。"
+    traditional = await maintenance.put(window(scope="all", message={
+        "zh-Hant": "網路與資料庫升級，訂單服務暫停。"}))
+    assert traditional.message.hant == "網路與資料庫升級，訂單服務暫停。"  # as written
+    assert traditional.message.zh == "网络与数据库升级，订单服务暂停。"
+    assert traditional.message.en == "网络与数据库升级，订单服务暂停。"
+    # Both given: each stands as written, nothing converted.
+    both = await maintenance.put(window(scope="all", message={
+        "zh-CN": "系统维护", "zh-Hant": "系統維修中（香港）"}))
+    assert (both.message.zh, both.message.hant) == ("系统维护", "系統維修中（香港）")
+    assert both.public(0)["message"] == {"en": "系统维护", "zh-CN": "系统维护",
+                                         "zh-Hant": "系統維修中（香港）"}
+    # Stored and read back by another process: the same three texts, no conversion needed.
+    assert Window.loads(both.dumps()).message == both.message
+
+
+async def test_a_window_stored_before_traditional_text_existed_gets_it_when_read() -> None:
+    old = orjson.dumps({"id": "mw-1", "scope": "all", "read_only": False, "starts_at": 0,
+                        "ends_at": None, "en": "Upgrade", "zh": "系统升级"})
+    assert Window.loads(old).message.hant == "系統升級"
 
 
 async def test_delete_one_and_delete_all(maintenance: Maintenance) -> None:
