@@ -52,6 +52,22 @@ ensure_system_package() {
   command -v "$command" >/dev/null 2>&1
 }
 
+# A Chinese font for the browser, so the console's screenshots (artifacts/console/) show its
+# Chinese text rather than empty boxes; the tests read the text, not the pixels.
+ensure_cjk_font() {
+  if command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=zh 2>/dev/null)" ]; then
+    return 0
+  fi
+  echo "installing a Chinese font with the system package manager..." >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei \
+      >/dev/null || echo "no Chinese font: screenshots will show boxes" >&2
+  else
+    echo "install a Chinese (CJK) font for readable screenshots" >&2
+  fi
+}
+
 # The tests start their own redis-server on free ports; install the binary if missing.
 ensure_redis_server() {
   if command -v redis-server >/dev/null 2>&1; then return 0; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (venv, package with test extras, redis-server, wrk, nginx, chromium), then lint, type-check
-# (mypy strict over gateway/ and upstreams/), audit the dependencies and run the whole suite.
+# Set up (venv, package with test extras, redis-server, wrk, nginx, chromium, a CJK font), then
+# lint, type-check (mypy strict over gateway/ and upstreams/), audit the dependencies and run
+# the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ ensure_redis_server
 ensure_system_package wrk  # the benchmark's load generator, tested in tests/test_loadgen.py
 ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/test_replicas.py)
 ensure_system_package chromium  # the console's browser tests (tests/test_console.py)
+ensure_cjk_font  # ... and readable Chinese in their screenshots
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Known vulnerabilities in the pinned versions fail the run; a vulnerability service out of

@@ -58,6 +58,18 @@ async def _sign_in(page: Page) -> None:
     await page.wait_for_selector('[data-breaker="payment"]')
 
 
+async def _open_window(page: Page, scope: str, english: str, chinese: str) -> None:
+    """A ten-minute maintenance window from the console's form (the Chinese field is the
+    reader's own script)."""
+    form = "#maintenance-form"
+    await page.select_option(f"{form} select[name=scope]", scope)
+    await page.fill(f"{form} input[name=minutes]", "10")
+    await page.fill(f'{form} input[name="message.en"]', english)
+    await page.fill(f'{form} input[name="message.zh-CN"]', chinese)
+    await page.click(f"{form} button[type=submit]")
+    await page.wait_for_selector("#windows li[data-window]", timeout=5000)
+
+
 async def _shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -113,13 +125,7 @@ async def test_a_fault_from_the_console_fails_requests_until_the_kill_switch(
 async def test_a_maintenance_window_from_the_form_shows_on_the_status_page(
         page: Page, console_gateway: Gateway) -> None:
     await _sign_in(page)
-    form = "#maintenance-form"
-    await page.select_option(f"{form} select[name=scope]", "order")
-    await page.fill(f"{form} input[name=minutes]", "10")
-    await page.fill(f'{form} input[name="message.en"]', "Order system upgrade")
-    await page.fill(f'{form} input[name="message.zh-CN"]', "订单系统升级")
-    await page.click(f"{form} button[type=submit]")
-    await page.wait_for_selector("#windows li[data-window]", timeout=5000)
+    await _open_window(page, "order", "Order system upgrade", "订单系统升级")
     status, body = await _get(console_gateway, "/v1/status")
     assert status == 200
     current = body["maintenance"]["current"]
@@ -155,4 +161,42 @@ async def test_the_page_speaks_chinese_to_a_chinese_browser_under_its_own_csp(
         await page.goto(console_gateway.url + "/admin/console")
         assert await page.text_content("button[type=submit]") == "登录"
         assert await page.get_attribute("html", "lang") == "zh-CN"
+        for locale in ("zh-TW", "zh-HK"):  # Traditional, in Taiwan's and Hong Kong's words
+            context = await browser.new_context(locale=locale)
+            page = await context.new_page()
+            await page.goto(console_gateway.url + "/admin/console")
+            assert await page.text_content("button[type=submit]") == "登入"
+            assert await page.get_attribute("html", "lang") == "zh-Hant"
+        await page.screenshot(path=str(ARTIFACTS / "console-zh-Hant.png"))
         await browser.close()
+
+
+async def test_a_taiwanese_sre_announces_in_traditional_and_mainland_customers_read_simplified(
+        console_gateway: Gateway, upstreams: Upstreams) -> None:
+    """The console in zh-TW sends the Chinese text as zh-Hant; the gateway converts it once,
+    and the status page speaks each reader's script."""
+    with healed(upstreams, console_gateway):
+        async with async_playwright() as driver:
+            browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+            context = await browser.new_context(locale="zh-TW",
+                                                viewport={"width": 1280, "height": 1400})
+            page = await context.new_page()
+            await page.goto(console_gateway.url + "/admin/console")
+            await _sign_in(page)
+            assert await page.text_content('[data-i18n="maintenance"]') == "維護時段"
+            await _open_window(page, "payment", "Payment network upgrade", "付款網路升級")
+            assert "付款網路升級" in (await page.text_content("#windows") or "")
+            await _shot(page, "console-zh-Hant-signed-in")
+            for lang, announced in (("zh-CN", "付款网络升级"), ("zh-HK", "付款網路升級"),
+                                    ("en", "Payment network upgrade")):
+                async with aiohttp.ClientSession() as http, http.get(
+                        console_gateway.url + "/v1/status",
+                        headers={"Accept-Language": lang}) as resp:
+                    body = await resp.json()
+                    assert resp.headers["Vary"] == "Accept-Language"
+                current = body["maintenance"]["current"]
+                assert [w["announcement"] for w in current] == [announced], lang
+            await page.locator("#windows li[data-window] button").first.click()
+            await page.wait_for_selector("#windows li[data-window]", state="detached",
+                                         timeout=5000)
+            await browser.close()

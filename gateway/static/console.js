@@ -39,9 +39,36 @@ const TEXT = {
     api_keys: "客户端 API 密钥", client_id: "客户端 ID", role: "角色", tier: "等级",
     add_key: "添加密钥", revoke: "吊销", new_key: "新密钥（仅显示一次）：",
   },
+  "zh-Hant": {
+    title: "order-gateway 控制台", offline: "離線", live: "即時", token: "管理權杖",
+    actor: "您的名字（顯示在時間軸中）", sign_in: "登入", denied: "權杖遭拒。",
+    backends: "後端", faults: "故障注入", end_all_faults: "結束所有故障", scope: "範圍",
+    abort_percent: "中止比例 %", abort_status: "中止方式（500-599 或 reset）",
+    delay_percent: "延遲比例 %", delay_ms: "延遲毫秒", header_name: "僅限標頭",
+    header_value: "值", ttl_s: "持續（秒）", add_fault: "新增故障", maintenance: "維護時段",
+    read_only: "唯讀", minutes: "分鐘（留空：直到結束）", message_en: "公告（英文）",
+    message_zh: "公告（中文）", open_window: "開啟時段",
+    waiting_room: "排隊等候室", enabled: "啟用", admit_per_s: "每秒放行",
+    queue_all: "全部排隊", apply: "套用", timeline: "時間軸", change_setting: "修改設定",
+    end: "結束", open: "斷開", close: "閉合", reset: "重設", calls: "呼叫/秒",
+    failures: "失敗率", slow: "慢速呼叫", p99: "p99 毫秒", none: "無", waiting: "等候中",
+    admitted: "已放行", failed: "失敗：", api_keys: "用戶端 API 金鑰",
+    client_id: "用戶端 ID", role: "角色", tier: "等級", add_key: "新增金鑰",
+    revoke: "撤銷", new_key: "新金鑰（僅顯示一次）：",
+  },
 };
-const LANG = (navigator.languages || [navigator.language]).some(
-  (tag) => String(tag).toLowerCase().startsWith("zh")) ? "zh-CN" : "en";
+// The browser's languages in its order, as the gateway negotiates Accept-Language: English;
+// Traditional for zh-Hant and Taiwan, Hong Kong, Macao; Simplified for any other Chinese.
+const languageOf = (tag) => {
+  const subtags = String(tag).toLowerCase().split("-");
+  if (subtags[0] === "en") return "en";
+  if (subtags[0] !== "zh") return null;
+  if (subtags.includes("hant")) return "zh-Hant";
+  if (subtags.includes("hans")) return "zh-CN";
+  return subtags.some((s) => ["tw", "hk", "mo"].includes(s)) ? "zh-Hant" : "zh-CN";
+};
+const LANG = (navigator.languages || [navigator.language]).map(languageOf)
+  .find((lang) => lang !== null) || "en";
 const t = (key) => TEXT[LANG][key] || TEXT.en[key] || key;
 const SETTINGS = ["failure_rate_threshold", "slow_call_duration_ms", "slow_call_rate_threshold",
   "minimum_calls", "window_seconds", "consecutive_failures", "open_seconds", "half_open_calls"];
@@ -123,7 +150,9 @@ function windowBody(form) {
     scope: form.elements.scope.value, read_only: form.elements.read_only.checked,
     starts_at: null,
     ends_at: minutes === "" ? null : new Date(Date.now() + Number(minutes) * 60000).toISOString(),
-    message: { en: form.elements["message.en"].value, "zh-CN": form.elements["message.zh-CN"].value },
+    // Chinese in the reader's own script; the gateway converts it to the other one.
+    message: { en: form.elements["message.en"].value,
+      [LANG === "zh-Hant" ? "zh-Hant" : "zh-CN"]: form.elements["message.zh-CN"].value },
   };
 }
 
