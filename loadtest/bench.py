@@ -21,7 +21,8 @@ Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
 - `POST /v1/orders` with a new Idempotency-Key per request: direct, bare
   proxy, bare proxy + Redis, gateway, the gateway before;
 - refusals, now and before: `/healthz` (the server's cheapest answer),
-  `GET /v1/orders/{id}` with the breaker open, shed `GET /v1/availability`,
+  `GET /v1/orders/{id}` with the breaker open, shed `GET /v1/availability`
+  (also with `Accept-Language: zh-TW,...`: the cost of negotiating Traditional),
   `GET /v1/payments/{id}` under maintenance, and `POST /v1/payments` queued by
   the waiting room (429 QUEUED with a new ticket each);
 - paced `GET /v1/availability` at half the measured saturation rate of the
@@ -72,6 +73,7 @@ ORDER = json.dumps({
 PAYMENT = json.dumps({"order_id": "ord_1", "amount": 9900, "currency": "CNY",
                       "method": "alipay"})
 ADMIN_TOKEN = "bench-admin-token-0123456789"
+TAIWAN = (("Accept-Language", "zh-TW,zh;q=0.9,en-US;q=0.8,en;q=0.7"),)
 MEASURED_CPU = {0}
 HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
 
@@ -80,6 +82,7 @@ TARGET_GET_RATIO = 1.0  # gateway / bare proxy, CPU per request
 TARGET_POST_RATIO = 1.0  # gateway / bare proxy + one Redis SET NX
 TARGET_REFUSAL_RATIO = 1.2  # a refusal / the same server's /healthz
 TARGET_FAULT_RULE_RATIO = 1.05  # a rule that matches nothing: within the machine's noise
+# (also the bound on how much more a Traditional refusal costs now than a Chinese one before)
 TARGET_ADDED_P50_MS = 1.0  # at half saturation, over direct
 # The gateway "before": the last commit before the hot path's own HTTP client.
 BEFORE = "fdce035"
@@ -263,6 +266,9 @@ def processes(log_dir: Path, before: Path | None) -> Iterator[list[Target]]:
                        Load(refuser.url + "/v1/orders/ord_1"), pid, refusal=True),
                 Target("refusals", "shed" + tag, Load(refuser.url + "/v1" + AVAILABILITY),
                        pid, refusal=True),
+                # The same in Traditional Chinese: negotiation is cached per header value.
+                Target("refusals", "shed, zh-TW" + tag, Load(
+                    refuser.url + "/v1" + AVAILABILITY, headers=TAIWAN), pid, refusal=True),
                 Target("refusals", "maintenance" + tag,
                        Load(refuser.url + "/v1/payments/pay_1"), pid, refusal=True),
                 Target("refusals", "queued" + tag, Load(
@@ -367,6 +373,12 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
             (f"added p50 at half saturation: gateway{tag} - direct (ms)",
              added_p50("gateway" + tag), TARGET_ADDED_P50_MS, "ms")]
     checks += [
+        # What a Taiwanese client's header costs over none: the same now (Traditional) as
+        # before (Simplified), as `negotiate_language` is cached per header value.
+        ("refusal CPU, shed in zh-TW / shed: now / before",
+         _divided(cpu_ratio("refusals", "shed, zh-TW", "shed"),
+                  cpu_ratio("refusals", "shed, zh-TW" + BEFORE_TAG, "shed" + BEFORE_TAG)),
+         TARGET_FAULT_RULE_RATIO, "x"),
         ("  for comparison, the floor: bare proxy - direct (ms)", added_p50("bare proxy"),
          TARGET_ADDED_P50_MS, "ms"),
         # A rule in force costs one match per backend call; none in force, nothing.
@@ -375,6 +387,10 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
          TARGET_FAULT_RULE_RATIO, "x")]
     return [{"what": what, "value": round(value, 3), "target": limit, "unit": unit,
              "met": value <= limit} for what, value, limit, unit in checks if value is not None]
+
+
+def _divided(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or bottom is None else top / bottom
 
 
 def reported(rows: list[Row]) -> list[str]:
@@ -386,6 +402,13 @@ def reported(rows: list[Row]) -> list[str]:
         lines.append(f"workers: 2 / 1 served {two.median('rate') / one.median('rate'):.2f}x "
                      "the requests/s (the load generator shares the two cores: reported, "
                      "not judged)")
+    for tag in ("", BEFORE_TAG):
+        shed, taiwan = (next((r for r in rows if r.target.name == name + tag), None)
+                        for name in ("shed", "shed, zh-TW"))
+        if shed is not None and taiwan is not None and shed.cpu_us:
+            ratio = statistics.median(
+                a / b for a, b in zip(taiwan.cpu_us, shed.cpu_us, strict=True))
+            lines.append(f"shed in zh-TW / shed{tag}: {ratio:.2f}x")
     for row in rows:
         if row.target.group.startswith(PACED) and row.target.name != "direct":
             lines.append(f"p99 at half saturation, {row.target.name}: "

@@ -41,6 +41,7 @@ class Load:
     body: str | None = None
     keyed: bool = False  # a new Idempotency-Key per request
     rate: float | None = None  # requests/s over all connections; None = as fast as it can
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def generator(connections: int, cpus: set[int], prefer_wrk: bool = True) -> Gene
 
 def _lua(load: Load, connections: int) -> str:
     lines = [f'wrk.method = "{load.method}"', 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in load.headers]
     if load.body is not None:
         # A long bracket string: Lua 5.1 knows no \u escapes, and the body is UTF-8.
         lines.append(f"wrk.body = [==[{load.body}]==]")
@@ -149,7 +151,7 @@ async def _fallback(load: Load, seconds: float, connections: int) -> Tally:
         async def connection() -> None:
             nonlocal non_2xx, errors, counter
             while time.monotonic() < deadline:
-                headers = {"Content-Type": "application/json"}
+                headers = {"Content-Type": "application/json", **dict(load.headers)}
                 if load.keyed:
                     counter += 1
                     headers["Idempotency-Key"] = f"{prefix}-{counter}"
