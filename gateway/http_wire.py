@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
             # Bytes nobody asked for: the connection cannot be trusted with a request.
-            self._drop()
+            self.drop()
             return
         self._answered = True
         try:
@@ -182,7 +182,7 @@ class _Connection(asyncio.Protocol):
         """The caller went away: the answer on its way would be read by the next caller."""
         self._wire.wheel.remove(self._slot, self)
         self._waiter = None
-        self._drop()
+        self.drop()
 
     def _complete(self, *, keep_alive: bool) -> None:
         waiter = self._waiter
@@ -201,13 +201,13 @@ class _Connection(asyncio.Protocol):
         if keep_alive and not self.closed:
             self._wire.release(self)
         else:
-            self._drop()
+            self.drop()
 
     def _fail(self, error: HttpWireError) -> None:
         waiter = self._waiter
         self._wire.wheel.remove(self._slot, self)
         self._reset()
-        self._drop()
+        self.drop()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
@@ -220,7 +220,8 @@ class _Connection(asyncio.Protocol):
         self._framed = False
         self._answered = False
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
+        """Close at once; the pool forgets it."""
         if not self.closed:
             self.closed = True
             self._wire.lost(self)
@@ -321,7 +322,7 @@ class HttpWire:
             connection = idle.pop()
             if not connection.closed and loop.time() - connection.idle_since < self.keepalive_s:
                 return connection
-            connection._drop()  # idle too long: the backend may be closing it
+            connection.drop()  # idle too long: the backend may be closing it
         if self._open < self.size:
             return await self._connect(deadline)
         wait = _PoolWait(loop.create_future())
@@ -376,7 +377,7 @@ class HttpWire:
                 wait.future.set_result(connection)
                 return
         if self._closing:
-            connection._drop()
+            connection.drop()
             return
         connection.idle_since = asyncio.get_running_loop().time()
         self._idle.append(connection)
@@ -410,7 +411,7 @@ class HttpWire:
         self._sweeper = None
         now = asyncio.get_running_loop().time()
         for connection in [c for c in self._idle if now - c.idle_since >= self.keepalive_s]:
-            connection._drop()
+            connection.drop()
         if self._idle:
             self._sweeper = asyncio.get_running_loop().call_later(self.keepalive_s, self._sweep)
 
@@ -420,7 +421,7 @@ class HttpWire:
             self._sweeper.cancel()
             self._sweeper = None
         for connection in list(self._idle):
-            connection._drop()
+            connection.drop()
         for wait in self._waiting:
             if not wait.future.done():
                 wait.future.set_exception(ConnectFailed("the gateway is stopping", sent=False))
