@@ -43,6 +43,7 @@ class Backend:
         self.most_open = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+        self._serving: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, tls: ssl.SSLContext | None = None) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
@@ -52,14 +53,16 @@ class Backend:
         self.connections += 1
         self.open += 1
         self.most_open = max(self.most_open, self.open)
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving[task] = writer
         try:
             await self.script(reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            pass  # the test is over: its loop cancels what still waits
+            pass  # the client went away: the script's end
         finally:
             self.open -= 1
+            self._serving.pop(task, None)
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
@@ -73,8 +76,15 @@ class Backend:
         return request
 
     async def stop(self) -> None:
+        """Stop listening, cut every connection still served, and wait for their scripts to
+        end (on the cut), so none is left to the loop's teardown."""
         assert self.server is not None
         self.server.close()
+        for writer in list(self._serving.values()):
+            writer.transport.abort()
+        if self._serving:
+            _, pending = await asyncio.wait(list(self._serving), timeout=5)
+            assert not pending, "a script did not end when its connection was cut"
 
 
 Serve = Callable[..., Awaitable[tuple[Backend, HttpWire]]]
