@@ -82,21 +82,24 @@ ADMISSION = web.AppKey[Admission | AdmitAll]("admission")
 ARRIVALS = web.AppKey[Arrivals | None]("arrivals")
 
 
-def _make_stores(settings: Settings, clock: Clock) -> Stores:
-    if settings.redis.url is None:
+def _make_stores(settings: Settings, clock: Clock, metrics: Metrics) -> Stores:
+    redis = settings.redis
+    if redis.url is None:
         return memory_stores(clock, settings.idempotency.memory_max_records,
                              settings.rate_limit.memory_max_clients)
     # Imported only when used: the demo and single-process setups never load redis-py.
     from gateway.redis_store import redis_stores
 
-    return redis_stores(settings.redis.url, settings.redis.timeout_s)
+    return redis_stores(redis.url, redis.timeout_s, min_replica_acks=redis.min_replica_acks,
+                        replica_ack_timeout_ms=redis.replica_ack_timeout_ms,
+                        count_ack=metrics.ack_counter())
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = Metrics()
     access_log = AccessLog(settings.server.access_log)
-    stores = _make_stores(settings, clock)
+    stores = _make_stores(settings, clock, metrics)
     timeline = Timeline(stores.timeline, clock)
 
     def transition(t: Transition) -> None:
@@ -285,11 +288,13 @@ async def _control_sync(app: web.Application) -> AsyncIterator[None]:
     room = app[admin.WAITING_ROOM]
     faults = app[admin.FAULTS]
     with contextlib.suppress(StoreUnavailable):
+        await stores.upkeep()  # how many replicas must hold a claim, before the first one
         await maintenance.sync()  # windows in force before the first request
         await keys.sync()  # and the API keys added through the admin API
         await room.sync()  # and the waiting room's settings and shared secret
         await faults.sync()  # and the fault rules of a game day under way
-    async with (_background(follow("breakers", app[admin.BOARD].sync, interval)),
+    async with (_background(follow("replicas", stores.upkeep, interval)),
+                _background(follow("breakers", app[admin.BOARD].sync, interval)),
                 _background(follow("maintenance", maintenance.sync, interval)),
                 _background(follow("api_keys", keys.sync, interval)),
                 _background(follow("waiting_room", room.sync, interval)),

@@ -56,6 +56,9 @@ _LATENCY_BOUNDS = (*_LATENCY_BUCKETS, float("inf"))
 ACCESS_LOG_BUFFER_BYTES = 64 * 1024
 
 
+ACK_WRITES = ("claim", "answer", "admin")  # what replicas are asked to hold
+
+
 class Metrics:
     """The gateway's Prometheus series, with label children cached after first use."""
 
@@ -132,6 +135,11 @@ class Metrics:
         self.waiting_room_wait_seconds = Histogram(
             "gateway_waiting_room_wait_seconds", "Waiting-room time from ticket to admission",
             buckets=_WAIT_BUCKETS, registry=reg)
+        self.replica_acks = Counter(
+            "gateway_replica_acks", "Writes that replicas were asked to hold (Redis WAIT), by "
+            "write (claim, answer, admin) and outcome (held; missing: not held in time, so a "
+            "claim was withdrawn and answered 503, an answer was given late, an admin change "
+            "answered 503)", ("write", "outcome"), registry=reg)
         # Gathered since the last `flush`: requests by (route, status, code), and duration
         # tallies (see `_tally`) by route and by (backend, outcome).
         self._requests_due: dict[tuple[str, int, str], int] = {}
@@ -183,6 +191,16 @@ class Metrics:
 
         def count(event: str) -> None:
             children[event].inc()
+
+        return count
+
+    def ack_counter(self) -> Callable[[str, bool], None]:
+        """A function counting one replica acknowledgement; children made now."""
+        children = {(write, held): self.replica_acks.labels(write, "held" if held else "missing")
+                    for write in ACK_WRITES for held in (True, False)}
+
+        def count(write: str, held: bool) -> None:
+            children[write, held].inc()
 
         return count
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
@@ -34,8 +34,10 @@ from redis.exceptions import RedisError
 
 from gateway import redis_sentinel
 from gateway.redis_wire import Wire, WireError
+from gateway.replica_acks import ReplicaAcks
 from gateway.reply import Reply
 from gateway.store import (
+    TICKET_NUMBERS_A_MS,
     Claim,
     ClaimStatus,
     Entry,
@@ -166,7 +168,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - 1000))
 local paused = redis.call('EXISTS', KEYS[6])
 """
 
-# ARGV admit_per_s, queue_all (0/1), a member naming this admission uniquely.
+# ARGV admit_per_s, queue_all (0/1), a member naming this admission uniquely. Numbering
+# starts from the clock (store.first_ticket_number) whenever `seq` is missing.
 _ENTER = _Script.of(_ROOM_PRELUDE + """
 local waiting = redis.call('ZCARD', KEYS[1])
 if paused == 0 and ARGV[2] == '0' and waiting == 0
@@ -177,13 +180,16 @@ if paused == 0 and ARGV[2] == '0' and waiting == 0
   redis.call('SET', KEYS[9], string.format('%.3f', pace + 1000 / tonumber(ARGV[1])))
   return {0, 0, 0}
 end
+if redis.call('EXISTS', KEYS[7]) == 0 then
+  redis.call('SET', KEYS[7], string.format('%.0f', now * NUMBERS_A_MS))
+end
 local n = redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[1], n, n)
 redis.call('ZADD', KEYS[3], now, n)
 redis.call('HSET', KEYS[4], n, now)
 local due = math.max(0, tonumber(redis.call('GET', KEYS[9]) or 0) - now)
 return {n, waiting + 1, paused, math.floor(due)}
-""")
+""".replace("NUMBERS_A_MS", str(TICKET_NUMBERS_A_MS)))
 
 # ARGV ticket number, idle_ms. A ticket idle too long is gone even before a tick drops it.
 _POLL = _Script.of(_ROOM_PRELUDE + """
@@ -251,10 +257,22 @@ async def _translated() -> AsyncIterator[None]:
         raise StoreUnavailable(str(exc)) from exc
 
 
-class RedisConnection:
-    """The two clients every Redis store shares: redis-py's and the pipelined wire."""
+# (write, held): one replica acknowledgement asked for ("claim", "answer" or "admin") and
+# whether the required replicas held the write in time.
+AckHook = Callable[[str, bool], None]
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+
+def _uncounted(_write: str, _held: bool) -> None:
+    return None
+
+
+class RedisConnection:
+    """The clients every Redis store shares: redis-py's, the pipelined wire, and the
+    connection of the writes that replicas must hold (`gateway/replica_acks.py`)."""
+
+    def __init__(self, url: str, timeout_s: float, *,
+                 min_replica_acks: Literal["auto"] | int = "auto",
+                 replica_ack_timeout_ms: int = 200, count_ack: AckHook = _uncounted) -> None:
         # The client of everything off the hot path, whose commands are all safe to
         # repeat once (field sets, a reset count that only has to change).
         retry = Retry(NoBackoff(), 1)
@@ -269,6 +287,48 @@ class RedisConnection:
                 password=sentinel.password, socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s, retry=retry, health_check_interval=30)
         self.wire = Wire(url, timeout_s)
+        # Its answers come after the WAIT that closes each group: the wait is in its budget.
+        self.acks = ReplicaAcks(Wire(url, timeout_s + replica_ack_timeout_ms / 1000),
+                                min_replica_acks, sentinel is not None, replica_ack_timeout_ms)
+        self._count_ack = count_ack
+
+    async def upkeep(self) -> None:
+        """On the sync timer: how many replicas the master has, for `min_replica_acks: auto`."""
+        if not self.acks.follows_master:
+            return
+        async with _translated():
+            info = await self.client.info("replication")
+        self.acks.replicas_connected(int(info.get("connected_slaves", 0)))
+
+    async def eval_held(self, script: _Script, keys: tuple[str, ...],
+                        *args: str | bytes | int | float, write: str) -> tuple[Any, bool]:
+        """Run a script that is harmless to repeat on the acknowledged connection: its reply,
+        and whether the required replicas held what it wrote within the timeout."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            reply, held = await self.acks.write(*command)
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                await self.wire.call("SCRIPT", "LOAD", script.source, repeatable=True)
+                reply, held = await self.acks.write(*command)
+        except WireError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if isinstance(reply, ReplyError):
+            raise StoreUnavailable(f"Redis refused a script: {reply}")
+        self._count_ack(write, held)
+        return reply, held
+
+    async def held_by_replicas(self) -> None:
+        """After an admin change: return once the required replicas hold it, else raise
+        `StoreUnavailable` (the change is on the master, and may not survive a failover)."""
+        if not self.acks.required:
+            return
+        try:
+            held = await self.acks.barrier()
+        except WireError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        self._count_ack("admin", held)
+        if not held:
+            raise StoreUnavailable("no replica acknowledged the change in time")
 
     async def eval(self, script: _Script, keys: tuple[str, ...], *args: str | bytes | int | float,
                    repeatable: bool) -> Any:
@@ -305,17 +365,25 @@ class RedisConnection:
 
     async def close(self) -> None:
         self.wire.close()
+        self.acks.close()
         await self.client.aclose()
+
+
+# The admin changes below (breakers, maintenance windows, API keys, fault rules, waiting-room
+# settings) each return only once the required replicas hold them: an SRE's change must
+# not vanish in a failover a second after the admin API said 200.
 
 
 class RedisBreakerIntents:
     def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
         self._redis = connection.client
 
     async def set_fields(self, name: str, fields: dict[str, str]) -> None:
         async with _translated():
             # redis-py's stub wants a mapping of its own wider key and value unions
             await self._redis.hset(BREAKER_KEY.format(name=name), mapping=fields)  # type: ignore[arg-type]
+        await self._connection.held_by_replicas()
 
     async def reset(self, name: str) -> None:
         key = BREAKER_KEY.format(name=name)
@@ -323,6 +391,7 @@ class RedisBreakerIntents:
             pipe.hset(key, "forced", "")
             pipe.hincrby(key, "reset_seq", 1)
             await pipe.execute()
+        await self._connection.held_by_replicas()
 
     async def controls(self, names: list[str]) -> dict[str, dict[str, str]]:
         async with _translated(), self._redis.pipeline(transaction=False) as pipe:
@@ -339,15 +408,19 @@ class _JsonByIdHash:
     key: str
 
     def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
         self._redis = connection.client
 
     async def put(self, field: str, data: bytes) -> None:
         async with _translated():
             await self._redis.hset(self.key, field, data)
+        await self._connection.held_by_replicas()
 
     async def delete(self, field: str) -> bool:
         async with _translated():
-            return bool(await self._redis.hdel(self.key, field))
+            deleted = bool(await self._redis.hdel(self.key, field))
+        await self._connection.held_by_replicas()
+        return deleted
 
 
 class RedisWindows(_JsonByIdHash):
@@ -363,6 +436,7 @@ class RedisWindows(_JsonByIdHash):
     async def end_config_windows(self, window_ids: list[str]) -> None:
         async with _translated():
             await self._redis.sadd(ENDED_WINDOWS_KEY, *window_ids)
+        await self._connection.held_by_replicas()
 
 
 _ADD_FAULT = _Script.of("""
@@ -380,10 +454,6 @@ return ids
 class RedisFaults(_JsonByIdHash):
     key = FAULTS_KEY
 
-    def __init__(self, connection: RedisConnection) -> None:
-        super().__init__(connection)
-        self._connection = connection
-
     async def rules(self) -> dict[str, bytes]:
         async with _translated():
             # bytes: the client does not decode
@@ -394,10 +464,12 @@ class RedisFaults(_JsonByIdHash):
         # Not repeatable: run twice after a lost answer, the count could be off by one.
         added = await self._connection.eval(_ADD_FAULT, (FAULTS_KEY,), rule_id, data, most,
                                             repeatable=False)
+        await self._connection.held_by_replicas()
         return bool(added)
 
     async def delete_all(self) -> list[str]:
         ended = await self._connection.eval(_END_FAULTS, (FAULTS_KEY,), repeatable=False)
+        await self._connection.held_by_replicas()
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ended]
 
 
@@ -441,22 +513,36 @@ class RedisTokenBuckets:
 
 
 class RedisIdempotencyRecords:
-    # Each step is guarded by the owner token: repeated, it answers as the first run did
-    # and changes nothing more, so every one is sent as repeatable.
+    """Each step is guarded by the owner token: repeated, it answers as the first run did and
+    changes nothing more, so every one is sent as repeatable.
+
+    While replicas are required (`gateway/replica_acks.py`), a claim that wrote the record
+    goes on only once they hold it, and is withdrawn otherwise: nothing is forwarded on a
+    claim a failover could forget. A final answer is acknowledged the same way, but kept
+    when the acknowledgement is late: the backend has acted and the client gets its answer.
+    """
+
     def __init__(self, connection: RedisConnection) -> None:
         self._connection = connection
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
                     ttl_s: int) -> Claim:
-        answer = await self._connection.eval(
-            _CLAIM, (IDEMPOTENCY_KEY.format(record=record),), fingerprint, owner,
-            int(lease_s * 1000), ttl_s * 1000, repeatable=True)
-        status = ClaimStatus(answer[0].decode())
-        if status is ClaimStatus.COMPLETED:
-            return Claim(status, _decode_reply(answer[1:]))
-        if status is ClaimStatus.IN_FLIGHT:
-            return Claim(status, lease_left_s=int(answer[1]) / 1000)
-        return Claim(status)
+        keys = (IDEMPOTENCY_KEY.format(record=record),)
+        args = (fingerprint, owner, int(lease_s * 1000), ttl_s * 1000)
+        if not self._connection.acks.required:
+            answer = await self._connection.eval(_CLAIM, keys, *args, repeatable=True)
+            return _claim_of(answer)
+        answer, held = await self._connection.eval_held(_CLAIM, keys, *args, write="claim")
+        claim = _claim_of(answer)
+        if not held and claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECONCILE):
+            # Withdrawn as it was found: a new record goes, a record whose earlier outcome
+            # is unknown stays unknown, so the next claim still reconciles.
+            if claim.status is ClaimStatus.CLAIMED:
+                await self.release(record, owner)
+            else:
+                await self.abandon(record, owner)
+            raise StoreUnavailable("no replica acknowledged the claim in time")
+        return claim
 
     async def answered(self, record: str) -> bool:
         state = await self._connection.command("HGET", IDEMPOTENCY_KEY.format(record=record),
@@ -464,9 +550,11 @@ class RedisIdempotencyRecords:
         return bool(state == b"completed")
 
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
-        done = await self._connection.eval(
-            _COMPLETE, (IDEMPOTENCY_KEY.format(record=record),), owner, reply.status,
-            reply.content_type, orjson.dumps(reply.headers), reply.body, repeatable=True)
+        keys = (IDEMPOTENCY_KEY.format(record=record),)
+        args = (owner, reply.status, reply.content_type, orjson.dumps(reply.headers), reply.body)
+        if not self._connection.acks.required:
+            return bool(await self._connection.eval(_COMPLETE, keys, *args, repeatable=True))
+        done, _ = await self._connection.eval_held(_COMPLETE, keys, *args, write="answer")
         return bool(done)
 
     async def release(self, record: str, owner: str) -> None:
@@ -476,6 +564,15 @@ class RedisIdempotencyRecords:
     async def abandon(self, record: str, owner: str) -> None:
         await self._connection.eval(_ABANDON, (IDEMPOTENCY_KEY.format(record=record),), owner,
                                     repeatable=True)
+
+
+def _claim_of(answer: list[Any]) -> Claim:
+    status = ClaimStatus(answer[0].decode())
+    if status is ClaimStatus.COMPLETED:
+        return Claim(status, _decode_reply(answer[1:]))
+    if status is ClaimStatus.IN_FLIGHT:
+        return Claim(status, lease_left_s=int(answer[1]) / 1000)
+    return Claim(status)
 
 
 class RedisTicketQueue:
@@ -519,6 +616,7 @@ class RedisTicketQueue:
 
 class RedisRoomControl:
     def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
         self._redis = connection.client
 
     async def overrides(self) -> tuple[int, bytes]:
@@ -533,6 +631,7 @@ class RedisRoomControl:
             pipe.hset(ROOM_SETTINGS_KEY, "overrides", data)
             pipe.hincrby(ROOM_SETTINGS_KEY, "version", 1)
             _, version = await pipe.execute()
+        await self._connection.held_by_replicas()
         return int(version)
 
     async def shared_secret(self, candidate: bytes) -> bytes:
@@ -544,10 +643,15 @@ class RedisRoomControl:
         return secret
 
 
-def redis_stores(url: str, timeout_s: float) -> Stores:
+def redis_stores(url: str, timeout_s: float, *,
+                 min_replica_acks: Literal["auto"] | int = "auto",
+                 replica_ack_timeout_ms: int = 200, count_ack: AckHook = _uncounted) -> Stores:
     """Every concern in the Redis at `url`, over one shared connection."""
-    connection = RedisConnection(url, timeout_s)
-    return Stores(shared=True, breakers=RedisBreakerIntents(connection),
+    connection = RedisConnection(url, timeout_s, min_replica_acks=min_replica_acks,
+                                 replica_ack_timeout_ms=replica_ack_timeout_ms,
+                                 count_ack=count_ack)
+    return Stores(shared=True, upkeep=connection.upkeep,
+                  breakers=RedisBreakerIntents(connection),
                   records=RedisIdempotencyRecords(connection),
                   windows=RedisWindows(connection), keys=RedisKeys(connection),
                   faults=RedisFaults(connection), timeline=RedisTimeline(connection),

@@ -160,6 +160,35 @@ class Wire:
             reply = await self._send(packed)
         return reply
 
+    async def call_together(self, commands: list[tuple[str | bytes | int | float, ...]]
+                            ) -> list[Any]:
+        """The replies of `commands`, written in one write and run by Redis in that order,
+        with no other command of this connection between them.
+
+        For a group closed by `WAIT`, which covers exactly the writes before it on its
+        connection: so the group is never split. Every command in it must be harmless to
+        run twice, since a group whose connection dropped is sent again whole, once.
+        """
+        # hiredis's stub says a 1-tuple; it packs a command of any length.
+        packed = b"".join(hiredis.pack_command(c) for c in commands)  # type: ignore[arg-type]
+        try:
+            replies = await self._send_together(packed, len(commands))
+        except (_NotSent, _Lost):
+            replies = await self._send_together(packed, len(commands))
+        if self._sentinel is not None and any(_demoted(reply) for reply in replies):
+            self.close()  # as in `call`: the old master refused; ask the sentinels again
+            replies = await self._send_together(packed, len(commands))
+        return replies
+
+    async def _send_together(self, packed: bytes, count: int) -> list[Any]:
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connected()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(count)]
+        protocol.send(packed, futures)
+        return list(await asyncio.gather(*futures))
+
     async def _send(self, packed: bytes) -> Any:
         protocol = self._protocol
         if protocol is None or protocol.closed:

@@ -266,12 +266,34 @@ class SecurityHeadersSettings(_Model):
     hsts_max_age_s: int = Field(0, ge=0, le=2 * 365 * 86_400)
 
 
+MAX_REPLICA_ACKS = 5
+
+
 class RedisSettings(_Model):
     url: str | None = None
     # Each Redis call's own budget: a slow Redis must not hold requests hostage.
     timeout_s: float = Field(0.25, gt=0, le=10)
     # How often each process picks up SRE changes (breakers) made on another one.
     sync_interval_s: float = Field(0.5, gt=0, le=10)
+    # How many replicas must hold a keyed POST's claim before it is forwarded, and its
+    # answer before the client gets it (Redis WAIT). "auto": 1 with a redis+sentinel:// URL
+    # or while the master reports a connected replica, else 0. An integer fixes it, so an
+    # operator can demand a replica and fail closed without one (docs/deploy.md).
+    min_replica_acks: Literal["auto"] | int = "auto"
+    # How long a write waits for those replicas; a claim not held by then is withdrawn
+    # and answered 503 STATE_UNAVAILABLE with nothing forwarded.
+    replica_ack_timeout_ms: Annotated[int, Field(ge=1, le=5000), ACCEPT_WHOLE_FLOATS] = 200
+
+    @field_validator("min_replica_acks", mode="before")
+    @classmethod
+    def _replica_count(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 <= value <= MAX_REPLICA_ACKS or value != int(value)):
+            raise ValueError(f'must be "auto" or a whole number of replicas from 0 to '
+                             f"{MAX_REPLICA_ACKS}")
+        return int(value)
 
     @field_validator("url")
     @classmethod
@@ -498,14 +520,18 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _lease_outlasts_a_claim(self) -> Settings:
-        """A claim is held for a lookup plus a forward, each bounded by the backend timeout."""
+        """A claim is held for a lookup plus a forward, each bounded by the backend timeout,
+        and for its two Redis steps (the claim and the answer), each with its replica wait."""
+        redis = self.redis
         for name in IDEMPOTENT_BACKENDS:
-            held = 2 * self.upstreams.get(name).timeout_s + 2 * self.redis.timeout_s
+            held = (2 * self.upstreams.get(name).timeout_s + 2 * redis.timeout_s
+                    + 2 * redis.replica_ack_timeout_ms / 1000)
             if self.idempotency.lease_s <= held:
                 raise ValueError(
                     f"idempotency.lease_s: must be more than {held:g} s (twice "
-                    f"upstreams.{name}.timeout_s plus two Redis timeouts), so a claim "
-                    f"cannot run out while its request is still in flight")
+                    f"upstreams.{name}.timeout_s plus two Redis timeouts and two "
+                    f"replica acknowledgement waits), so a claim cannot run out while its "
+                    f"request is still in flight")
         return self
 
 

@@ -50,6 +50,19 @@ log = logging.getLogger("gateway.store")
 PACE_CREDIT_S = 0.2
 
 
+# Ticket numbers start, whenever the line starts from nothing (a new process, or a Redis
+# that lost its data), at the clock's milliseconds times this: so a ticket signed before
+# the loss never names a ticket issued after it (its number is below every new one, unless
+# the line it came from issued more than this many tickets a millisecond, on average).
+# Numbers stay below 10**15 (the 15 digits a ticket may carry) until 2092.
+TICKET_NUMBERS_A_MS = 256
+
+
+def first_ticket_number(wall_s: float) -> int:
+    """One before the first ticket number of a line started at Unix time `wall_s`."""
+    return int(wall_s * 1000) * TICKET_NUMBERS_A_MS
+
+
 class StoreUnavailable(Exception):
     """The shared store could not be reached in time."""
 
@@ -252,6 +265,8 @@ class Stores:
     """One store per concern, all of one kind (memory, or one shared Redis)."""
 
     shared: bool  # True when other processes see what this one writes
+    # On the sync timer: what the store itself follows (Redis: how many replicas it has).
+    upkeep: Callable[[], Awaitable[None]]
     breakers: BreakerIntents
     records: IdempotencyRecords
     windows: WindowStore
@@ -453,7 +468,7 @@ class MemoryTicketQueue:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._next = 0
+        self._next = first_ticket_number(self._clock.wall())
         self._waiting: dict[int, float] = {}  # number -> issued at; insertion = number order
         # Waiting numbers in order from `_head` on, so a position is one bisection.
         self._line: list[int] = []
@@ -551,16 +566,16 @@ class MemoryRoomControl:
         return candidate
 
 
-async def _nothing_to_close() -> None:
+async def _nothing_to_do() -> None:
     return None
 
 
 def memory_stores(clock: Clock | None = None, max_records: int = 100_000,
                   max_buckets: int = 100_000) -> Stores:
     """Every concern in this process's memory: the embedded default (one process)."""
-    return Stores(shared=False, breakers=MemoryBreakerIntents(),
+    return Stores(shared=False, upkeep=_nothing_to_do, breakers=MemoryBreakerIntents(),
                   records=MemoryIdempotencyRecords(clock, max_records), windows=MemoryWindows(),
                   keys=MemoryKeys(), faults=MemoryFaults(), timeline=MemoryTimeline(),
                   buckets=MemoryTokenBuckets(clock, max_buckets),
                   queue=MemoryTicketQueue(clock), room=MemoryRoomControl(),
-                  close=_nothing_to_close)
+                  close=_nothing_to_do)

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import yaml
 
 BIN = Path(sys.executable).parent
@@ -317,7 +319,9 @@ class RedisServer:
     def _start(self) -> Proc:
         proc = Proc(f"redis-{self.port}", [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", *self.options, "--dir", str(self.data_dir),
+            # A replica's first full sync streams at once (Redis waits 5 s for more replicas).
+            "--save", "", "--repl-diskless-sync-delay", "0", *self.options,
+            "--dir", str(self.data_dir),
         ], self.log_dir)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -343,6 +347,70 @@ class RedisServer:
     def start(self) -> None:
         """Start again on the same port after `kill`."""
         self.proc = self._start()
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def wait_until(check: Callable[[], object], within_s: float, what: str) -> None:
+    """Poll `check` every 0.1 s until it is true, or fail saying `what` did not happen."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} (within {within_s} s)")
+
+
+class Sentinel:
+    """A real Redis Sentinel on a free loopback port, watching the master at `master_port`:
+    quorum 1, the master held down after 1 s without an answer, so a failover takes a few
+    seconds. `url` is the gateway's `redis+sentinel://` URL of it."""
+
+    SERVICE = "orders-redis"
+
+    def __init__(self, log_dir: Path, master_port: int) -> None:
+        self.log_dir, self.master = log_dir, master_port
+        on_free_ports(self._launch)
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}"
+        try:
+            wait_until(self._answers, 10, "the sentinel did not start")
+        except AssertionError:
+            self.proc.stop()
+            raise
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        conf = self.log_dir / f"sentinel-{self.port}.conf"
+        service = self.SERVICE
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.log_dir}\n"
+                        f"sentinel monitor {service} 127.0.0.1 {self.master} 1\n"
+                        f"sentinel down-after-milliseconds {service} 1000\n"
+                        f"sentinel failover-timeout {service} 5000\n")
+        self.proc = Proc(f"sentinel-{self.port}", ["redis-server", str(conf), "--sentinel"],
+                         self.log_dir)
+
+    def ask(self, *command: str) -> Any:
+        client = redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def master_port(self) -> int:
+        _, port = self.ask("SENTINEL", "get-master-addr-by-name", self.SERVICE)
+        return int(port)
+
+    def knows_replicas(self) -> bool:
+        return bool(self.ask("SENTINEL", "replicas", self.SERVICE))
+
+    def _answers(self) -> bool:
+        if not self.proc.alive():
+            raise self.proc.exited()
+        try:
+            return self.master_port() > 0
+        except (OSError, redis.RedisError):
+            return False
 
     def stop(self) -> None:
         self.proc.stop()
@@ -410,3 +478,73 @@ http {{
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+class Relay:
+    """A TCP relay on a free loopback port to `target_port`, that can stall one direction.
+
+    Put between a Redis replica and its master (`replicaof` the relay), `stall()` stops
+    passing on the master's bytes while every connection stays open: the replica believes
+    its link is up and keeps sending its acknowledgements of what it already has, and the
+    master, acknowledging writes to its clients, streams what the replica never gets.
+    After `flow()`, bytes held while stalled go on with the next bytes the master sends
+    (it sends some at least every few seconds); `close()` drops them.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._stalled = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def flow(self) -> None:
+        self._stalled.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:  # the master is gone: so is this connection
+                downstream.close()
+                continue
+            upstream.settimeout(None)
+            self._sockets += [downstream, upstream]
+            threading.Thread(target=self._pump, args=(upstream, downstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(downstream, upstream, False),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, stallable: bool) -> None:
+        held: list[bytes] = []
+        try:
+            while data := source.recv(65536):
+                if stallable and self._stalled.is_set():
+                    held.append(data)
+                    continue
+                if held:
+                    sink.sendall(b"".join(held))
+                    held.clear()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

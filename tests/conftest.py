@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -28,7 +29,15 @@ from gateway.redis_store import (
 )
 from gateway.settings import Settings
 from gateway.store import Stores, memory_stores
-from loadtest.harness import RUNNING, SHORT_TIMEOUTS, Gateway, RedisServer, Upstreams, merge
+from loadtest.harness import (
+    RUNNING,
+    SHORT_TIMEOUTS,
+    Gateway,
+    RedisServer,
+    Upstreams,
+    merge,
+    wait_until,
+)
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -144,17 +153,37 @@ def redis_server(log_dir: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def replicated_redis(log_dir: Path) -> Iterator[RedisServer]:
+    """A master with one replica streaming from it, for writes that a replica must hold."""
+    master = RedisServer(log_dir)
+    replica = RedisServer(log_dir, replica_of=master.port)
+    client = redis.Redis(port=master.port)
+    try:
+        wait_until(lambda: client.info("replication")["connected_slaves"] == 1, 20,
+                   "the replica never came online")
+        yield master
+    finally:
+        client.close()
+        replica.stop()
+        master.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-replicated"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
-    """Every store of one kind, for the behaviour suites that run against both."""
+    """Every store of one kind, for the behaviour suites that run against each: memory,
+    Redis alone, and a Redis master whose writes a replica must hold (`min_replica_acks`
+    "auto" finds the replica, so every claim and answer goes through WAIT)."""
     if request.param == "memory":
         yield memory_stores()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "replicated_redis")
     # The session's Redis is shared by many tests; the waiting room's line is one per Redis.
     client = aioredis.Redis.from_url(server.url)
     await client.delete(*ROOM_KEYS, ROOM_SECRET_KEY, ROOM_SETTINGS_KEY, FAULTS_KEY)
     await client.aclose()
     shared = redis_stores(server.url, timeout_s=1.0)
+    await shared.upkeep()  # as the app does at start: how many replicas must hold a write
     yield shared
     await shared.close()

@@ -61,7 +61,7 @@ FLOORS = (
     ("errors", "json_types", "schemas", "routes", "scopes", "settings", "field_errors",
      "problem", "clock", "reply", "privacy", "observability", "redis_sentinel",
      "queue_tokens", "chinese_script"),
-    ("store", "redis_wire", "redis_store", "timer_wheel", "http_wire"),
+    ("store", "redis_wire", "replica_acks", "redis_store", "timer_wheel", "http_wire"),
     ("identity", "auth", "connections", "cors", "security_headers"),
     ("rolling", "breaker", "breaker_control", "retry", "overload", "admission", "faults",
      "upstream"),

@@ -226,6 +226,16 @@ async def test_a_repeatable_command_whose_reply_was_lost_is_sent_once_more(
         wire.close()
 
 
+async def test_a_group_whose_reply_was_lost_is_sent_again_whole(cutter: ReplyCutter) -> None:
+    wire = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
+    try:
+        cutter.cut_next_reply = True
+        group = [("SET", "wire:g1", "1"), ("SET", "wire:g2", "2"), ("GET", "wire:g1")]
+        assert await wire.call_together(group) == [b"OK", b"OK", b"1"]
+    finally:
+        wire.close()
+
+
 async def test_a_lost_reply_takes_one_token_not_two(cutter: ReplyCutter) -> None:
     store = redis_stores(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)
     direct = Wire(f"redis://127.0.0.1:{cutter.port}", timeout_s=1.0)

@@ -184,8 +184,35 @@ def test_a_lease_shorter_than_a_claim_can_be_held_is_refused() -> None:
                                          ("upstreams", "order", "timeout_s"): 1.0,
                                          ("upstreams", "payment", "timeout_s"): 3.0})
     assert caught.value.problems == [
-        "idempotency.lease_s: must be more than 6.5 s (twice upstreams.payment.timeout_s plus "
-        "two Redis timeouts), so a claim cannot run out while its request is still in flight"]
+        "idempotency.lease_s: must be more than 6.9 s (twice upstreams.payment.timeout_s plus "
+        "two Redis timeouts and two replica acknowledgement waits), so a claim cannot run out "
+        "while its request is still in flight"]
+
+
+@pytest.mark.parametrize(("acks", "timeout_ms", "problem"), [
+    (-1, 200, "redis.min_replica_acks:"),
+    ("some", 200, "redis.min_replica_acks:"),
+    (6, 200, "redis.min_replica_acks:"),
+    (float("inf"), 200, "redis.min_replica_acks:"),
+    ("auto", 0, "redis.replica_ack_timeout_ms:"),
+    ("auto", 5001, "redis.replica_ack_timeout_ms:"),
+])
+def test_replica_acknowledgement_nonsense_is_refused(tmp_path: Path, acks: object,
+                                                     timeout_ms: int, problem: str) -> None:
+    path = tmp_path / "acks.yaml"
+    path.write_text(yaml.safe_dump({"redis": {"min_replica_acks": acks,
+                                              "replica_ack_timeout_ms": timeout_ms}}))
+    result = _check(path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(problem), line
+
+
+def test_replica_acknowledgements_default_to_auto_and_take_a_fixed_count() -> None:
+    assert load_settings(env={}).redis.min_replica_acks == "auto"
+    assert load_settings(env={}).redis.replica_ack_timeout_ms == 200
+    fixed = load_settings(env={}, overrides={("redis", "min_replica_acks"): 2})
+    assert fixed.redis.min_replica_acks == 2
 
 
 def test_the_retired_dedups_by_key_is_named_not_obeyed() -> None:

@@ -150,6 +150,7 @@ async def test_redis_unreachable_raises_store_unavailable() -> None:
 async def test_redis_stores_recover_after_a_restart(log_dir: Path) -> None:
     redis_server = RedisServer(log_dir)
     shared = redis_stores(redis_server.url, timeout_s=0.5)
+    await shared.upkeep()
     try:
         record = _record()
         await shared.records.claim(record, "fp", "a", LEASE_S, TTL_S)  # a connection now exists

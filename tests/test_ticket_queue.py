@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from pathlib import Path
 
 import pytest
 
 from gateway.queue_tokens import QueueTokens
-from gateway.store import RoomControl, Stores, TicketQueue, TicketState
+from gateway.redis_store import redis_stores
+from gateway.store import MemoryTicketQueue, RoomControl, Stores, TicketQueue, TicketState
 from gateway.waiting_room import MAX_POLL_S, poll_after_s
+from loadtest.harness import RedisServer
 
 LONG_IDLE_S = 60.0
 
@@ -170,3 +173,40 @@ async def test_after_the_first_second_tickets_are_admitted_evenly_not_in_lumps(
     # One every third of a second: lumps of three (the sliding second alone) would give
     # gaps of 0, 0, 1, 0, 0.
     assert all(gap >= 0.25 for gap in gaps), gaps
+
+
+async def _a_ticket(queue: TicketQueue) -> int:
+    number = (await queue.enter(1, True)).ticket
+    assert number is not None
+    return number
+
+
+async def test_a_line_started_afresh_never_takes_an_old_ticket_for_a_new_one(
+        log_dir: Path) -> None:
+    """A Redis that lost its data (killed, restarted without persistence) starts the line
+    again: the tickets signed before the loss name no ticket issued after it."""
+    server = RedisServer(log_dir)
+    stores = redis_stores(server.url, timeout_s=0.5)
+    try:
+        await stores.upkeep()
+        before = [await _a_ticket(stores.queue) for _ in range(3)]
+        server.restart()
+        for number in before:  # a poll is repeatable: sent again on the new connection
+            assert (await stores.queue.poll(number, LONG_IDLE_S)).state is TicketState.GONE
+        after = [await _a_ticket(stores.queue) for _ in range(3)]
+        assert min(after) > max(before)
+        for number in before:
+            assert (await stores.queue.poll(number, LONG_IDLE_S)).state is TicketState.GONE
+        assert (await stores.queue.poll(after[0], LONG_IDLE_S)).state is TicketState.WAITING
+    finally:
+        await stores.close()
+        server.stop()
+
+
+async def test_a_restarted_process_numbers_its_line_above_the_one_before() -> None:
+    line = MemoryTicketQueue()
+    before = [await _a_ticket(line) for _ in range(3)]
+    await asyncio.sleep(0.002)
+    after = MemoryTicketQueue()
+    assert await _a_ticket(after) > max(before)
+    assert (await after.poll(before[0], LONG_IDLE_S)).state is TicketState.GONE
