@@ -311,9 +311,10 @@ STATE_UNAVAILABLE = _spec(
     title=("Temporarily unable to process safely",
            "暂时无法安全处理",
            "暫時無法安全處理"),
-    detail=("The gateway's shared state store is unreachable.",
-            "网关的共享状态存储暂时不可用。",
-            "閘道的共用狀態儲存區暫時無法使用。"),
+    detail=("The gateway's shared state store is unreachable, or cannot yet keep a "
+            "record of this request safe.",
+            "网关的共享状态存储暂时不可用，或暂时无法安全保存此请求的记录。",
+            "閘道的共用狀態儲存區暫時無法使用，或暫時無法安全保存此請求的紀錄。"),
     hint=("Try again after the time in Retry-After with the same Idempotency-Key.",
           "请在 Retry-After 指定的时间后使用同一个 Idempotency-Key 重试。",
           "請在 Retry-After 指定的時間後，以同一個 Idempotency-Key 再試。"),

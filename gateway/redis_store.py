@@ -18,9 +18,10 @@ machines agree on when a lease has run out however their clocks drift.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -260,6 +261,7 @@ async def _translated() -> AsyncIterator[None]:
 # (write, held): one replica acknowledgement asked for ("claim", "answer" or "admin") and
 # whether the required replicas held the write in time.
 AckHook = Callable[[str, bool], None]
+Held = Callable[[], Awaitable[bool]]  # awaited: whether replicas hold a write
 
 
 def _uncounted(_write: str, _held: bool) -> None:
@@ -291,6 +293,7 @@ class RedisConnection:
         self.acks = ReplicaAcks(Wire(url, timeout_s + replica_ack_timeout_ms / 1000),
                                 min_replica_acks, sentinel is not None, replica_ack_timeout_ms)
         self._count_ack = count_ack
+        self._later: set[asyncio.Future[None]] = set()
 
     async def upkeep(self) -> None:
         """On the sync timer: how many replicas the master has, for `min_replica_acks: auto`."""
@@ -301,9 +304,9 @@ class RedisConnection:
         self.acks.replicas_connected(int(info.get("connected_slaves", 0)))
 
     async def eval_held(self, script: _Script, keys: tuple[str, ...],
-                        *args: str | bytes | int | float, write: str) -> tuple[Any, bool]:
-        """Run a script that is harmless to repeat on the acknowledged connection: its reply,
-        and whether the required replicas held what it wrote within the timeout."""
+                        *args: str | bytes | int | float) -> tuple[Any, Held]:
+        """Run a script that is harmless to repeat on the acknowledged connection: its reply
+        as soon as it comes, and the acknowledgement to await (`acknowledged`) if it wrote."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             reply, held = await self.acks.write(*command)
@@ -314,20 +317,29 @@ class RedisConnection:
             raise StoreUnavailable(str(exc)) from exc
         if isinstance(reply, ReplyError):
             raise StoreUnavailable(f"Redis refused a script: {reply}")
-        self._count_ack(write, held)
         return reply, held
+
+    async def acknowledged(self, held: Held, write: str | None) -> bool:
+        """Whether the required replicas held a write in time, counted as `write` unless
+        None; False too when Redis could not say."""
+        try:
+            answer = await held()
+        except WireError:
+            answer = False
+        if write is not None:
+            self._count_ack(write, answer)
+        return answer
+
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` off the request path, for as long as the connection is open."""
+        task = asyncio.ensure_future(work)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def held_by_replicas(self) -> None:
         """After an admin change: return once the required replicas hold it, else raise
         `StoreUnavailable` (the change is on the master, and may not survive a failover)."""
-        if not self.acks.required:
-            return
-        try:
-            held = await self.acks.barrier()
-        except WireError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        self._count_ack("admin", held)
-        if not held:
+        if self.acks.required and not await self.acknowledged(self.acks.barrier, "admin"):
             raise StoreUnavailable("no replica acknowledged the change in time")
 
     async def eval(self, script: _Script, keys: tuple[str, ...], *args: str | bytes | int | float,
@@ -364,6 +376,8 @@ class RedisConnection:
         return reply
 
     async def close(self) -> None:
+        for task in self._later:
+            task.cancel()
         self.wire.close()
         self.acks.close()
         await self.client.aclose()
@@ -512,6 +526,12 @@ class RedisTokenBuckets:
         return float(wait)
 
 
+# A final answer no replica held in time is written again this often, for this many tries
+# (a minute: past any failover, and past the default lease).
+ANSWER_REHOLD_S = 0.5
+ANSWER_REHOLD_TRIES = 120
+
+
 class RedisIdempotencyRecords:
     """Each step is guarded by the owner token: repeated, it answers as the first run did and
     changes nothing more, so every one is sent as repeatable.
@@ -519,7 +539,8 @@ class RedisIdempotencyRecords:
     While replicas are required (`gateway/replica_acks.py`), a claim that wrote the record
     goes on only once they hold it, and is withdrawn otherwise: nothing is forwarded on a
     claim a failover could forget. A final answer is acknowledged the same way, but kept
-    when the acknowledgement is late: the backend has acted and the client gets its answer.
+    when the acknowledgement is late (the backend has acted and the client gets its
+    answer), and written again off the request path until replicas hold it.
     """
 
     def __init__(self, connection: RedisConnection) -> None:
@@ -529,20 +550,28 @@ class RedisIdempotencyRecords:
                     ttl_s: int) -> Claim:
         keys = (IDEMPOTENCY_KEY.format(record=record),)
         args = (fingerprint, owner, int(lease_s * 1000), ttl_s * 1000)
-        if not self._connection.acks.required:
-            answer = await self._connection.eval(_CLAIM, keys, *args, repeatable=True)
-            return _claim_of(answer)
-        answer, held = await self._connection.eval_held(_CLAIM, keys, *args, write="claim")
+        connection = self._connection
+        if not connection.acks.required:
+            return _claim_of(await connection.eval(_CLAIM, keys, *args, repeatable=True))
+        answer, held = await connection.eval_held(_CLAIM, keys, *args)
         claim = _claim_of(answer)
-        if not held and claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECONCILE):
-            # Withdrawn as it was found: a new record goes, a record whose earlier outcome
-            # is unknown stays unknown, so the next claim still reconciles.
-            if claim.status is ClaimStatus.CLAIMED:
+        wrote = claim.status in (ClaimStatus.CLAIMED, ClaimStatus.RECONCILE)
+        if wrote and not await connection.acknowledged(held, "claim"):
+            await self._withdraw(record, owner, claim.status)
+            raise StoreUnavailable("no replica acknowledged the claim in time")
+        return claim
+
+    async def _withdraw(self, record: str, owner: str, status: ClaimStatus) -> None:
+        """A claim no replica holds goes as it was found: a new record is deleted, a record
+        whose earlier outcome is unknown stays unknown, so the next claim still reconciles.
+        With Redis out of reach meanwhile, the lease lets the next claim reconcile."""
+        try:
+            if status is ClaimStatus.CLAIMED:
                 await self.release(record, owner)
             else:
                 await self.abandon(record, owner)
-            raise StoreUnavailable("no replica acknowledged the claim in time")
-        return claim
+        except StoreUnavailable:
+            pass
 
     async def answered(self, record: str) -> bool:
         state = await self._connection.command("HGET", IDEMPOTENCY_KEY.format(record=record),
@@ -552,10 +581,27 @@ class RedisIdempotencyRecords:
     async def complete(self, record: str, owner: str, reply: Reply) -> bool:
         keys = (IDEMPOTENCY_KEY.format(record=record),)
         args = (owner, reply.status, reply.content_type, orjson.dumps(reply.headers), reply.body)
-        if not self._connection.acks.required:
-            return bool(await self._connection.eval(_COMPLETE, keys, *args, repeatable=True))
-        done, _ = await self._connection.eval_held(_COMPLETE, keys, *args, write="answer")
+        connection = self._connection
+        if not connection.acks.required:
+            return bool(await connection.eval(_COMPLETE, keys, *args, repeatable=True))
+        done, held = await connection.eval_held(_COMPLETE, keys, *args)
+        if done and not await connection.acknowledged(held, "answer"):
+            connection.later(self._hold_later(keys, args))
         return bool(done)
+
+    async def _hold_later(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> None:
+        """Write a late answer again until replicas hold it. Were the master to die first,
+        the replica promoted would hold the claim but not the answer, and a resubmission
+        would meet 409 until the lease ran out; written again there, it is replayed."""
+        connection = self._connection
+        for _ in range(ANSWER_REHOLD_TRIES):
+            await asyncio.sleep(ANSWER_REHOLD_S)
+            try:
+                done, held = await connection.eval_held(_COMPLETE, keys, *args)
+            except StoreUnavailable:
+                continue  # no master yet, mid-failover
+            if not done or await connection.acknowledged(held, None):
+                return  # held; or the claim is gone, and with it the answer
 
     async def release(self, record: str, owner: str) -> None:
         await self._connection.eval(_RELEASE, (IDEMPOTENCY_KEY.format(record=record),), owner,

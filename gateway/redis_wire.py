@@ -24,8 +24,10 @@ Failure handling, all of it surfacing as `WireError`:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -160,34 +162,48 @@ class Wire:
             reply = await self._send(packed)
         return reply
 
-    async def call_together(self, commands: list[tuple[str | bytes | int | float, ...]]
-                            ) -> list[Any]:
+    async def call_together(self, commands: list[tuple[str | bytes | int | float, ...]],
+                            each: Callable[[int, Any], None] | None = None) -> list[Any]:
         """The replies of `commands`, written in one write and run by Redis in that order,
-        with no other command of this connection between them.
+        with no other command of this connection between them; `each(index, reply)` hears
+        of every reply as it arrives, before the last one has.
 
         For a group closed by `WAIT`, which covers exactly the writes before it on its
         connection: so the group is never split. Every command in it must be harmless to
-        run twice, since a group whose connection dropped is sent again whole, once.
+        run twice, since a group whose connection dropped is sent again whole, once (and
+        `each` may then hear of a command twice).
         """
         # hiredis's stub says a 1-tuple; it packs a command of any length.
         packed = b"".join(hiredis.pack_command(c) for c in commands)  # type: ignore[arg-type]
         try:
-            replies = await self._send_together(packed, len(commands))
+            replies = await self._send_together(packed, len(commands), each)
         except (_NotSent, _Lost):
-            replies = await self._send_together(packed, len(commands))
+            replies = await self._send_together(packed, len(commands), each)
         if self._sentinel is not None and any(_demoted(reply) for reply in replies):
             self.close()  # as in `call`: the old master refused; ask the sentinels again
-            replies = await self._send_together(packed, len(commands))
+            replies = await self._send_together(packed, len(commands), each)
         return replies
 
-    async def _send_together(self, packed: bytes, count: int) -> list[Any]:
+    async def _send_together(self, packed: bytes, count: int,
+                             each: Callable[[int, Any], None] | None) -> list[Any]:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connected()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(count)]
+        if each is not None:
+            for index, future in enumerate(futures):
+                future.add_done_callback(functools.partial(self._heard, each, index))
         protocol.send(packed, futures)
         return list(await asyncio.gather(*futures))
+
+    def _heard(self, each: Callable[[int, Any], None], index: int,
+               future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        reply = future.result()
+        if not (self._sentinel is not None and _demoted(reply)):  # it will be sent again
+            each(index, reply)
 
     async def _send(self, packed: bytes) -> Any:
         protocol = self._protocol

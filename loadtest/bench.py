@@ -27,7 +27,11 @@ Then, for `--rounds` interleaved rounds of `--seconds` each, it sends:
   the waiting room (429 QUEUED with a new ticket each);
 - paced `GET /v1/availability` at half the measured saturation rate of the
   slower of the bare proxy and the gateway (random arrivals): direct, bare
-  proxy, gateway and the gateway before (added latency where it matters).
+  proxy, gateway and the gateway before (added latency where it matters);
+- `POST /v1/orders` with replica acknowledgements (`acks`): a gateway on a Redis
+  master with one streaming replica (`min_replica_acks: auto`, so every claim and
+  answer waits for the replica), the same with `min_replica_acks: 0`, and on the
+  standalone Redis the gateway now and at `--acks-before` (the commit before them).
 
 It reports, as medians over the rounds, requests/s, p50/p99 and the CPU time
 of the measured process per request (from /proc, so it holds up better on a
@@ -63,6 +67,8 @@ from loadtest.harness import (
     checkout,
     cpu_seconds,
     free_port,
+    replicas_hold_writes,
+    wait_until,
 )
 from loadtest.loadgen import Generator, Load, Tally, generator, pin
 
@@ -84,11 +90,16 @@ TARGET_REFUSAL_RATIO = 1.2  # a refusal / the same server's /healthz
 TARGET_FAULT_RULE_RATIO = 1.05  # a rule that matches nothing: within the machine's noise
 # (also the bound on how much more a Traditional refusal costs now than a Chinese one before)
 TARGET_ADDED_P50_MS = 1.0  # at half saturation, over direct
+TARGET_ACKS_RATIO = 1.15  # a keyed POST a replica must hold / the same without
+# A standalone Redis (no replica) costs what it cost before acknowledgements: within noise.
+TARGET_STANDALONE_RATIO = 1.05
+ACKS_BEFORE = "738044d"  # the last commit before replica acknowledgements
 # The gateway "before": the last commit before the hot path's own HTTP client.
 BEFORE = "fdce035"
 BEFORE_TAG = " (before)"
 GROUPS = {"get": "GET /v1/availability", "post": "POST /v1/orders", "refusals": "refusals",
-          "workers": "GET /v1/availability, workers"}
+          "workers": "GET /v1/availability, workers",
+          "acks": "POST /v1/orders, replica acks"}
 
 
 @dataclass(frozen=True)
@@ -188,10 +199,24 @@ def refusing_config() -> dict[str, Any]:
         "stale_cache": {"max_entries": 0}}
 
 
+def start_replicated(log_dir: Path, stack: ExitStack) -> RedisServer:
+    """A Redis master with one replica streaming from it, off the measured CPU."""
+    master = RedisServer(log_dir)
+    stack.callback(master.stop)
+    replica = RedisServer(log_dir, replica_of=master.port)
+    stack.callback(replica.stop)
+    wait_until(lambda: replicas_hold_writes(master.port, 1), 20, "the replica never came online")
+    for pid in (master.proc.pid, replica.proc.pid):
+        pin_threads(pid, other_cpus())
+    return master
+
+
 @contextmanager
-def processes(log_dir: Path, before: Path | None) -> Iterator[list[Target]]:
+def processes(log_dir: Path, before: Path | None,
+              acks_before: Path | None = None) -> Iterator[list[Target]]:
     """Start everything, yield the targets, stop everything. `before`: the source tree of
-    the gateway to compare with (None: no "before" rows)."""
+    the gateway to compare with (None: no "before" rows); `acks_before`: the same for the
+    acknowledgement group's standalone row."""
     with ExitStack() as stack:
         redis, sims = start_backends(log_dir, stack)
         base = {"redis": {"url": redis.url}}
@@ -257,6 +282,20 @@ def processes(log_dir: Path, before: Path | None) -> Iterator[list[Target]]:
             Target(GROUPS["workers"], "1 worker", Load(main.url + "/v1" + AVAILABILITY), None),
             Target(GROUPS["workers"], "2 workers", Load(two.url + "/v1" + AVAILABILITY), None),
         ]
+        replicated = {"redis": {"url": start_replicated(log_dir, stack).url}}
+        acked = gateway(replicated)
+        unacked = gateway({"redis": {**replicated["redis"], "min_replica_acks": 0}})
+        acks = GROUPS["acks"]
+        targets += [
+            Target(acks, "replica, acked", Load(acked.url + "/v1/orders", **keyed),
+                   acked.proc.pid),
+            Target(acks, "replica, not acked", Load(unacked.url + "/v1/orders", **keyed),
+                   unacked.proc.pid),
+            Target(acks, "standalone", Load(main.url + "/v1/orders", **keyed), main.proc.pid)]
+        if acks_before is not None:
+            earlier = gateway(base, source=acks_before)
+            targets.append(Target(acks, "standalone" + BEFORE_TAG,
+                                  Load(earlier.url + "/v1/orders", **keyed), earlier.proc.pid))
         for tag, _, refuser in gateways:
             pid = refuser.proc.pid
             targets += [
@@ -373,6 +412,12 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
             (f"added p50 at half saturation: gateway{tag} - direct (ms)",
              added_p50("gateway" + tag), TARGET_ADDED_P50_MS, "ms")]
     checks += [
+        ("POST /v1/orders CPU: a replica acknowledges / min_replica_acks 0",
+         cpu_ratio(GROUPS["acks"], "replica, acked", "replica, not acked"),
+         TARGET_ACKS_RATIO, "x"),
+        ("POST /v1/orders CPU, standalone Redis: now / before acknowledgements",
+         cpu_ratio(GROUPS["acks"], "standalone", "standalone" + BEFORE_TAG),
+         TARGET_STANDALONE_RATIO, "x"),
         # What a Taiwanese client's header costs over none: the same now (Traditional) as
         # before (Simplified), as `negotiate_language` is cached per header value.
         ("refusal CPU, shed in zh-TW / shed: now / before",
@@ -455,6 +500,9 @@ def main() -> None:
                         default=[*GROUPS, "paced"], help="what to measure (default: all)")
     parser.add_argument("--json", type=Path, default=None,
                         help="default: load-reports/bench-<time>.json")
+    parser.add_argument("--acks-before", default=ACKS_BEFORE,
+                        help="git revision of the gateway before replica acknowledgements "
+                             f"(default {ACKS_BEFORE}); 'none' for no comparison")
     parser.add_argument("--before", default=BEFORE,
                         help=f"git revision of the gateway to compare with (default {BEFORE}); "
                              "'none' for no comparison")
@@ -467,7 +515,10 @@ def main() -> None:
     print(f"load generator: {gen.name}; logs in {log_dir}", flush=True)
     with ExitStack() as stack:
         before = None if args.before == "none" else stack.enter_context(checkout(args.before))
-        with processes(log_dir, before) as targets:
+        acks_before = None
+        if "acks" in args.groups and args.acks_before != "none":
+            acks_before = stack.enter_context(checkout(args.acks_before))
+        with processes(log_dir, before, acks_before) as targets:
             rows = run_rounds(gen, targets, args)
     checks = ratios(rows)
     print("\nmedians over", args.rounds, "interleaved rounds;", about["date"], about["commit"],

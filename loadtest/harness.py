@@ -362,6 +362,19 @@ def wait_until(check: Callable[[], object], within_s: float, what: str) -> None:
     raise AssertionError(f"{what} (within {within_s} s)")
 
 
+def replicas_hold_writes(master_port: int, count: int) -> bool:
+    """Whether `count` replicas acknowledge a write to the master now (Redis WAIT). A
+    replica the master lists as online may not acknowledge yet: it is still loading."""
+    client = redis.Redis(port=master_port, socket_timeout=2)
+    try:
+        client.incr("og:harness:synced")
+        return int(client.wait(count, 100)) >= count
+    except (OSError, redis.RedisError):
+        return False
+    finally:
+        client.close()
+
+
 class Sentinel:
     """A real Redis Sentinel on a free loopback port, watching the master at `master_port`:
     quorum 1, the master held down after 1 s without an answer, so a failover takes a few

@@ -7,6 +7,7 @@
 #   bash scripts/load.sh admission [--rounds 3 --before REV]
 #   bash scripts/load.sh profile [--route get|post|refuse|queued] [--bare]
 #   bash scripts/load.sh replicas   # 3 replicas behind nginx, one Redis, until Ctrl-C
+#   bash scripts/load.sh failover [--seconds 12 --kill-at 4]  # SIGKILL a Redis master under load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -21,6 +22,8 @@ case "$what" in
     exec python -m loadtest.replicas "$@" ;;
   flash-sale)
     exec python -m loadtest.flash_sale "$@" ;;
+  failover)
+    exec python -m loadtest.failover "$@" ;;
   admission)
     # 3,000 connections need wrk; the "before" gateway is checked out with git.
     ensure_system_package wrk

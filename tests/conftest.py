@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -36,6 +35,7 @@ from loadtest.harness import (
     RedisServer,
     Upstreams,
     merge,
+    replicas_hold_writes,
     wait_until,
 )
 
@@ -158,13 +158,11 @@ def replicated_redis(log_dir: Path) -> Iterator[RedisServer]:
     """A master with one replica streaming from it, for writes that a replica must hold."""
     master = RedisServer(log_dir)
     replica = RedisServer(log_dir, replica_of=master.port)
-    client = redis.Redis(port=master.port)
     try:
-        wait_until(lambda: client.info("replication")["connected_slaves"] == 1, 20,
+        wait_until(lambda: replicas_hold_writes(master.port, 1), 20,
                    "the replica never came online")
         yield master
     finally:
-        client.close()
         replica.stop()
         master.stop()
 

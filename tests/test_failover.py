@@ -30,9 +30,17 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis
 
-from loadtest.harness import Gateway, RedisServer, Relay, Sentinel, Upstreams, wait_until
+from loadtest import failover
+from loadtest.harness import (
+    Gateway,
+    RedisServer,
+    Relay,
+    Sentinel,
+    Upstreams,
+    replicas_hold_writes,
+    wait_until,
+)
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT
 
 CUSTOMERS = 12  # who pay and order while replication is stalled (or, in the control, not)
@@ -50,12 +58,7 @@ class Rig:
     log_dir: Path
 
     def replica_in_sync(self) -> bool:
-        client = redis.Redis(port=self.master.port, socket_timeout=2)
-        try:
-            info = client.info("replication")
-        finally:
-            client.close()
-        return int(info.get("connected_slaves", 0)) == 1 and self.sentinel.knows_replicas()
+        return replicas_hold_writes(self.master.port, 1) and self.sentinel.knows_replicas()
 
 
 @pytest.fixture
@@ -105,6 +108,13 @@ async def _submit(http: aiohttp.ClientSession, gw: Gateway, route: str, key: str
         if resp.content_type == "application/problem+json":
             code = (await resp.json(content_type=None)).get("code")
         return Answer(resp.status, data, code, resp.headers.get("Idempotent-Replayed") == "true")
+
+
+async def _read(http: aiohttp.ClientSession, gw: Gateway) -> int:
+    async with http.get(gw.url + "/v1/availability",
+                        params={"address": "Beijing 1", "product": "fiber-500"}) as resp:
+        await resp.read()
+        return resp.status
 
 
 async def _until_final(http: aiohttp.ClientSession, gw: Gateway, route: str, key: str,
@@ -164,6 +174,7 @@ async def test_no_key_is_charged_or_ordered_twice_across_a_failover(
         rig.relay.stall()
     stall_answers = await _everyone(http, rig.gateway, during)
     created_during = _created(upstreams)
+    reads = [await _read(http, rig.gateway) for _ in range(10)]
 
     started = time.monotonic()
     joined = _fail_over(rig)
@@ -194,6 +205,7 @@ async def test_no_key_is_charged_or_ordered_twice_across_a_failover(
     # What the clients were told before the failover is replayed byte for byte after it.
     for key, answer in first.items():
         assert answers[key][-1].body == answer.body and answers[key][-1].replayed, key
+    assert reads == [200] * 10, "reads never wait for a replica"
     if stalled:
         # No replica could hold a claim: each was withdrawn, nothing forwarded or charged.
         assert {(a.status, a.code) for a in stall_answers} == {(503, "STATE_UNAVAILABLE")}
@@ -204,3 +216,98 @@ async def test_no_key_is_charged_or_ordered_twice_across_a_failover(
     print(f"{'stalled' if stalled else 'control'}: every key final {recovered_s:.1f} s after "
           f"the SIGKILL; at most {max(len(r) for r in resubmitted)} submissions a key, "
           f"{refused} answered 503 meanwhile")
+
+
+@pytest.mark.slow
+def test_a_failover_under_steady_load_charges_nobody_twice_and_reads_go_on(
+        log_dir: Path) -> None:
+    """`bash scripts/load.sh failover`, short: payers and readers at full speed, the master
+    SIGKILLed a third of the way in (loadtest/failover.py)."""
+    result = failover.run(log_dir, seconds=7.0, kill_at=2.5, payers=6, readers=3)
+    print(result)
+    assert result["charged_twice"] == 0 and result["not_final_201"] == 0, result
+    assert result["keys"] > 100, result
+    # The failover happened, and writes failed closed meanwhile, for a bounded time.
+    assert result["first_refusal_after_kill_s"] is not None, result
+    assert 0 < result["writes_failed_closed_s"] < 15, result
+    assert set(result["writes"]) <= {201, 409, 503}, result
+    # Reads need no Redis and never wait for a replica.
+    assert result["reads_ok_share"] == 1.0, result
+    assert result["passed"], result
+
+
+@pytest.mark.slow
+async def test_answers_given_while_replication_stalled_are_replayed_after_the_failover(
+        rig: Rig, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
+    """The claims reached the replica; replication stalls while the backend charges, so no
+    replica holds the answers. The clients get them all the same (the charges were made),
+    the late acknowledgements are counted, and after the failover, where the promoted
+    replica held only the claims, each key is replayed byte for byte, charged once."""
+    upstreams.set_faults("payment", latency_ms=600)
+    keys = [f"late-{uuid.uuid4().hex[:8]}-{i}" for i in range(6)]
+    sending = asyncio.gather(*(_submit(http, rig.gateway, "/v1/payments", key, GOOD_PAYMENT)
+                               for key in keys))
+    await asyncio.sleep(0.3)  # the claims are held by the replica; the charges are under way
+    rig.relay.stall()
+    first = await sending
+    assert {a.status for a in first} == {201}, first
+    async with http.get(rig.gateway.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'gateway_replica_acks_total{outcome="missing",write="answer"} 6.0' in metrics
+    upstreams.set_faults("payment", latency_ms=0)
+    calls = upstreams.stats("payment")["requests"]
+
+    joined = _fail_over(rig)
+    try:
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        resubmitted = await asyncio.gather(*(
+            _until_final(http, rig.gateway, "/v1/payments", key, GOOD_PAYMENT, deadline)
+            for key in keys))
+    finally:
+        joined.stop()
+    charges = upstreams.stats("payment")["charges_by_key"]
+    assert {key: charges.get(key) for key in keys} == dict.fromkeys(keys, 1)
+    for key, before, after in zip(keys, first, resubmitted, strict=True):
+        final = after[-1]
+        assert final.status == 201 and final.replayed and final.body == before.body, (key, after)
+        assert {a.status for a in after} <= {201, 409, 503}, (key, after)
+    # Replayed from the record (the late answer written again once a replica could hold
+    # it), not found by a lookup after the claim's lease ran out: the backend saw nothing.
+    assert upstreams.stats("payment")["requests"] == calls
+
+
+async def _admin(http: aiohttp.ClientSession, gw: Gateway, method: str, path: str,
+                 body: Any = None) -> tuple[int, Any]:
+    async with http.request(method, gw.url + path, json=body,
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+@pytest.mark.slow
+async def test_an_admin_change_answered_200_survives_the_failover(
+        rig: Rig, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
+    """An SRE's window must not vanish a second after the admin API said 200; one that no
+    replica could hold is not answered 200."""
+    window = {"scope": "POST /v1/payments", "message": {"en": "Payment network upgrade"}}
+    status, held = await _admin(http, rig.gateway, "PUT", "/admin/maintenance", window)
+    assert status == 200, held
+    rig.relay.stall()
+    status, refused = await _admin(http, rig.gateway, "PUT", "/admin/maintenance",
+                                   {**window, "message": {"en": "Never held"}})
+    assert (status, refused["code"]) == (503, "STATE_UNAVAILABLE"), refused
+    joined = _fail_over(rig)
+    # A process started after the failover knows only what the promoted replica holds.
+    newcomer = Gateway(rig.log_dir, upstreams.urls, config={"redis": {"url": rig.sentinel.url}},
+                       env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}, short_timeouts=False)
+    try:
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        while True:
+            status, listed = await _admin(http, newcomer, "GET", "/admin/maintenance")
+            windows = {w["id"] for w in listed.get("windows", [])} if status == 200 else set()
+            if held["id"] in windows or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        newcomer.stop()
+        joined.stop()
+    assert held["id"] in windows, listed

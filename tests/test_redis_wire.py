@@ -231,7 +231,10 @@ async def test_a_group_whose_reply_was_lost_is_sent_again_whole(cutter: ReplyCut
     try:
         cutter.cut_next_reply = True
         group = [("SET", "wire:g1", "1"), ("SET", "wire:g2", "2"), ("GET", "wire:g1")]
-        assert await wire.call_together(group) == [b"OK", b"OK", b"1"]
+        heard: list[tuple[int, object]] = []
+        assert await wire.call_together(group, lambda i, r: heard.append((i, r))) == [
+            b"OK", b"OK", b"1"]
+        assert heard == [(0, b"OK"), (1, b"OK"), (2, b"1")], "each reply heard as it came"
     finally:
         wire.close()
 

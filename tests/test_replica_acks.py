@@ -1,10 +1,11 @@
 """Writes that replicas must hold (`gateway/replica_acks.py`), against real redis-server.
 
 A replica that streams holds every write; a replica behind a stalled relay holds none,
-although the master still counts it as connected; a master without a replica holds none
-either. Concurrent writes share one WAIT; a write made on another connection is covered
-by a barrier; `auto` follows what the master reports. Through the stores: a claim no
-replica held is withdrawn as it was found, an admin change no replica held is refused.
+although the master still counts it as connected. Concurrent writes share one WAIT; a
+reply that wrote nothing is heard before the WAIT; a barrier covers writes made on other
+connections; `auto` follows what the master reports. Through the stores: a claim no
+replica held is withdrawn as it was found, a late answer is kept (and replayed at once:
+a replay waits for no replica), an admin change no replica held is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gateway.redis_wire import Wire
 from gateway.replica_acks import ReplicaAcks
 from gateway.reply import Reply
 from gateway.store import ClaimStatus, Stores, StoreUnavailable
-from loadtest.harness import RedisServer, Relay, wait_until
+from loadtest.harness import RedisServer, Relay, replicas_hold_writes, wait_until
 
 TIMEOUT_MS = 150
 
@@ -35,7 +36,7 @@ class Pair:
         self.relay = Relay(self.master.port)
         self.replica = RedisServer(log_dir, replica_of=self.relay.port)
         self.client = redis.Redis(port=self.master.port)
-        wait_until(lambda: self.client.info("replication")["connected_slaves"] == 1, 20,
+        wait_until(lambda: replicas_hold_writes(self.master.port, 1), 20,
                    "the replica never came online")
 
     def waits(self) -> int:
@@ -56,8 +57,13 @@ def pair(log_dir: Path) -> Iterator[Pair]:
     pair.stop()
 
 
-def _acks(url: str, required: int) -> ReplicaAcks:
-    return ReplicaAcks(Wire(url, timeout_s=1.0), required, sentinel=False, timeout_ms=TIMEOUT_MS)
+@pytest.fixture
+async def acks(pair: Pair) -> AsyncIterator[ReplicaAcks]:
+    """The acknowledged connection to the pair's master, one replica required."""
+    connection = ReplicaAcks(Wire(pair.master.url, timeout_s=1.0), 1, sentinel=False,
+                             timeout_ms=TIMEOUT_MS)
+    yield connection
+    connection.close()
 
 
 @pytest.fixture
@@ -69,53 +75,62 @@ async def stalled_stores(pair: Pair) -> AsyncIterator[Stores]:
     await stores.close()
 
 
-async def test_a_streaming_replica_holds_every_write_of_a_group_with_one_wait(
-        pair: Pair) -> None:
-    acks = _acks(pair.master.url, 1)
+async def _written(acks: ReplicaAcks, *command: str | int) -> tuple[object, bool]:
+    reply, held = await acks.write(*command)
+    return reply, await held()
+
+
+async def test_a_streaming_replica_holds_every_write_and_a_group_costs_one_wait(
+        pair: Pair, acks: ReplicaAcks) -> None:
+    before = pair.waits()
+    answers = await asyncio.gather(*(_written(acks, "SET", f"acks:{n}", n)
+                                     for n in range(50)))
+    assert answers == [(b"OK", True)] * 50
+    assert pair.waits() - before == 1, "one WAIT covers the whole group"
+    for n in range(50):
+        pair.client.set(f"acks:other:{n}", n)
+    assert await asyncio.gather(*(acks.barrier() for _ in range(20))) == [True] * 20
+
+
+async def test_a_reply_is_heard_before_the_wait_that_follows_it(
+        pair: Pair, acks: ReplicaAcks) -> None:
+    pair.relay.stall()
+    started = time.monotonic()
+    reply, held = await acks.write("GET", "acks:nothing")
+    assert reply is None and time.monotonic() - started < TIMEOUT_MS / 1000
+    assert await held() is False
+
+
+async def test_a_stalled_replica_holds_nothing_though_the_master_counts_it(
+        pair: Pair, acks: ReplicaAcks) -> None:
+    pair.relay.stall()
+    started = time.monotonic()
+    assert await _written(acks, "SET", "acks:stalled", "x") == (b"OK", False)
+    assert TIMEOUT_MS / 1000 <= time.monotonic() - started < 1.0
+    assert pair.client.info("replication")["connected_slaves"] == 1
+    assert pair.client.get("acks:stalled") == b"x", "the master ran it all the same"
+    # Barriers asked for while one group waits go in the next group, not in a queue of
+    # one WAIT each: each caller waits at most two timeouts.
+    first = asyncio.ensure_future(acks.barrier())
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await asyncio.gather(*(acks.barrier() for _ in range(20))) == [False] * 20
+    assert await first is False
+    assert time.monotonic() - started < 2 * TIMEOUT_MS / 1000 + 0.5
+
+
+async def test_a_barrier_covers_a_write_made_on_another_connection(
+        pair: Pair, acks: ReplicaAcks) -> None:
+    pair.client.set("acks:elsewhere", "1")
+    assert await acks.barrier() is True
+    replica = redis.Redis(port=pair.replica.port)
     try:
-        before = pair.waits()
-        answers = await asyncio.gather(*(acks.write("SET", f"acks:{n}", n) for n in range(50)))
-        assert answers == [(b"OK", True)] * 50
-        assert pair.waits() - before == 1, "one WAIT covers the whole group"
+        assert replica.get("acks:elsewhere") == b"1"
     finally:
-        acks.close()
-
-
-async def test_a_stalled_replica_holds_nothing_though_the_master_counts_it(pair: Pair) -> None:
-    acks = _acks(pair.master.url, 1)
-    try:
-        pair.relay.stall()
-        started = time.monotonic()
-        assert await acks.write("SET", "acks:stalled", "x") == (b"OK", False)
-        assert TIMEOUT_MS / 1000 <= time.monotonic() - started < 1.0
-        assert pair.client.info("replication")["connected_slaves"] == 1
-        assert pair.client.get("acks:stalled") == b"x", "the master ran it all the same"
-        # Writes asked for while one group waits go in the next group, not in a queue of
-        # one WAIT each: each caller waits at most two timeouts.
-        started = time.monotonic()
-        waits = [acks.write("SET", f"acks:late:{n}", n) for n in range(20)]
-        results = await asyncio.gather(*waits)
-        assert all(held is False for _, held in results)
-        assert time.monotonic() - started < 3 * TIMEOUT_MS / 1000 + 0.5
-    finally:
-        acks.close()
-
-
-async def test_a_barrier_covers_a_write_made_on_another_connection(pair: Pair) -> None:
-    acks = _acks(pair.master.url, 1)
-    try:
-        pair.client.set("acks:elsewhere", "1")
-        assert await acks.barrier() is True
-        replica = redis.Redis(port=pair.replica.port)
-        try:
-            assert replica.get("acks:elsewhere") == b"1"
-        finally:
-            replica.close()
-        pair.relay.stall()
-        pair.client.set("acks:elsewhere", "2")
-        assert await acks.barrier() is False
-    finally:
-        acks.close()
+        replica.close()
+    pair.relay.stall()
+    pair.client.set("acks:elsewhere", "2")
+    assert await acks.barrier() is False
 
 
 async def test_auto_requires_one_while_the_master_reports_a_replica(
@@ -179,9 +194,12 @@ async def test_an_answer_no_replica_held_is_kept_and_counted(pair: Pair) -> None
         pair.relay.stall()
         assert await records.complete("late", "a", Reply(201, b'{"ok":1}', "application/json"))
         assert counted == [("claim", True), ("answer", False)]
+        started = time.monotonic()
         claim = await records.claim("late", "fp", "b", 30, 60)
         assert claim.status is ClaimStatus.COMPLETED and claim.reply is not None
-        assert claim.reply.body == b'{"ok":1}', "replayed at once: a replay needs no replica"
+        assert claim.reply.body == b'{"ok":1}'
+        assert counted == [("claim", True), ("answer", False)], "a replay asks no replica"
+        assert time.monotonic() - started < TIMEOUT_MS / 1000
     finally:
         await stores.close()
 
