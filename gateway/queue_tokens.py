@@ -41,7 +41,9 @@ class QueueTokens:
         return base64.urlsafe_b64encode(digest[:_SIGNATURE_BYTES]).rstrip(b"=").decode()
 
     def _read(self, kind: str, token: str | None, scope: str) -> int | None:
-        if token is None or len(token) > _MAX_CHARS:
+        # ASCII only, before any comparison: compare_digest refuses other text (a raise,
+        # so a 500), and no ticket or pass of ours has any.
+        if token is None or len(token) > _MAX_CHARS or not token.isascii():
             return None
         digits, dot, signature = token.partition(".")
         # ASCII digits only: int() would also take "+1", " 1" or Arabic-Indic digits.

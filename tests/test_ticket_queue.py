@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.queue_tokens import QueueTokens
 from gateway.redis_store import redis_stores
@@ -145,6 +147,20 @@ def test_tickets_and_passes_are_bound_to_their_client_and_unforgeable() -> None:
     for junk in ("", ".", "x.y", "+1.abc", "١٢.abc", "1" * 100, "1.", None):
         assert tokens.ticket_number(junk, "shop-app") is None
         assert not tokens.pass_valid(junk, "shop-app", now=0)
+
+
+@settings(max_examples=300, derandomize=True)
+@given(junk=st.text(max_size=80), scope=st.text(max_size=20))
+def test_any_text_is_no_ticket_and_no_pass_and_never_an_error(junk: str, scope: str) -> None:
+    """Non-ASCII and malformed bytes (`1.é`, a NUL, a lone surrogate) are answered like any
+    unknown value, never by an exception (a 500 at the route)."""
+    tokens = QueueTokens(b"s" * 32)
+    assert tokens.ticket_number(junk, scope) is None or junk.isascii()
+    tokens.pass_valid(junk, scope, now=0)
+    valid = tokens.ticket(7, "shop-app")
+    for odd in (valid + "é", "é" + valid, valid[:-1] + "é", "7.é", "7." + "\udcff"):
+        assert tokens.ticket_number(odd, "shop-app") is None
+        assert not tokens.pass_valid(odd, "shop-app", now=0)
 
 
 def test_polls_come_often_enough_to_keep_a_place() -> None:

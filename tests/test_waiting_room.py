@@ -174,6 +174,17 @@ async def test_forged_and_foreign_tickets_and_passes_count_as_none(
     assert_queued(await order(http, gw, client="other-app", X_Queue_Pass=granted))
 
 
+async def test_non_ascii_tickets_and_passes_are_unknown_values_not_errors(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_app(room(admit_per_s=1, queue_all=True))
+    ticket = assert_queued(await order(http, gw))["ticket"]
+    for odd in ("1.%C3%A9", ticket + "%C3%A9", "%C3%A9"):
+        assert (await poll(http, gw, odd)).code == "NOT_FOUND"
+    # Header values outside ASCII (sent as Latin-1 bytes): no pass, no ticket, never a 500.
+    assert_queued(await order(http, gw, X_Queue_Pass="é" + ticket))
+    assert_queued(await order(http, gw, X_Queue_Ticket=ticket[:-1] + "é"))
+
+
 async def test_an_idle_ticket_lapses_to_410_and_is_counted(
         gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
     gw = await gateway_app(room(admit_per_s=1, queue_all=True, ticket_idle_s=3))
