@@ -291,7 +291,13 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 async def add_api_key(request: web.Request) -> web.Response:
-    """Add a client key; without `key_sha256` one is generated and shown this once."""
+    """Add a client key; without `key_sha256` one is generated and shown this once. Refused
+    while the public API takes no keys: a key listed but never asked for would look like
+    protection that is not there."""
+    if not request.app[CLIENT_KEYS].enabled:
+        raise GatewayError(errors.SETTING_CONFLICT, extra={"setting": "auth.required"},
+                           params={"what": "An API key added at runtime",
+                                   "setting": "auth.required", "value": "false"})
     data = await _json_object(request, "client fields")
     key = None
     if "key_sha256" not in data:

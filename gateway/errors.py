@@ -16,6 +16,7 @@ anywhere in the gateway raises `GatewayError(SPEC, ...)`; one place
                                  STATE_UNAVAILABLE
       backend failures           UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
                                  PAYMENT_OUTCOME_UNKNOWN
+      admin refusals             SETTING_CONFLICT
       our own bug                INTERNAL_ERROR
 
 This module imports nothing of the gateway, so every layer may use it.
@@ -368,6 +369,19 @@ FORBIDDEN = _spec(
           "请使用有权发起此请求的凭证（或来源）。",
           "請使用有權發出此請求的憑證（或來源）。"),
 )
+SETTING_CONFLICT = _spec(
+    "SETTING_CONFLICT", 409, False,
+    title=("Conflicts with a setting",
+           "与配置冲突",
+           "與設定衝突"),
+    detail=("{what} would have no effect while {setting} is {value}.",
+            "当 {setting} 为 {value} 时，{what}不会生效。",
+            "當 {setting} 為 {value} 時，{what}不會生效。"),
+    hint=("Change the setting the detail names in the gateway's configuration first, then "
+          "try again.",
+          "请先在网关配置中修改详情中所列的配置项，然后重试。",
+          "請先在閘道設定中修改詳細說明所列的設定項，再試一次。"),
+)
 MALFORMED_REQUEST = _spec(
     "MALFORMED_REQUEST", 400, False,
     title=("Malformed HTTP request",
@@ -439,7 +453,7 @@ CATALOG: dict[str, ErrorSpec] = {
         CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED, QUEUED, QUEUE_TICKET_EXPIRED,
         UPSTREAM_UNAVAILABLE, UPSTREAM_TIMEOUT,
         PAYMENT_OUTCOME_UNKNOWN, STATE_UNAVAILABLE, UNAUTHORIZED, NOT_FOUND,
-        METHOD_NOT_ALLOWED, FORBIDDEN, MALFORMED_REQUEST, URI_TOO_LONG, HEADERS_TOO_LARGE,
-        REQUEST_TIMEOUT, INTERNAL_ERROR,
+        METHOD_NOT_ALLOWED, FORBIDDEN, SETTING_CONFLICT, MALFORMED_REQUEST, URI_TOO_LONG,
+        HEADERS_TOO_LARGE, REQUEST_TIMEOUT, INTERNAL_ERROR,
     )
 }

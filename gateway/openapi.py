@@ -263,7 +263,8 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                      "application/json": {"schema": key_view}},
                      "links": _link("RevokeThisKey", "/admin/api-keys/{key_id}", "delete",
                                     key_id="$response.body#/key_id")},
-                     **body_problems}},
+                     # While auth.required is false and no key is configured.
+                     **body_problems, **_problems(["SETTING_CONFLICT"])}},
     }
     room_settings = {k: v for k, v in WaitingRoomSettings.model_json_schema()["properties"].items()
                      if k != "secret"}

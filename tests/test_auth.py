@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from loadtest.harness import Gateway, RedisServer, Upstreams
-from tests.conftest import ADMIN_TOKEN, GOOD_ORDER
+from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, StartApp
 
 WEB_KEY = "ogk_web_" + "w" * 40
 READER_KEY = "ogk_reader_" + "r" * 40
@@ -163,3 +163,17 @@ async def test_keys_rotate_through_the_admin_api_on_every_replica(
     log = first.proc.log_text() + second.proc.log_text()
     assert new_key not in log and WEB_KEY not in log and READER_KEY not in log
     assert '"action":"api_key.add"' in log and '"action":"api_key.revoke"' in log
+
+
+async def test_a_key_added_while_keys_are_not_required_is_refused_naming_the_setting(
+        gateway_app: StartApp, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_app(None)  # the defaults: no keys configured, auth.required false
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with http.post(gw.url + "/admin/api-keys", headers=admin,
+                         json={"client_id": "mobile-app"}) as resp:
+        assert resp.status == 409
+        body = await resp.json(content_type=None)
+    assert body["code"] == "SETTING_CONFLICT" and body["setting"] == "auth.required"
+    assert "auth.required" in body["detail"]
+    async with http.get(gw.url + "/admin/api-keys", headers=admin) as resp:
+        assert (await resp.json())["api_keys"] == []
