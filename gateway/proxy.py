@@ -35,6 +35,7 @@ from gateway.admission import Admission, AdmitAll
 from gateway.auth import API_KEY_HEADER, ClientKeys
 from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
+from gateway.forwarded import forwarded
 from gateway.idempotency import Idempotency
 from gateway.maintenance import BYPASS_HEADER, Maintenance, RouteWindows
 from gateway.rate_limit import DEFAULT_TIER, RateLimiter
@@ -47,7 +48,6 @@ from gateway.waiting_room import PASS_HEADER, WaitingRoom
 audit = logging.getLogger("gateway.audit")
 
 # Client headers the backends are told about; everything else stays at the edge.
-FORWARDED_HEADERS = ("traceparent", "tracestate", "Accept-Language")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,12 +228,8 @@ def _respond(reply: Reply) -> web.Response:
 
 def _backend_headers(request: web.Request, scope: str, key: str | None, *,
                      has_body: bool) -> dict[str, str]:
-    sent = request.headers
-    headers = {"X-Request-ID": request[REQUEST_ID], "X-Client-ID": scope}
-    for name in FORWARDED_HEADERS:
-        value = sent.get(name)
-        if value is not None:
-            headers[name] = value
+    headers = {"X-Request-ID": request[REQUEST_ID], "X-Client-ID": scope,
+               **forwarded(request.headers)}
     if key is not None:
         headers["Idempotency-Key"] = key
     if has_body:

@@ -60,7 +60,7 @@ def test_no_import_cycle_inside_the_package() -> None:
 FLOORS = (
     ("errors", "json_types", "schemas", "routes", "scopes", "settings", "field_errors",
      "problem", "clock", "reply", "privacy", "observability", "redis_sentinel",
-     "queue_tokens", "chinese_script"),
+     "queue_tokens", "chinese_script", "forwarded"),
     ("store", "redis_wire", "replica_acks", "redis_store", "timer_wheel", "http_wire"),
     ("identity", "auth", "connections", "cors", "security_headers"),
     ("rolling", "breaker", "breaker_control", "retry", "overload", "admission", "faults",

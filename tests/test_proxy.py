@@ -13,6 +13,9 @@ import pytest
 from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TAIWAN = "zh-TW,zh;q=0.9,en;q=0.8"
+
 
 def _key() -> dict[str, str]:
     return {"Idempotency-Key": str(uuid.uuid4())}
@@ -72,6 +75,45 @@ async def test_headers_that_matter_reach_the_backend_and_others_do_not(
     assert seen["traceparent"] == headers["traceparent"]
     for private in ("authorization", "x-private", "cookie"):
         assert private not in seen
+
+
+@pytest.mark.parametrize(("sent", "passed"), [
+    ({"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"}, {}),
+    ({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"}, {}),
+    ({"traceparent": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, {}),
+    ({"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"}, {}),
+    ({"tracestate": "vendor=1"}, {}),  # no traceparent: the state of no trace
+    ({"traceparent": TRACEPARENT, "tracestate": "v=" + "x" * 600}, {"traceparent": TRACEPARENT}),
+    ({"traceparent": TRACEPARENT, "tracestate": "v=1,w=2"},
+     {"traceparent": TRACEPARENT, "tracestate": "v=1,w=2"}),
+    ({"Accept-Language": TAIWAN}, {"Accept-Language": TAIWAN}),
+    ({"Accept-Language": "en," * 2600}, {}),
+    ({"Accept-Language": "zh-TW<script>"}, {}),
+])
+async def test_forwarded_headers_go_on_only_valid_and_within_their_limits(
+        gateway: Gateway, healthy: Upstreams, http: aiohttp.ClientSession,
+        sent: dict[str, str], passed: dict[str, str]) -> None:
+    async with http.post(gateway.url + "/v1/payments", json=GOOD_PAYMENT,
+                         headers={**_key(), **sent}) as resp:
+        assert resp.status == 201
+    seen = {k.lower(): v for k, v in healthy.stats("payment")["last_request"]["headers"].items()}
+    names = ("traceparent", "tracestate", "accept-language")
+    assert {name: seen[name] for name in names if name in seen} == {
+        name.lower(): value for name, value in passed.items()}
+
+
+async def test_a_non_utf8_accept_language_reaches_no_backend(
+        gateway: Gateway, healthy: Upstreams) -> None:
+    """Raw bytes (Latin-1 0xE9 here) in a header the gateway passes on: dropped."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /v1/availability?address=Beijing%201&product=fiber HTTP/1.1\r\n"
+                 b"Host: x\r\nAccept-Language: fr-\xe9\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    seen = {k.lower() for k in healthy.stats("availability")["last_request"]["headers"]}
+    assert "accept-language" not in seen
 
 
 async def test_anonymous_clients_share_one_scope(gateway: Gateway, healthy: Upstreams,
