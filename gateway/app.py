@@ -49,7 +49,7 @@ from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, 
 from gateway.timeline import FLUSH_S, Timeline
 from gateway.timer_wheel import TimerWheel
 from gateway.traffic import Traffic
-from gateway.upstream import Upstream
+from gateway.upstream import HeadLimits, Upstream
 from gateway.waiting_room import TICK_S, WaitingRoom, poll_route
 
 log = logging.getLogger("gateway")
@@ -117,9 +117,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     }
     faults = Faults(stores.faults, clock, metrics)
     wheel = TimerWheel()  # every backend call's deadline, on one loop timer
+    head_limits = HeadLimits(settings.server.max_headers, settings.server.max_header_bytes)
     upstreams: dict[str, Upstream] = {
         name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
-                       bulkheads=settings.overload.enabled, faults=faults, wheel=wheel)
+                       bulkheads=settings.overload.enabled, faults=faults, wheel=wheel,
+                       head_limits=head_limits)
         for name in BACKENDS
     }
     for name in BACKENDS:

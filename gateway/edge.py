@@ -164,6 +164,8 @@ def middleware(edge: Edge) -> Middleware:
         code = "none"
         response: web.StreamResponse
         try:
+            if _TRANSFER_ENCODING in request.headers:
+                _only_chunked(request.headers.getall(_TRANSFER_ENCODING))
             if cors is not None and cors.is_preflight(request):
                 response = cors.preflight(request)
             else:
@@ -184,8 +186,20 @@ def middleware(edge: Edge) -> Middleware:
     return edge_step
 
 
-# After these the rest of the request is not worth keeping the connection for.
-_CLOSING = frozenset((errors.PAYLOAD_TOO_LARGE, errors.REQUEST_TIMEOUT))
+# After these the rest of the request is not worth keeping the connection for; after a
+# malformed one, no later byte on it can be trusted to start a request.
+_CLOSING = frozenset((errors.PAYLOAD_TOO_LARGE, errors.REQUEST_TIMEOUT,
+                      errors.MALFORMED_REQUEST))
+_TRANSFER_ENCODING = "Transfer-Encoding"
+
+
+def _only_chunked(codings: list[str]) -> None:
+    """`Transfer-Encoding` is exactly `chunked`, once: a list such as `identity, chunked`
+    is read as chunked by one parser and refused by another (nginx answers 501), and
+    two readings of one stream are how requests are smuggled."""
+    if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+        raise GatewayError(errors.MALFORMED_REQUEST,
+                           params={"reason": "Transfer-Encoding other than chunked"})
 
 
 def _problem(err: GatewayError, request: web.Request, rid: str) -> tuple[str, web.Response]:

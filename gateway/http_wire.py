@@ -14,7 +14,13 @@ What it does, each case tested against a real server misbehaving on purpose
   `gzip` and `deflate` bodies decoded (bounded after decoding too);
 - `Connection: close` (and HTTP/1.0) answers: the connection is not reused;
 - 1xx answers before the real one are skipped;
-- an answer over `max_body_bytes` fails and the connection is dropped;
+- an answer over `max_body_bytes` fails and the connection is dropped, and so
+  does a head with more than `max_headers` headers, a header line over
+  `max_header_bytes`, or more head bytes than those two allow together (an
+  endless line is bounded as it comes, not once it ends);
+- bytes after a whole answer that nobody asked for (a second answer, in the
+  same read or later): the connection is dropped, never pooled, so the next
+  caller never reads them as its own;
 - a deadline bounds connecting, waiting for a pooled connection and the whole
   exchange; on expiry the connection is dropped (its answer would be stale);
 - at most `size` connections; callers beyond wait, in order, for one;
@@ -89,6 +95,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, wire: HttpWire) -> None:
         self._wire = wire
         self._max_body = wire.max_body_bytes
+        self._max_headers = wire.max_headers
+        self._max_header_bytes = wire.max_header_bytes
+        self._max_head_bytes = wire.max_headers * wire.max_header_bytes
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -101,6 +110,11 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._framed = False  # Content-Length or chunked: the body does not end at close
         self._answered = False  # a byte of the current answer arrived
+        self._in_head = True  # the current answer's head (1xx included) is still coming
+        self._head_bytes = 0
+        self._header_count = 0
+        self._reusable = False  # complete and kept alive: pooled once this read is parsed
+        self._unsolicited = False  # another answer began after the one asked for
         self._slot = 0  # in the timer wheel, while a request is out
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -115,6 +129,11 @@ class _Connection(asyncio.Protocol):
             self.drop()
             return
         self._answered = True
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head_bytes:
+                self._fail(BadAnswer("answer head too large", sent=True, answered=True))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -122,6 +141,17 @@ class _Connection(asyncio.Protocol):
                        else BadAnswer(f"not an HTTP answer: {exc}", sent=True, answered=True))
         except httptools.HttpParserError as exc:
             self._fail(BadAnswer(f"not an HTTP answer: {exc}", sent=True, answered=True))
+        self._after_read()
+
+    def _after_read(self) -> None:
+        """Pool the connection only once the whole read is parsed: what followed its answer
+        in the same read would otherwise wait in the parser for the next caller."""
+        reusable, self._reusable = self._reusable, False
+        if self._unsolicited:
+            self._unsolicited = False
+            self.drop()
+        elif reusable and not self.closed:
+            self._wire.release(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -138,13 +168,22 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            self._unsolicited = True  # the answer asked for is complete: not this one
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if (self._header_count > self._max_headers
+                or len(name) + len(value) > self._max_header_bytes):
+            raise BadAnswer("answer head too large", sent=True, answered=True)
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
             return  # 100 Continue, 103 Early Hints: the real answer follows
+        self._in_head = False
         self._status = status
         headers = self._headers
         length = headers.get("content-length")
@@ -199,7 +238,7 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_result(answer)
         if keep_alive and not self.closed:
-            self._wire.release(self)
+            self._reusable = True  # see `_after_read`
         else:
             self.drop()
 
@@ -219,6 +258,9 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._framed = False
         self._answered = False
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
 
     def drop(self) -> None:
         """Close at once; the pool forgets it."""
@@ -248,7 +290,8 @@ class HttpWire:
     """A pool of keep-alive connections to one backend (`url`: scheme, host and port)."""
 
     def __init__(self, url: str, *, size: int, keepalive_s: float, connect_timeout_s: float,
-                 max_body_bytes: int, wheel: TimerWheel, ca_file: str | None = None) -> None:
+                 max_body_bytes: int, wheel: TimerWheel, ca_file: str | None = None,
+                 max_headers: int = 64, max_header_bytes: int = 8190) -> None:
         parts = urlsplit(url)
         assert parts.hostname is not None
         self._host = parts.hostname
@@ -264,6 +307,10 @@ class HttpWire:
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self.max_body_bytes = max_body_bytes
+        # An answer's head is bounded like a client's request head (`server.max_headers`,
+        # `server.max_header_bytes`).
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
         self.wheel = wheel
         self._idle: list[_Connection] = []  # most recently used last: taken first
         self._open = 0  # connections open or being opened

@@ -104,12 +104,21 @@ class UpstreamError(GatewayError):
     timed_out: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """How large a backend's answer head may be: as large as a client's request head."""
+
+    max_headers: int = 64
+    max_header_bytes: int = 8190
+
+
 class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
                  metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True,
-                 faults: Faults | None = None, wheel: TimerWheel | None = None) -> None:
+                 faults: Faults | None = None, wheel: TimerWheel | None = None,
+                 head_limits: HeadLimits = HeadLimits()) -> None:
         self.name = name
         self._faults = faults
         self.breaker = breaker
@@ -125,7 +134,9 @@ class Upstream:
                               keepalive_s=settings.keepalive_s,
                               connect_timeout_s=settings.connect_timeout_s,
                               max_body_bytes=MAX_RESPONSE_BYTES,
-                              wheel=wheel or TimerWheel(), ca_file=settings.ca_file)
+                              wheel=wheel or TimerWheel(), ca_file=settings.ca_file,
+                              max_headers=head_limits.max_headers,
+                              max_header_bytes=head_limits.max_header_bytes)
         self._timeout_error_params = {"backend": name, "timeout_s": settings.timeout_s}
         self._backend_params = {"backend": name}
 

@@ -93,6 +93,11 @@ REFUSED = {
                             "MALFORMED_REQUEST"),
     "unknown transfer coding": (_order_head("Transfer-Encoding: chunked, identity\r\n\r\n")
                                 + b"0\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    # Read as chunked by aiohttp's parser, refused by nginx (501): two readings of one stream.
+    "identity then chunked": (_order_head("Transfer-Encoding: identity, chunked\r\n\r\n")
+                              + b"2\r\n{}\r\n0\r\n\r\n", 400, "MALFORMED_REQUEST"),
+    "gzip then chunked": (_order_head("Transfer-Encoding: gzip, chunked\r\n\r\n")
+                          + b"2\r\n{}\r\n0\r\n\r\n", 400, "MALFORMED_REQUEST"),
     "space before colon": (b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Client-ID : "
                            + SECRET.encode() + b"\r\n\r\n", 400, "MALFORMED_REQUEST"),
     "tls on the plain port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,

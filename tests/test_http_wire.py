@@ -330,6 +330,61 @@ async def test_no_answer_at_all_times_out(serve: Serve) -> None:
     assert caught.value.sent and not caught.value.answered
 
 
+async def test_an_unsolicited_second_answer_in_the_same_read_is_never_pooled(
+        serve: Serve) -> None:
+    """A backend that answers twice (both in one write): the second is nobody's. The next
+    caller must get its own answer on a fresh connection, not the stray one."""
+    other = OK.replace(b'{"ok":true}', b'{"no":true}')
+    backend, wire = await _start(serve, answering(OK + other, OK, OK))
+    assert await _get(wire, repeatable=False) == (200, b'{"ok":true}', _headers())
+    status, body, _ = await _get(wire, repeatable=False)
+    assert (status, body) == (200, b'{"ok":true}')
+    assert backend.connections == 2, "the connection with the stray answer was dropped"
+
+
+async def test_an_unsolicited_half_answer_in_the_same_read_is_never_pooled(
+        serve: Serve) -> None:
+    backend, wire = await _start(serve, answering(OK + b"HTTP/1.1 200 OK\r\nX-Half: 1\r\n",
+                                                  OK))
+    await _get(wire, repeatable=False)
+    assert (await _get(wire, repeatable=False))[:2] == (200, b'{"ok":true}')
+    assert backend.connections == 2
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(65)),
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 8200 + b"\r\n",
+])
+async def test_an_answer_head_past_a_clients_limits_is_a_bad_answer(serve: Serve,
+                                                                   head: bytes) -> None:
+    _, wire = await _start(serve, answering(head + b"Content-Length: 0\r\n\r\n"))
+    with pytest.raises(BadAnswer, match="head too large"):
+        await _get(wire, repeatable=False)
+    assert wire.open_connections == 0, "the connection went with its answer"
+
+
+async def test_an_endless_answer_head_is_bounded_as_it_comes(serve: Serve) -> None:
+    """One header line that never ends: refused once it passes what a whole head may hold,
+    not buffered until it ends."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(200):  # 12.8 MB, far past 64 x 8190 bytes
+            writer.write(b"v" * 65536)
+            await writer.drain()
+        await reader.read()
+
+    _, wire = await _start(serve, endless)
+    with pytest.raises(BadAnswer, match="head too large"):
+        await _get(wire, repeatable=False, seconds=10)
+
+
+def _headers() -> dict[str, str]:
+    return {"content-type": "application/json", "content-length": "11"}
+
+
 async def test_not_http_is_a_bad_answer(serve: Serve) -> None:
     _, wire = await _start(serve, answering(b"+PONG\r\n"))
     with pytest.raises(BadAnswer) as caught:
