@@ -38,7 +38,7 @@ from gateway import (
     privacy,
     validation,
 )
-from gateway.auth import AdminTokens, ClientKeys
+from gateway.auth import AdminTokens, ClientKeys, FailedChecks
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import iso_utc
 from gateway.edge import REQUEST_ID
@@ -87,10 +87,11 @@ class Listener:
 ADMIN_LISTENER = web.AppKey("admin_listener", Listener)
 
 
-def _guard(settings: Settings, tokens: AdminTokens,
-           listener: Listener) -> Callable[[Handler], Handler]:
+def _guard(settings: Settings, tokens: AdminTokens, listener: Listener,
+           failed: FailedChecks) -> Callable[[Handler], Handler]:
     """The checks every admin route passes; one guard, so one bucket per address for the
-    whole admin API, not one per route."""
+    whole admin API, not one per route. A wrong token spends from the failures' bucket
+    (`auth.FailedChecks`), a right one from its own: guesses never lock an SRE out."""
     buckets = MemoryTokenBuckets(max_buckets=_MAX_REMOTES)
     rate, burst = settings.admin.rate_per_s, settings.admin.burst
     limit, timeout_s = settings.server.max_body_bytes, settings.server.body_timeout_s
@@ -100,16 +101,16 @@ def _guard(settings: Settings, tokens: AdminTokens,
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not listener.admits(request):
             raise GatewayError(errors.NOT_FOUND, params={"path": privacy.scrub(request.path)})
+        which = tokens.match_bearer(request.headers.get("Authorization"))
+        if which is None:
+            raise await failed.refusal("admin", GatewayError(errors.UNAUTHORIZED, headers={
+                "WWW-Authenticate": 'Bearer realm="order-gateway admin"'}),
+                remote=request.remote, request_id=request[REQUEST_ID],
+                route=f"{request.method} {privacy.scrub(request.path[:200])}")
+        # An SRE's script, bounded by a bucket of its own.
         wait = await buckets.take(request.remote or "unknown", rate, burst)
         if wait > 0:
             raise GatewayError(errors.RATE_LIMITED, retry_after_s=max(1, math.ceil(wait)))
-        which = tokens.match_bearer(request.headers.get("Authorization"))
-        if which is None:
-            log.warning("admin request denied", extra={"fields": {
-                "audit": True, "action": "admin.denied", "request_id": request[REQUEST_ID],
-                "remote": request.remote, "route": f"{request.method} {request.path[:200]}"}})
-            raise GatewayError(errors.UNAUTHORIZED,
-                               headers={"WWW-Authenticate": 'Bearer realm="order-gateway admin"'})
         request[_WHO] = {"token": which, "token_fingerprint": fingerprints[which],
                          "remote": request.remote, "actor": _actor(request)}
         request[_BODY] = (limit, timeout_s)
@@ -399,12 +400,14 @@ async def show_timeline(request: web.Request) -> web.Response:
     return json_response({"events": await request.app[TIMELINE].recent(limit)})
 
 
-def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) -> None:
+def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens,
+               failed: FailedChecks) -> Listener:
+    """The admin API's routes; the listener they are taken on."""
     listener = Listener(separate=settings.admin.port is not None)
     app[ADMIN_LISTENER] = listener
     app[_TIERS] = settings.rate_limit.tier_names
 
-    guarded = _guard(settings, tokens, listener)
+    guarded = _guard(settings, tokens, listener, failed)
     for path, serve_file in console.handlers().items():
         app.router.add_get(path, _on_listener(listener, serve_file))
 
@@ -430,3 +433,4 @@ def add_routes(app: web.Application, settings: Settings, tokens: AdminTokens) ->
     route("DELETE", "/admin/faults/{id}", end_fault)
     route("GET", "/admin/timeline", show_timeline)
     route("GET", "/admin/events", events.stream(snapshot))
+    return listener

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from gateway import (
 )
 from gateway.admission import ADJUST_S, Admission, AdmitAll
 from gateway.arrivals import Arrivals, EarlyRefusal
-from gateway.auth import AdminTokens, ClientKeys
+from gateway.auth import AdminTokens, ClientKeys, FailedChecks
 from gateway.breaker import Breaker, Transition
 from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
@@ -159,8 +159,12 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                        buckets=stores.buckets)
     app[admin.WAITING_ROOM] = room
     app[STATUS] = StatusPage(upstreams, maintenance, room, clock)
+    failed = FailedChecks(settings.admin.rate_per_s, settings.admin.burst, clock)
+    bypass_here: Callable[[web.Request], bool] = _anywhere
     if admin_tokens is not None:
-        admin.add_routes(app, settings, admin_tokens)
+        listener = admin.add_routes(app, settings, admin_tokens, failed)
+        if listener.separate:
+            bypass_here = listener.admits
     limiter = None
     if limits := rate_limit.tier_limits(settings.rate_limit):
         limiter = RateLimiter(stores.buckets, limits,
@@ -189,13 +193,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[ADMISSION] = admission
     shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
-                    settings.server.body_timeout_s)
+                    settings.server.body_timeout_s, failed, bypass_here)
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
             _idempotency(policy, stores.records, settings, metrics),
             stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
-    app.router.add_get("/v1/queue/{ticket}", poll_route(room, keys if keys.enabled else None))
+    app.router.add_get("/v1/queue/{ticket}",
+                       poll_route(room, keys if keys.enabled else None, failed))
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -326,6 +331,10 @@ async def _admissions(app: web.Application) -> AsyncIterator[None]:
     room = app[admin.WAITING_ROOM]
     async with _background(follow("waiting_room admissions", room.step, TICK_S)):
         yield
+
+
+def _anywhere(_request: web.Request) -> bool:
+    return True
 
 
 async def _healthz(_request: web.Request) -> web.Response:

@@ -18,6 +18,12 @@ added through the admin API live in the shared store and reach every process
 on the sync timer, so keys rotate without a restart: add the new key, move
 the clients over, revoke the old one. A key is never logged; its `key_id`
 (the first 12 hex digits of its hash) names it in logs and the admin API.
+
+Every failed check of a secret (an API key here, the admin token, the maintenance
+bypass) goes through one `FailedChecks`: an audit line, and a token bucket per
+remote address, past which the answer is `429 RATE_LIMITED`, so no secret can be
+guessed at speed. A check that succeeds never spends from it: a valid credential
+is never refused for what others sent from the same address.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 
 import orjson
 
 from gateway import errors
+from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.settings import ApiKeySettings, AuthSettings
-from gateway.store import KeyStore
+from gateway.store import KeyStore, MemoryTokenBuckets
 
 log = logging.getLogger("gateway.auth")
 
@@ -85,12 +93,22 @@ class ClientKeys:
         return Client(key.client_id, key.role, key.tier, key.key_sha256[:KEY_ID_CHARS], source)
 
     def identify(self, sent: str | None) -> Client:
-        if not sent or len(sent) > _MAX_KEY_CHARS:
+        # ASCII only: a key is, and raw header bytes (as surrogates) could not be hashed.
+        if not sent or len(sent) > _MAX_KEY_CHARS or not sent.isascii():
             raise unauthorized()
         found = self._by_digest.get(hashlib.sha256(sent.encode()).digest())
         if found is None:
             raise unauthorized()
         return found
+
+    async def checked(self, sent: str | None, failed: FailedChecks, *, remote: str | None,
+                      request_id: str, route: str) -> Client:
+        """`identify`, with a failure audited and throttled (`FailedChecks`)."""
+        try:
+            return self.identify(sent)
+        except GatewayError as err:
+            raise await failed.refusal("api_key", err, remote=remote, request_id=request_id,
+                                       route=route) from None
 
     def clients(self) -> list[Client]:
         return sorted(self._by_digest.values(), key=lambda c: (c.id, c.key_id))
@@ -129,6 +147,31 @@ class ClientKeys:
                 await self.sync()
                 return client
         return None
+
+
+# Addresses whose failures are counted at once; beyond, the least recently seen go first.
+MAX_ADDRESSES = 10_000
+
+
+class FailedChecks:
+    """The one place a failed secret check is audited and throttled, per remote address."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Clock | None = None) -> None:
+        self._buckets = MemoryTokenBuckets(clock, max_buckets=MAX_ADDRESSES)
+        self._rate, self._burst = rate_per_s, burst
+
+    async def refusal(self, secret: str, refusal: GatewayError, *, remote: str | None,
+                      request_id: str, route: str) -> GatewayError:
+        """The answer to a failed check of `secret`: `refusal`, audited, while the address
+        has failures to spare; past them `429 RATE_LIMITED` (not logged again: a flood of
+        guesses must not become a flood of lines)."""
+        wait = await self._buckets.take(remote or "unknown", self._rate, self._burst)
+        if wait > 0:
+            return GatewayError(errors.RATE_LIMITED, retry_after_s=max(1, math.ceil(wait)))
+        log.warning("credential refused", extra={"fields": {
+            "audit": True, "action": f"{secret}.denied", "request_id": request_id,
+            "remote": remote, "route": route}})
+        return refusal
 
 
 class AdminTokens:

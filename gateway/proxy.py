@@ -32,7 +32,7 @@ from aiohttp import web
 
 from gateway import connections, errors, idempotency, identity, overload, privacy, validation
 from gateway.admission import Admission, AdmitAll
-from gateway.auth import API_KEY_HEADER, ClientKeys
+from gateway.auth import API_KEY_HEADER, ClientKeys, FailedChecks
 from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.forwarded import forwarded
@@ -62,6 +62,10 @@ class Shared:
     max_body_bytes: int
     deadline_s: float
     body_timeout_s: float
+    failed: FailedChecks  # every failed secret check: audited, throttled per address
+    # Whether X-Maintenance-Bypass is honoured on the listener this request came in on:
+    # only on the admin listener, when it is a separate one.
+    bypass_here: Callable[[web.Request], bool]
 
 
 def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
@@ -106,7 +110,9 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         if keys is None:
             scope, tier = identity.client_scope(request.headers.get("X-Client-ID")), DEFAULT_TIER
         else:
-            client = keys.identify(request.headers.get(API_KEY_HEADER))
+            client = await keys.checked(request.headers.get(API_KEY_HEADER), shared.failed,
+                                        remote=request.remote, request_id=request[REQUEST_ID],
+                                        route=_audit_route(request))
             if writes and client.reads_only:
                 raise GatewayError(errors.FORBIDDEN, params={
                     "who": f"Client {client.id}", "what": f"{policy.method} {policy.path}"})
@@ -129,7 +135,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
             body = validation.parse_body(policy.body_schema, await connections.read_body(
                 request, max_body_bytes, body_timeout_s))
         if windows.windows:
-            _check_maintenance(maintenance, windows, request)
+            await _check_maintenance(maintenance, windows, request, shared)
         if limiter is not None:
             await limiter.check(scope, tier)
         if not gate.covered:
@@ -208,17 +214,27 @@ def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(query.items())) if query else ()
 
 
-def _check_maintenance(maintenance: Maintenance, route_windows: RouteWindows,
-                       request: web.Request) -> None:
+def _audit_route(request: web.Request) -> str:
+    return f"{request.method} {privacy.scrub(request.path[:200])}"
+
+
+async def _check_maintenance(maintenance: Maintenance, route_windows: RouteWindows,
+                             request: web.Request, shared: Shared) -> None:
     window = maintenance.refusal(route_windows, request.method)
     if window is None:
         return
-    if not maintenance.bypassed(request.headers.get(BYPASS_HEADER)):
+    sent = request.headers.get(BYPASS_HEADER)
+    if sent is None or not shared.bypass_here(request):
         raise maintenance.error(window)
+    if not maintenance.bypassed(sent):
+        raise await shared.failed.refusal("maintenance_bypass", maintenance.error(window),
+                                          remote=request.remote,
+                                          request_id=request[REQUEST_ID],
+                                          route=_audit_route(request))
     audit.info("maintenance bypassed", extra={"fields": {
         "audit": True, "action": "maintenance.bypass", "window": window.id,
-        "route": f"{request.method} {privacy.scrub(request.path[:200])}",
-        "request_id": request[REQUEST_ID], "remote": request.remote}})
+        "route": _audit_route(request), "request_id": request[REQUEST_ID],
+        "remote": request.remote}})
 
 
 def _respond(reply: Reply) -> web.Response:

@@ -194,7 +194,9 @@ class AdminSettings(_Model):
     # only the public port; then the public port answers /admin/* with 404.
     port: int | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"
-    # Per remote address, authorised or not: slows token guessing, bounds an SRE script.
+    # Per remote address, two buckets of these figures: one for failed secret checks (the
+    # admin token, X-Maintenance-Bypass, client API keys: slows guessing), one for admin
+    # requests with the right token (bounds an SRE's script); neither spends the other.
     rate_per_s: float = Field(50.0, gt=0, le=10_000)
     burst: int = Field(200, ge=1, le=100_000)
 

@@ -44,10 +44,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import errors, field_errors, identity, scopes
-from gateway.auth import API_KEY_HEADER, ClientKeys
+from gateway.auth import API_KEY_HEADER, ClientKeys, FailedChecks
 from gateway.breaker import Breaker
 from gateway.clock import Clock
-from gateway.edge import Handler
+from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.observability import Metrics
 from gateway.problem import json_response
@@ -366,7 +366,7 @@ class WaitingRoom:
                 "admitted_total": admitted, "expired_total": expired}
 
 
-def poll_route(room: WaitingRoom, keys: ClientKeys | None) -> Handler:
+def poll_route(room: WaitingRoom, keys: ClientKeys | None, failed: FailedChecks) -> Handler:
     """`GET /v1/queue/{ticket}`: public, cheap, never forwarded; the ticket is the client's
     own (the API key's client, else X-Client-ID), or it is no ticket at all (404)."""
 
@@ -374,7 +374,9 @@ def poll_route(room: WaitingRoom, keys: ClientKeys | None) -> Handler:
         if keys is None:
             scope = identity.client_scope(request.headers.get("X-Client-ID"))
         else:
-            scope = keys.identify(request.headers.get(API_KEY_HEADER)).id
+            scope = (await keys.checked(
+                request.headers.get(API_KEY_HEADER), failed, remote=request.remote,
+                request_id=request[REQUEST_ID], route="GET /v1/queue/{ticket}")).id
         wait_s = _wait_s(request.query.get(WAIT_PARAM))
         return json_response(await room.poll(scope, request.match_info["ticket"], wait_s))
 

@@ -104,24 +104,59 @@ async def test_every_action_is_audited_with_who_what_before_and_after(
     assert NEW_TOKEN not in log and OLD_TOKEN not in log and "guess" not in log
 
 
-async def test_admin_requests_are_rate_limited(log_dir: Path, upstreams: Upstreams,
-                                               http: aiohttp.ClientSession) -> None:
+async def test_guesses_are_throttled_and_never_lock_out_the_right_token(
+        log_dir: Path, upstreams: Upstreams, http: aiohttp.ClientSession) -> None:
     gw = Gateway(log_dir, upstreams.urls, env={"GATEWAY_ADMIN_TOKEN": NEW_TOKEN},
                  config={"admin": {"rate_per_s": 0.5, "burst": 4}})
     try:
         statuses = []
-        # One bucket per address for the whole admin API: switching routes does not help.
+        # One bucket of failures per address for the whole admin API: switching routes
+        # does not help a guesser.
         paths = ("/admin/breakers", "/admin/maintenance", "/admin/api-keys")
-        for i, token in enumerate((NEW_TOKEN, "guess-1", "guess-2", NEW_TOKEN, "guess-3",
-                                   NEW_TOKEN)):
-            async with http.get(gw.url + paths[i % 3], headers=_bearer(token)) as resp:
+        for i in range(6):
+            async with http.get(gw.url + paths[i % 3], headers=_bearer(f"guess-{i}")) as resp:
                 statuses.append(resp.status)
                 if resp.status == 429:
                     assert (await resp.json())["code"] == "RATE_LIMITED"
                     assert int(resp.headers["Retry-After"]) >= 1
-        assert statuses[:4] == [200, 401, 401, 200]
-        assert statuses[4:] == [429, 429]  # guesses and SREs alike
+        assert statuses == [401, 401, 401, 401, 429, 429]
+        # The SRE at the same address (behind the same NAT) is not refused for them.
+        for path in paths:
+            async with http.get(gw.url + path, headers=_bearer(NEW_TOKEN)) as resp:
+                assert resp.status == 200
         async with http.get(gw.url + "/v1/availability?address=a&product=b") as resp:
             assert resp.status == 200  # the public API is not affected
+        log = gw.proc.log_text()
+        assert log.count('"action":"admin.denied"') == 4, "each refusal audited, not each 429"
     finally:
         gw.stop()
+
+
+async def test_the_bypass_is_throttled_audited_and_honoured_only_on_the_admin_listener(
+        rotating: tuple[Gateway, str], http: aiohttp.ClientSession) -> None:
+    gw, admin_url = rotating
+    async with http.put(admin_url + "/admin/maintenance", headers=_bearer(NEW_TOKEN),
+                        json={"scope": "GET /v1/orders/{order_id}"}) as resp:
+        assert resp.status == 200
+        window = await resp.json()
+
+    async def read(base: str, bypass: str) -> int:
+        async with http.get(base + "/v1/orders/ord_none",
+                            headers={"X-Maintenance-Bypass": bypass}) as resp:
+            return resp.status
+
+    try:
+        # The public port never honours it while the admin listener is a separate one.
+        assert await read(gw.url, NEW_TOKEN) == 503
+        assert await read(admin_url, NEW_TOKEN) == 404  # through, to the backend's 404
+        # The default allowance (admin.burst 200, refilled at 50/s): guess until refused.
+        statuses = [await read(admin_url, "guess-0")]
+        while statuses[-1] == 503 and len(statuses) < 3000:
+            statuses.append(await read(admin_url, f"guess-{len(statuses)}"))
+        assert statuses[0] == 503 and statuses[-1] == 429, statuses[-5:]
+        assert await read(admin_url, NEW_TOKEN) == 404, "the right token still passes"
+        assert '"action":"maintenance_bypass.denied"' in gw.proc.log_text()
+    finally:
+        async with http.delete(admin_url + f"/admin/maintenance/{window['id']}",
+                               headers=_bearer(NEW_TOKEN)) as resp:
+            assert resp.status == 200

@@ -177,3 +177,22 @@ async def test_a_key_added_while_keys_are_not_required_is_refused_naming_the_set
     assert "auth.required" in body["detail"]
     async with http.get(gw.url + "/admin/api-keys", headers=admin) as resp:
         assert (await resp.json())["api_keys"] == []
+
+
+async def test_wrong_keys_are_throttled_per_address_and_the_right_one_still_passes(
+        gateway_app: StartApp, http: aiohttp.ClientSession) -> None:
+    gw = await gateway_app({"auth": CONFIG["auth"], "rate_limit": CONFIG["rate_limit"],
+                            "admin": {"rate_per_s": 0.5, "burst": 3}})
+
+    async def status(key: str) -> int:
+        async with http.get(gw.url + AVAILABILITY, headers={"X-API-Key": key}) as resp:
+            return resp.status
+
+    assert [await status(f"ogk_guess_{i}") for i in range(5)] == [401, 401, 401, 429, 429]
+    assert await status(WEB_KEY) == 200, "a valid key is never refused for others' guesses"
+    # Odd bytes in a key are no key: 401 (here 429, the address's allowance being spent),
+    # never a 500.
+    async with http.get(gw.url + AVAILABILITY, headers={"X-API-Key": "ogk_é"}) as resp:
+        assert resp.status == 429
+    async with http.get(gw.url + "/v1/queue/1.x", headers={"X-API-Key": "guess"}) as resp:
+        assert resp.status == 429, "the waiting room's poll checks keys the same way"
