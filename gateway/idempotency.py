@@ -112,6 +112,7 @@ class Idempotency:
         self._count = count
         self._lease_s = settings.lease_s
         self._ttl_s = settings.ttl_s
+        self._ttl_4xx_s = min(settings.ttl_4xx_s, settings.ttl_s)
         self._wait_s = settings.wait_for_in_flight_ms / 1000
         self._success_status = success_status
         self._unknown_outcome = unknown_outcome
@@ -244,8 +245,10 @@ class Idempotency:
         return cause
 
     async def _complete(self, record: str, owner: str, reply: Reply) -> None:
+        # A refusal (4xx) made nothing: kept long enough to replay, not a day.
+        keep_s = self._ttl_4xx_s if 400 <= reply.status < 500 else None
         try:
-            stored = await self._store.complete(record, owner, reply)
+            stored = await self._store.complete(record, owner, reply, keep_s)
         except StoreUnavailable as exc:
             # The client still gets the answer; the record stays claimed until its
             # lease runs out, and the next submission then finds it by reconciling.

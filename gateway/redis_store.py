@@ -113,13 +113,19 @@ redis.call('HSET', KEYS[1], 'state', 'in_flight', 'owner', ARGV[2], 'lease', lea
 return {'reconcile'}
 """)
 
-# KEYS[1] record; ARGV owner, status, content type, headers (JSON), body.
+# KEYS[1] record; ARGV owner, status, content type, headers (JSON), body, keep_ms (0: the
+# record's own retention; else it expires that soon, unless it would sooner anyway).
 # The owner stays on the record so that a repeated call answers 1 again.
 _COMPLETE = _Script.of("""
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'completed', 'status', ARGV[2], 'ctype', ARGV[3],
            'headers', ARGV[4], 'body', ARGV[5])
 redis.call('HDEL', KEYS[1], 'lease', 'reconcile')
+local keep = tonumber(ARGV[6])
+if keep > 0 then
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 0 or keep < left then redis.call('PEXPIRE', KEYS[1], keep) end
+end
 return 1
 """)
 
@@ -578,9 +584,11 @@ class RedisIdempotencyRecords:
                                                "state", repeatable=True)
         return bool(state == b"completed")
 
-    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+    async def complete(self, record: str, owner: str, reply: Reply,
+                       keep_s: int | None = None) -> bool:
         keys = (IDEMPOTENCY_KEY.format(record=record),)
-        args = (owner, reply.status, reply.content_type, orjson.dumps(reply.headers), reply.body)
+        args = (owner, reply.status, reply.content_type, orjson.dumps(reply.headers), reply.body,
+                (keep_s or 0) * 1000)
         connection = self._connection
         if not connection.acks.required:
             return bool(await connection.eval(_COMPLETE, keys, *args, repeatable=True))

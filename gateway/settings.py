@@ -315,6 +315,10 @@ class IdempotencySettings(_Model):
     enabled: bool = True
     # How long a key's record (and its stored answer) is kept after first use.
     ttl_s: int = Field(24 * 3600, ge=1, le=30 * 24 * 3600)
+    # A record whose answer is a 4xx (refused: nothing made, nothing charged) is kept this
+    # long from its answer (never longer than ttl_s): a flood of refused submissions must
+    # not fill the store that every client's payments need.
+    ttl_4xx_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
     # How long a claim protects a request in flight. If the claiming process
     # dies, another takes the key over only after this, and asks the backend
     # first. Must outlast the longest a claim is held (see Settings below).

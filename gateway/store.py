@@ -126,8 +126,10 @@ class IdempotencyRecords(Protocol):
     async def answered(self, record: str) -> bool:
         """Whether the record holds a final answer (a read: claims nothing)."""
 
-    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
-        """Store the final answer; False when `owner` no longer holds the claim."""
+    async def complete(self, record: str, owner: str, reply: Reply,
+                       keep_s: int | None = None) -> bool:
+        """Store the final answer; False when `owner` no longer holds the claim. `keep_s`:
+        the record expires that long from now, if sooner than its own retention."""
 
     async def release(self, record: str, owner: str) -> None:
         """Forget an in-flight record `owner` holds: the backend was certainly not reached."""
@@ -320,7 +322,8 @@ class MemoryIdempotencyRecords:
     def __init__(self, clock: Clock | None = None, max_records: int = 100_000) -> None:
         self._clock = clock or SystemClock()
         self._max_records = max_records
-        # Insertion order is expiry order: every record lives the same ttl from creation.
+        # Insertion order is creation order: records go oldest first (their retention runs
+        # from creation), and one answered sooner-expiring (`keep_s`) is dropped when met.
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
     async def claim(self, record: str, fingerprint: str, owner: str, lease_s: float,
@@ -328,6 +331,9 @@ class MemoryIdempotencyRecords:
         now = self._clock.monotonic()
         self._expire(now)
         found = self._records.get(record)
+        if found is not None and found.expires <= now:
+            del self._records[record]
+            found = None
         if found is None:
             self._records[record] = _Record("in_flight", fingerprint, owner, now + lease_s,
                                             now + ttl_s)
@@ -349,11 +355,14 @@ class MemoryIdempotencyRecords:
         return found is not None and found.state == "completed" and \
             found.expires > self._clock.monotonic()
 
-    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+    async def complete(self, record: str, owner: str, reply: Reply,
+                       keep_s: int | None = None) -> bool:
         found = self._records.get(record)
         if found is None or found.owner != owner:
             return False
         found.state, found.reply = "completed", reply
+        if keep_s is not None:
+            found.expires = min(found.expires, self._clock.monotonic() + keep_s)
         return True
 
     async def release(self, record: str, owner: str) -> None:

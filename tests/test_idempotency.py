@@ -18,9 +18,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
+from gateway.idempotency import record_id
+from gateway.redis_store import IDEMPOTENCY_KEY
 from loadtest.harness import Gateway, RedisServer, Upstreams
-from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT, admin_gateway, healed
+from tests.conftest import (
+    ADMIN_TOKEN,
+    GOOD_ORDER,
+    GOOD_PAYMENT,
+    StartApp,
+    admin_gateway,
+    healed,
+)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STORES = ["memory", "redis"]
@@ -384,3 +394,28 @@ async def test_orders_may_be_configured_to_fail_open(
         assert (refused.status, refused.code) == (503, "STATE_UNAVAILABLE")
     finally:
         gw.stop()
+
+
+async def test_a_refused_payments_record_is_kept_an_hour_not_a_day(
+        gateway_app: StartApp, redis_server: RedisServer, healthy: Upstreams,
+        http: aiohttp.ClientSession) -> None:
+    """A flood of refused submissions (402 here: nothing charged) must not fill the store
+    every client's payments need: their records live idempotency.ttl_4xx_s (3600)."""
+    gw = await gateway_app({"redis": {"url": redis_server.url}})
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ttls = {}
+        for label, payment in (("refused", {**GOOD_PAYMENT, "method": "balance",
+                                            "amount": 2_000_000}),
+                               ("charged", GOOD_PAYMENT)):
+            key = str(uuid.uuid4())
+            async with http.post(gw.url + "/v1/payments", json=payment,
+                                 headers={"Idempotency-Key": key}) as resp:
+                assert resp.status == (402 if label == "refused" else 201)
+            record = IDEMPOTENCY_KEY.format(record=record_id("anonymous", "POST /v1/payments",
+                                                             key))
+            ttls[label] = await client.ttl(record)
+        assert 3500 < ttls["refused"] <= 3600, ttls
+        assert ttls["charged"] > 23 * 3600, ttls
+    finally:
+        await client.aclose()

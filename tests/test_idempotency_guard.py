@@ -122,7 +122,8 @@ async def test_a_lookup_answering_neither_found_nor_absent_keeps_the_payment_unk
 
 
 class FailingCompletion(MemoryIdempotencyRecords):
-    async def complete(self, record: str, owner: str, reply: Reply) -> bool:
+    async def complete(self, record: str, owner: str, reply: Reply,
+                       keep_s: int | None = None) -> bool:
         raise StoreUnavailable("down")
 
 

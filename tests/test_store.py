@@ -119,6 +119,19 @@ async def test_records_expire_after_their_retention(records: IdempotencyRecords)
     assert (await records.claim(record, "fp2", "b", LEASE_S, 1)).status is ClaimStatus.CLAIMED
 
 
+async def test_a_record_kept_for_less_expires_then_and_no_later(
+        records: IdempotencyRecords) -> None:
+    refused, made = _record(), _record()
+    for record in (refused, made):
+        await records.claim(record, "fp", "a", LEASE_S, TTL_S)
+    await records.complete(refused, "a", REPLY, keep_s=1)
+    await records.complete(made, "a", REPLY)
+    await asyncio.sleep(1.2)
+    assert not await records.answered(refused)
+    assert (await records.claim(refused, "fp", "b", LEASE_S, TTL_S)).status is ClaimStatus.CLAIMED
+    assert (await records.claim(made, "fp", "b", LEASE_S, TTL_S)).status is ClaimStatus.COMPLETED
+
+
 async def test_concurrent_claims_have_exactly_one_winner(records: IdempotencyRecords) -> None:
     record = _record()
     results = await asyncio.gather(*(
