@@ -143,7 +143,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         answered = None
         if guard is not None and key is not None:
             answered = functools.partial(guard.answered, scope, key)
-        queue_pass = await room.let_in(scope, request.headers, answered)
+        queue_pass = await room.let_in(scope, request.headers, answered,
+                                       key if submits else None)
         if queue_pass is None:
             return await to_backend(request, scope, key, path, query, body, deadline)
         try:

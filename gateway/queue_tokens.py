@@ -33,8 +33,12 @@ class QueueTokens:
         return f"{expires_at}.{self._sign('pass', expires_at, scope)}"
 
     def pass_valid(self, token: str | None, scope: str, now: float) -> bool:
+        return self.pass_expiry(token, scope, now) is not None
+
+    def pass_expiry(self, token: str | None, scope: str, now: float) -> int | None:
+        """When a valid pass of this client's expires (Unix seconds); None: no pass."""
         expires_at = self._read("pass", token, scope)
-        return expires_at is not None and now < expires_at
+        return expires_at if expires_at is not None and now < expires_at else None
 
     def _sign(self, kind: str, number: int, scope: str) -> str:
         digest = hmac.digest(self._secret, f"{kind}|{number}|{scope}".encode(), hashlib.sha256)

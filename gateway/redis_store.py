@@ -70,6 +70,7 @@ ROOM_KEYS = (
     "og:{wr}:pace",  # the time (ms) the next ticket may be admitted: one every 1000/rate ms
 )
 ROOM_SETTINGS_KEY = "og:{wr}:settings"  # hash: version, overrides (JSON)
+PASS_KEY = "og:pass:{pass_id}"  # set: the submissions a pass let through, until it expires
 ROOM_SECRET_KEY = "og:{wr}:secret"  # the signing secret, when none is configured
 
 
@@ -253,6 +254,16 @@ if paused == 0 then
   end
 end
 return {expired, redis.call('ZCARD', KEYS[1]), paused, redis.call('ZCARD', KEYS[5]), waits}
+""")
+
+
+# KEYS[1] the pass's set of submissions; ARGV submission, most, expiry (Unix ms).
+_USE_PASS = _Script.of("""
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
 """)
 
 
@@ -658,6 +669,14 @@ class RedisTicketQueue:
             repeatable=False)
         return Tick(expired, waiting, bool(paused), recent,
                     tuple(int(w) / 1000 for w in waits))
+
+    async def use_pass(self, pass_id: str, submission: str, most: int,
+                       expires_at: float) -> bool:
+        # Repeatable: a submission added once is found the second time.
+        allowed = await self._connection.eval(
+            _USE_PASS, (PASS_KEY.format(pass_id=pass_id),), submission, most,
+            int(expires_at * 1000), repeatable=True)
+        return bool(allowed)
 
     async def totals(self) -> tuple[int, int, int]:
         redis = self._connection.client

@@ -478,6 +478,10 @@ class WaitingRoomSettings(_Model):
     admit_per_s: int = Field(50, ge=1, le=100_000)
     queue_all: StrictBool = False
     pass_ttl_s: float = Field(900.0, ge=1, le=86_400)
+    # Covered submissions (distinct Idempotency-Keys) one pass lets through: one pass must
+    # not take the pacing the room gives to everyone it admits. Past it, the pass counts as
+    # none (with Redis unreachable, passes keep working, uncounted).
+    pass_submissions: Annotated[int, Field(ge=1, le=10_000), ACCEPT_WHOLE_FLOATS] = 5
     # At least three poll intervals of a second, so one lost poll never costs a place.
     ticket_idle_s: float = Field(60.0, ge=3, le=3600)
     secret: str | None = Field(None, min_length=16, max_length=256, repr=False)

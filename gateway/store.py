@@ -249,6 +249,12 @@ class TicketQueue(Protocol):
     async def totals(self) -> tuple[int, int, int]:
         """(waiting now, tickets admitted ever, waiting tickets expired ever)."""
 
+    async def use_pass(self, pass_id: str, submission: str, most: int,
+                       expires_at: float) -> bool:
+        """Whether the pass `pass_id` may let `submission` through: one it let through
+        already, or a new one while it has let fewer than `most` through. Forgotten at
+        Unix time `expires_at`, when the pass is no pass anyway."""
+
 
 class RoomControl(Protocol):
     async def overrides(self) -> tuple[int, bytes]:
@@ -489,6 +495,8 @@ class MemoryTicketQueue:
         self._pace = 0.0  # when the next ticket may be admitted: one every 1/admit_per_s
         self._admitted_total = 0
         self._expired_total = 0
+        # Passes in use: the submissions each let through, until the pass expires.
+        self._passes: dict[str, tuple[set[str], float]] = {}
 
     async def enter(self, admit_per_s: int, queue_all: bool) -> Entry:
         now = self._clock.monotonic()
@@ -547,6 +555,19 @@ class MemoryTicketQueue:
 
     async def totals(self) -> tuple[int, int, int]:
         return len(self._waiting), self._admitted_total, self._expired_total
+
+    async def use_pass(self, pass_id: str, submission: str, most: int,
+                       expires_at: float) -> bool:
+        now = self._clock.wall()
+        for gone in [p for p, (_, until) in self._passes.items() if until <= now]:
+            del self._passes[gone]
+        used, _ = self._passes.setdefault(pass_id, (set(), expires_at))
+        if submission in used:
+            return True
+        if len(used) >= most:
+            return False
+        used.add(submission)
+        return True
 
     def _paced_from(self, now: float) -> float:
         """When the next admission is due: a late step catches up, a quiet spell does not."""

@@ -219,15 +219,18 @@ class WaitingRoom:
     # -- the request path --------------------------------------------------------
 
     async def let_in(self, scope: str, headers: Mapping[str, str],
-                     answered: Answered | None) -> str | None:
+                     answered: Answered | None, submission: str | None = None) -> str | None:
         """Let this request through, with the pass its answer carries (None: it needs none),
-        or raise QUEUED / QUEUE_TICKET_EXPIRED / STATE_UNAVAILABLE."""
+        or raise QUEUED / QUEUE_TICKET_EXPIRED / STATE_UNAVAILABLE. `submission`: the
+        Idempotency-Key of a covered submission, which a pass lets through only so often."""
         tokens = self._tokens
         if tokens is None:
             raise GatewayError(errors.STATE_UNAVAILABLE)
         settings = self.settings
         now = self._clock.wall()
-        if tokens.pass_valid(headers.get(PASS_HEADER), scope, now):
+        sent_pass = headers.get(PASS_HEADER)
+        expires_at = tokens.pass_expiry(sent_pass, scope, now)
+        if expires_at is not None and await self._pass_lets(sent_pass, submission, expires_at):
             return None
         try:
             if answered is not None and await answered():
@@ -250,6 +253,19 @@ class WaitingRoom:
         self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
         raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused,
                            entry.due_s)
+
+    async def _pass_lets(self, sent_pass: str | None, submission: str | None,
+                         expires_at: float) -> bool:
+        """Whether a valid pass lets this request through: always, but a covered submission
+        only while the pass has let fewer than `pass_submissions` others through (the same
+        submission again, a resubmission, always). Redis out of reach: it does."""
+        if submission is None or sent_pass is None:
+            return True
+        try:
+            return await self._queue.use_pass(sent_pass, submission,
+                                              self.settings.pass_submissions, expires_at)
+        except StoreUnavailable:
+            return True
 
     async def paced(self, route_key: str, deadline: float) -> None:
         """Hold a covered submission until the backend may take one more: at most

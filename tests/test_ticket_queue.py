@@ -226,3 +226,13 @@ async def test_a_restarted_process_numbers_its_line_above_the_one_before() -> No
     after = MemoryTicketQueue()
     assert await _a_ticket(after) > max(before)
     assert (await after.poll(before[0], LONG_IDLE_S)).state is TicketState.GONE
+
+
+async def test_a_pass_lets_through_so_many_submissions_and_each_again(
+        queue: TicketQueue) -> None:
+    pass_id, expires_at = f"pass-{time.monotonic_ns()}", time.time() + 60
+    assert [await queue.use_pass(pass_id, f"k{n}", 3, expires_at) for n in range(5)] == [
+        True, True, True, False, False]
+    assert await queue.use_pass(pass_id, "k1", 3, expires_at), "a resubmission goes"
+    assert not await queue.use_pass(pass_id, "k3", 3, expires_at), "a refused one stays so"
+    assert await queue.use_pass(pass_id + "-other", "k9", 3, expires_at), "each pass its own"
