@@ -135,11 +135,7 @@ class Metrics:
         self.waiting_room_wait_seconds = Histogram(
             "gateway_waiting_room_wait_seconds", "Waiting-room time from ticket to admission",
             buckets=_WAIT_BUCKETS, registry=reg)
-        self.replica_acks = Counter(
-            "gateway_replica_acks", "Writes that replicas were asked to hold (Redis WAIT), by "
-            "write (claim, answer, admin) and outcome (held; missing: not held in time, so a "
-            "claim was withdrawn and answered 503, an answer was given late, an admin change "
-            "answered 503)", ("write", "outcome"), registry=reg)
+        self.replica_acks = _replica_acks(reg)
         # Gathered since the last `flush`: requests by (route, status, code), and duration
         # tallies (see `_tally`) by route and by (backend, outcome).
         self._requests_due: dict[tuple[str, int, str], int] = {}
@@ -232,6 +228,14 @@ class Metrics:
             prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+def _replica_acks(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "gateway_replica_acks", "Writes that replicas were asked to hold (Redis WAIT), by "
+        "write (claim, answer, admin) and outcome (held; missing: not held in time, so a "
+        "claim was withdrawn and answered 503, an answer was given late, an admin change "
+        "answered 503)", ("write", "outcome"), registry=registry)
 
 
 def _tally() -> list[float]:
