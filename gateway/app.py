@@ -193,7 +193,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[ADMISSION] = admission
     shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
-                    settings.server.body_timeout_s, failed, bypass_here)
+                    settings.server.body_timeout_s, failed,
+                    tuple(settings.server.trusted_proxies), bypass_here)
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],

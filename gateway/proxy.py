@@ -37,6 +37,7 @@ from gateway.edge import REQUEST_ID, Handler
 from gateway.errors import GatewayError
 from gateway.forwarded import forwarded
 from gateway.idempotency import Idempotency
+from gateway.identity import Network
 from gateway.maintenance import BYPASS_HEADER, Maintenance, RouteWindows
 from gateway.rate_limit import DEFAULT_TIER, RateLimiter
 from gateway.reply import Reply
@@ -63,6 +64,7 @@ class Shared:
     deadline_s: float
     body_timeout_s: float
     failed: FailedChecks  # every failed secret check: audited, throttled per address
+    trusted_proxies: tuple[Network, ...]  # whose X-Forwarded-For names the client
     # Whether X-Maintenance-Bypass is honoured on the listener this request came in on:
     # only on the admin listener, when it is a separate one.
     bypass_here: Callable[[web.Request], bool]
@@ -143,8 +145,11 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         answered = None
         if guard is not None and key is not None:
             answered = functools.partial(guard.answered, scope, key)
+        address = identity.client_address(request.remote,
+                                          request.headers.get("X-Forwarded-For"),
+                                          shared.trusted_proxies)
         queue_pass = await room.let_in(scope, request.headers, answered,
-                                       key if submits else None)
+                                       key if submits else None, address)
         if queue_pass is None:
             return await to_backend(request, scope, key, path, query, body, deadline)
         try:

@@ -8,6 +8,7 @@ start-up; a problem is reported as one line naming its key path, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -150,6 +151,20 @@ class UpstreamsSettings(_Model):
 
 class ServerSettings(_Model):
     host: str = "0.0.0.0"
+    # Proxies in front (the ingress, a load balancer) whose X-Forwarded-For is believed:
+    # behind them, a client's address (for per-address bounds) is the rightmost hop that
+    # is not one of them. Empty: the peer's address, whatever a request says.
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value  # the list check says what is wrong
+        try:
+            return [ipaddress.ip_network(str(item), strict=False) for item in value]
+        except ValueError:
+            raise ValueError("must be addresses or networks, e.g. 10.0.0.0/8 or ::1") from None
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     # Connections the kernel completes and queues for the gateway to accept. Too short a
@@ -482,6 +497,10 @@ class WaitingRoomSettings(_Model):
     # not take the pacing the room gives to everyone it admits. Past it, the pass counts as
     # none (with Redis unreachable, passes keep working, uncounted).
     pass_submissions: Annotated[int, Field(ge=1, le=10_000), ACCEPT_WHOLE_FLOATS] = 5
+    # New tickets one client address (behind server.trusted_proxies) may take a minute,
+    # fleet-wide with Redis: past it, 429 RATE_LIMITED.
+    tickets_per_address_per_min: Annotated[int, Field(ge=1, le=1_000_000),
+                                           ACCEPT_WHOLE_FLOATS] = 600
     # At least three poll intervals of a second, so one lost poll never costs a place.
     ticket_idle_s: float = Field(60.0, ge=3, le=3600)
     secret: str | None = Field(None, min_length=16, max_length=256, repr=False)

@@ -77,6 +77,7 @@ MAX_POLL_S = 10
 # Covered submissions on their way to the backend: a token bucket per route (rate
 # `admit_per_s`, this burst), so the backend sees at most admit_per_s + 1 in any second.
 PACE_SCOPE = "room-pace:{route}"
+TICKETS_SCOPE = "room-tickets:{address}"  # the bucket of new tickets of one address
 PACE_BURST = 1
 _SECRET_BYTES = 32
 
@@ -219,7 +220,8 @@ class WaitingRoom:
     # -- the request path --------------------------------------------------------
 
     async def let_in(self, scope: str, headers: Mapping[str, str],
-                     answered: Answered | None, submission: str | None = None) -> str | None:
+                     answered: Answered | None, submission: str | None = None,
+                     address: str = "unknown") -> str | None:
         """Let this request through, with the pass its answer carries (None: it needs none),
         or raise QUEUED / QUEUE_TICKET_EXPIRED / STATE_UNAVAILABLE. `submission`: the
         Idempotency-Key of a covered submission, which a pass lets through only so often."""
@@ -244,6 +246,8 @@ class WaitingRoom:
                     raise self._queued(tokens, number, scope, ticket.position, ticket.paused,
                                        ticket.due_s)
                 raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
+            if self.view.queueing or settings.queue_all:
+                await self._ticket_allowed(address)
             entry = await self._queue.enter(settings.admit_per_s, settings.queue_all)
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
@@ -253,6 +257,16 @@ class WaitingRoom:
         self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
         raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused,
                            entry.due_s)
+
+    async def _ticket_allowed(self, address: str) -> None:
+        """At most `tickets_per_address_per_min` new tickets per client address (a bucket
+        of that many, refilled at that rate), fleet-wide with Redis: a script that takes
+        tickets by the thousand would push every real customer back in line. Asked only
+        while the room queues: a customer let straight through takes no ticket."""
+        most = self.settings.tickets_per_address_per_min
+        wait = await self._buckets.take(TICKETS_SCOPE.format(address=address), most / 60, most)
+        if wait > 0:
+            raise GatewayError(errors.RATE_LIMITED, retry_after_s=max(1, math.ceil(wait)))
 
     async def _pass_lets(self, sent_pass: str | None, submission: str | None,
                          expires_at: float) -> bool:

@@ -153,9 +153,13 @@ def run(profile_name: str, report_dir: Path) -> Verdict:
     gateways: list[Gateway] = []
     try:
         room = {"enabled": True, "admit_per_s": profile.admit_per_s}
+        # The customers come from one machine: each sends its own address, as an ingress in
+        # front would (a trusted proxy here), so the per-address ticket bound sees customers.
+        server = {"trusted_proxies": ["127.0.0.1/32", "::1/128"]}
         for _ in range(2):
             gateways.append(Gateway(log_dir, sims.urls, env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
-                                    config={"redis": {"url": redis.url}, "waiting_room": room}))
+                                    config={"redis": {"url": redis.url}, "waiting_room": room,
+                                            "server": server}))
         customers = _run_locust([gw.url for gw in gateways], profile, report_dir)
         orders_by_key = sims.stats("order")["orders_by_key"]
     finally:

@@ -49,6 +49,9 @@ class SaleCustomer(FastHttpUser):
     @task
     def buy(self) -> None:
         record: dict[str, Any] = {"client": f"sale-{uuid.uuid4().hex[:10]}",
+                                  # the customer's own address, as an ingress would pass it on
+                                  "address": f"198.18.{random.randrange(65536) >> 8}."
+                                             f"{random.randrange(256)}",
                                   "key": str(uuid.uuid4()), "arrived": time.time(),
                                   "patience_s": random.uniform(*PATIENCE_S), "statuses": []}
         CUSTOMERS.append(record)
@@ -94,7 +97,9 @@ class SaleCustomer(FastHttpUser):
                  body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
         url = random.choice(HOSTS) + path
         with self.client.request(method, url, data=body, catch_response=True, name=path[:10],
-                                 headers={"X-Client-ID": record["client"], **headers}) as resp:
+                                 headers={"X-Client-ID": record["client"],
+                                          "X-Forwarded-For": record["address"],
+                                          **headers}) as resp:
             status = resp.status_code or 0
             record["statuses"].append(status)
             try:

@@ -262,7 +262,8 @@ async def test_admin_shows_and_changes_settings_never_the_secret(
     assert set(shown.json) == {"settings", "waiting", "admitted_total", "expired_total"}
     assert shown.json["settings"] == {
         "enabled": True, "routes": ["POST /v1/orders"], "admit_per_s": 50, "queue_all": False,
-        "pass_ttl_s": 900.0, "pass_submissions": 5, "ticket_idle_s": 60.0}
+        "pass_ttl_s": 900.0, "pass_submissions": 5, "tickets_per_address_per_min": 600,
+        "ticket_idle_s": 60.0}
     changed = await admin(http, gw, "PUT", "/admin/waiting-room",
                           {"admit_per_s": 7, "routes": ["order", "GET /v1/availability"]})
     assert changed.status == 200
@@ -341,3 +342,28 @@ async def test_enabling_the_room_for_several_workers_without_redis_is_refused(
     assert "redis.url" in answer.json["errors"][0]["message"]
     assert (await admin(http, gw, "GET", "/admin/waiting-room")).json["settings"]["enabled"] \
         is False
+
+
+async def test_one_address_takes_at_most_its_tickets_a_minute_others_queue_as_usual(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    """68,115 tickets from one address in 10 s put every real customer behind them. With
+    the default (600 a minute), the 601st new ticket from an address is 429, while a
+    customer from another address (behind the trusted proxy) still takes one."""
+    gw = await gateway_app({**room(queue_all=True),
+                            "server": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]}})
+    bot = {"X_Forwarded_For": "198.51.100.7"}
+    codes = [(await order(http, gw, **bot)).code for _ in range(600)]
+    assert codes == ["QUEUED"] * 600  # each with a ticket of its own
+    # Then refused, but for the few the minute's refill (10 a second) lets through.
+    refused = await order(http, gw, **bot)
+    for _ in range(100):
+        if refused.code == "RATE_LIMITED":
+            break
+        refused = await order(http, gw, **bot)
+    assert refused.code == "RATE_LIMITED" and int(refused.headers["Retry-After"]) >= 1
+    # The proxy's own address is not the client's: another customer behind it queues.
+    assert_queued(await order(http, gw, X_Forwarded_For="198.51.100.8"))
+    # A hop the client wrote left of the proxy's proves nothing: the rightmost untrusted
+    # address is the client, so a bot cannot rotate addresses it invents.
+    spoof = await order(http, gw, X_Forwarded_For="203.0.113.1, 198.51.100.7")
+    assert spoof.code == "RATE_LIMITED"
