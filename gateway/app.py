@@ -35,7 +35,7 @@ from gateway.breaker_control import BreakerBoard
 from gateway.clock import Clock, SystemClock
 from gateway.edge import EDGE, Edge, Handler, middleware
 from gateway.faults import Faults
-from gateway.idempotency import Idempotency
+from gateway.idempotency import Idempotency, RefusedRecords
 from gateway.maintenance import Maintenance
 from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.problem import json_response, negotiate_language
@@ -195,10 +195,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
                     settings.server.body_timeout_s, failed,
                     tuple(settings.server.trusted_proxies), bypass_here)
+    refused = RefusedRecords(settings.idempotency, stores.buckets, clock)
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, stores.records, settings, metrics),
+            _idempotency(policy, stores.records, settings, metrics, refused),
             stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/queue/{ticket}",
                        poll_route(room, keys if keys.enabled else None, failed))
@@ -226,14 +227,15 @@ async def _timeline_flush(app: web.Application) -> AsyncIterator[None]:
 
 
 def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Settings,
-                 metrics: Metrics) -> Idempotency | None:
+                 metrics: Metrics, refused: RefusedRecords) -> Idempotency | None:
     if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
     return Idempotency(
         policy.route_key, records, settings.idempotency,
         metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key),
         success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
-        fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open)
+        fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open,
+        refused=refused)
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:

@@ -36,17 +36,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway import errors
+from gateway.clock import Clock
 from gateway.errors import ErrorSpec, GatewayError
 from gateway.field_errors import invalid_field
 from gateway.reply import Reply
 from gateway.settings import IdempotencySettings
-from gateway.store import Claim, ClaimStatus, IdempotencyRecords, StoreUnavailable
+from gateway.store import Claim, ClaimStatus, IdempotencyRecords, StoreUnavailable, TokenBuckets
 
 log = logging.getLogger("gateway.idempotency")
 
@@ -101,13 +103,62 @@ def fingerprint(route: str, body: bytes) -> str:
     return hashlib.blake2b(route.encode() + b"\n" + body, digest_size=16).hexdigest()
 
 
+class RefusedRecords:
+    """The bound on records of refused (4xx) answers, per client scope and per address.
+
+    Each stored 4xx answer takes from a bucket of its scope and of its address (the
+    store's, so fleet-wide with Redis), refilled at the bound per `ttl_4xx_s`. A bucket
+    found empty holds that scope or address in this process until it has room again, and
+    every keyed POST asks only that: one dict lookup on the hot path, and a refused
+    answer costs the store only when it happens. Each process thus lets at most one
+    more record through once a bucket is empty. Honest traffic, whose answers made
+    something, never spends from it.
+    """
+
+    def __init__(self, settings: IdempotencySettings, buckets: TokenBuckets,
+                 clock: Clock) -> None:
+        window_s = min(settings.ttl_4xx_s, settings.ttl_s)
+        self._limits = {"scope": settings.max_4xx_per_scope,
+                        "address": settings.max_4xx_per_address}
+        self._window_s = window_s
+        self._buckets = buckets
+        self._clock = clock
+        self._held: dict[tuple[str, str], float] = {}  # (kind, who) -> held until
+
+    def check(self, scope: str, address: str) -> None:
+        """429 RATE_LIMITED while this scope or address is held."""
+        if not self._held:
+            return
+        now = self._clock.monotonic()
+        for who in (("scope", scope), ("address", address)):
+            until = self._held.get(who)
+            if until is not None:
+                if until > now:
+                    raise GatewayError(errors.RATE_LIMITED,
+                                       retry_after_s=max(1, math.ceil(until - now)))
+                del self._held[who]
+
+    async def spend(self, scope: str, address: str) -> None:
+        """A refused answer was stored for this scope and address."""
+        for kind, who in (("scope", scope), ("address", address)):
+            limit = self._limits[kind]
+            try:
+                wait = await self._buckets.take(f"refused:{kind}:{who}",
+                                                limit / self._window_s, limit)
+            except StoreUnavailable:
+                return  # the bound is a guard against floods, not worth failing an answer
+            if wait > 0:
+                self._held[kind, who] = self._clock.monotonic() + wait
+
+
 class Idempotency:
     """The idempotency guard of one route, built once at start-up."""
 
     def __init__(self, route: str, store: IdempotencyRecords, settings: IdempotencySettings,
                  count: Count, *, success_status: int, unknown_outcome: ErrorSpec | None,
-                 fail_open: bool) -> None:
+                 fail_open: bool, refused: RefusedRecords | None = None) -> None:
         self._route = route
+        self._refused = refused
         self._store = store
         self._count = count
         self._lease_s = settings.lease_s
@@ -126,9 +177,12 @@ class Idempotency:
         except StoreUnavailable:
             return False
 
-    async def run(self, scope: str, key: str, body: bytes,
-                  submission: Submission) -> tuple[Reply, bool]:
+    async def run(self, scope: str, key: str, body: bytes, submission: Submission,
+                  address: str = "unknown") -> tuple[Reply, bool]:
         """The answer for this submission, and whether it is a replay (not forwarded)."""
+        refused = self._refused
+        if refused is not None:
+            refused.check(scope, address)
         record = record_id(scope, self._route, key)
         owner = secrets.token_hex(8)
         try:
@@ -146,7 +200,10 @@ class Idempotency:
             return claim.reply, True
         reconcile = claim.status is ClaimStatus.RECONCILE
         self._count("taken_over" if reconcile else "claimed")
-        return await self._settle(record, owner, reconcile, submission)
+        reply, replayed = await self._settle(record, owner, reconcile, submission)
+        if refused is not None and not replayed and 400 <= reply.status < 500:
+            await refused.spend(scope, address)
+        return reply, replayed
 
     async def _claim(self, record: str, fp: str, owner: str) -> Claim:
         """Claim the record; while another holds it, wait up to the configured time."""

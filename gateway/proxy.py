@@ -200,8 +200,12 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)
 
+        address = identity.client_address(request.remote,
+                                          request.headers.get("X-Forwarded-For"),
+                                          shared.trusted_proxies)
         reply, replayed = await guard.run(scope, key, body,
-                                          idempotency.Submission(forward, lookup, may_resend))
+                                          idempotency.Submission(forward, lookup, may_resend),
+                                          address)
         response = _respond(reply)
         if replayed:
             response.headers[idempotency.REPLAY_HEADER] = "true"

@@ -334,6 +334,12 @@ class IdempotencySettings(_Model):
     # long from its answer (never longer than ttl_s): a flood of refused submissions must
     # not fill the store that every client's payments need.
     ttl_4xx_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
+    # At most this many such records per client scope, and per client address (behind
+    # server.trusted_proxies), in any ttl_4xx_s (a bucket refilled at that rate); past
+    # either, that scope's or address's keyed POSTs get 429 RATE_LIMITED, nothing stored
+    # or forwarded. Answers that made something (2xx) never count.
+    max_4xx_per_scope: int = Field(1000, ge=1, le=10_000_000)
+    max_4xx_per_address: int = Field(1000, ge=1, le=10_000_000)
     # How long a claim protects a request in flight. If the claiming process
     # dies, another takes the key over only after this, and asks the backend
     # first. Must outlast the longest a claim is held (see Settings below).

@@ -419,3 +419,35 @@ async def test_a_refused_payments_record_is_kept_an_hour_not_a_day(
         assert ttls["charged"] > 23 * 3600, ttls
     finally:
         await client.aclose()
+
+
+async def test_a_flood_of_refused_payments_leaves_other_clients_paying(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    """One client sent 5,000 over-limit balance payments a second (402, nothing charged,
+    a record each): records of refused answers are bounded per client scope and address
+    (default 1,000 each per ttl_4xx_s), past which that client's keyed POSTs are 429,
+    nothing forwarded or stored; another client (another address, behind the trusted
+    proxy) is answered 201 throughout."""
+    gw = await gateway_app({"server": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]}})
+    flood = {**GOOD_PAYMENT, "method": "balance", "amount": 2_000_000}
+    flooder = {"X-Client-ID": "flooder", "X-Forwarded-For": "198.51.100.66"}
+
+    async def pay(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str | None]:
+        async with http.post(gw.url + "/v1/payments", json=body,
+                             headers={"Idempotency-Key": str(uuid.uuid4()), **headers}) as resp:
+            return resp.status, (await resp.json(content_type=None)).get("code")
+
+    answers = [await pay(flood, flooder) for _ in range(1000)]
+    assert set(answers) == {(402, "INSUFFICIENT_BALANCE")}
+    # The bound is found spent with the record past it (one more per process), and the
+    # bucket refills by a record every 3.6 s: a few more at most, then refused.
+    while answers[-1] != (429, "RATE_LIMITED") and len(answers) < 1010:
+        answers.append(await pay(flood, flooder))
+    assert answers[-1] == (429, "RATE_LIMITED") and len(answers) <= 1004, answers[1000:]
+    seen = healthy.stats("payment")["requests"]
+    assert await pay(flood, flooder) == (429, "RATE_LIMITED")
+    assert healthy.stats("payment")["requests"] == seen, "refused before anything was sent"
+    honest = {"X-Client-ID": "shop-app", "X-Forwarded-For": "198.51.100.7"}
+    assert (await pay(GOOD_PAYMENT, honest))[0] == 201
+    # The flooder's address is held as well: a new client id from it changes nothing.
+    assert await pay(flood, {**flooder, "X-Client-ID": "flooder-2"}) == (429, "RATE_LIMITED")
