@@ -232,3 +232,15 @@ def test_every_alert_and_panel_names_a_metric_the_gateway_exports(
              for m in METRIC.findall(expr)}
     assert named, "the rules and the dashboard name metrics"
     assert named <= exported, f"not exported: {sorted(named - exported)}"
+
+
+def test_the_shipped_redis_is_bounded_and_never_evicts_a_live_record() -> None:
+    redis = _one("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+    settings = dict(zip(args[::2], args[1::2], strict=False))
+    assert settings["--maxmemory-policy"] == "noeviction"
+    assert settings["--maxmemory"].endswith("mb")
+    limit_mib = int(redis["resources"]["limits"]["memory"].removesuffix("Mi"))
+    assert int(settings["--maxmemory"].removesuffix("mb")) < 0.7 * limit_mib, \
+        "room for the append-only file's rewrite"
+    assert int(settings["--hash-max-listpack-value"]) >= 1024
