@@ -145,11 +145,8 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         answered = None
         if guard is not None and key is not None:
             answered = functools.partial(guard.answered, scope, key)
-        address = identity.client_address(request.remote,
-                                          request.headers.get("X-Forwarded-For"),
-                                          shared.trusted_proxies)
         queue_pass = await room.let_in(scope, request.headers, answered,
-                                       key if submits else None, address)
+                                       key if submits else None, _address(request, shared))
         if queue_pass is None:
             return await to_backend(request, scope, key, path, query, body, deadline)
         try:
@@ -200,12 +197,9 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)
 
-        address = identity.client_address(request.remote,
-                                          request.headers.get("X-Forwarded-For"),
-                                          shared.trusted_proxies)
         reply, replayed = await guard.run(scope, key, body,
                                           idempotency.Submission(forward, lookup, may_resend),
-                                          address)
+                                          _address(request, shared))
         response = _respond(reply)
         if replayed:
             response.headers[idempotency.REPLAY_HEADER] = "true"
@@ -222,6 +216,12 @@ def _shed(shed: Callable[[], None] | None) -> NoReturn:
 
 def _cache_key(query: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(query.items())) if query else ()
+
+
+def _address(request: web.Request, shared: Shared) -> str:
+    """The client's address, behind the trusted proxies (for per-address bounds)."""
+    return identity.client_address(request.remote, request.headers.get("X-Forwarded-For"),
+                                   shared.trusted_proxies)
 
 
 def _audit_route(request: web.Request) -> str:
