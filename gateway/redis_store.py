@@ -19,6 +19,7 @@ machines agree on when a lease has run out however their clocks drift.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -582,13 +583,11 @@ class RedisIdempotencyRecords:
         """A claim no replica holds goes as it was found: a new record is deleted, a record
         whose earlier outcome is unknown stays unknown, so the next claim still reconciles.
         With Redis out of reach meanwhile, the lease lets the next claim reconcile."""
-        try:
+        with contextlib.suppress(StoreUnavailable):
             if status is ClaimStatus.CLAIMED:
                 await self.release(record, owner)
             else:
                 await self.abandon(record, owner)
-        except StoreUnavailable:
-            pass
 
     async def answered(self, record: str) -> bool:
         state = await self._connection.command("HGET", IDEMPOTENCY_KEY.format(record=record),
