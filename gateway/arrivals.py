@@ -1,21 +1,28 @@
-"""Decisions at arrival: taken on a request head as soon as it is read.
+"""Decisions at arrival: taken on a request as soon as the parser has read its head.
 
 Under a crowd most requests are refused, so the price of a refusal decides how
 much CPU is left for the requests let in. Through aiohttp a refusal costs a
-parsed request, a task, the middleware and a response object; here it costs a
-few byte searches and one write. The connection layer (`connections.py`) shows
-`Arrivals.route_of` each read of an idle connection. A read that is exactly one
-request head with nothing unusual in it:
+request object, a task, the middleware and a response object; here it costs a
+few header lookups and one write. The connection layer (`connections.py`) shows
+`Arrivals.route_of` each request aiohttp's parser reads, when every earlier
+request on the connection is answered. Only a request with nothing unusual in it
+is decided here:
 
-- HTTP/1.1, no body, no `Connection`, `Upgrade` or `Origin` header (CORS answers
-  need the whole request);
-- the exact path of a proxied route (a path id of letters, digits, `-` and `_`);
+- HTTP/1.1, no body, no `Connection`, `Upgrade`, `Origin` (CORS answers need the
+  whole request) or `Expect` header;
+- the exact path of a proxied route (a path id of ASCII letters, digits, `-` and
+  `_`).
 
-is counted by admission at once, or refused with prebuilt bytes: `503
+It is counted by admission at once, or refused with prebuilt bytes: `503
 OVERLOADED` with the client's request id and language, the same answer the
 handler would give. The connection stays open. A client that came back before
 the Retry-After of its last refusal ended is told to wait twice as long (up to
 8 s; see `connections.EdgeConnection._refuse`).
+
+The request is the parser's, never a reading of raw bytes of our own: what is
+answered here is exactly a request the handler would have been given, whatever
+the bytes' split across reads (a head that ends a body's read, a head the parser
+holds unfinished, bytes it refuses).
 
 A maintenance window and an open breaker answer at arrival too, before
 admission, where nothing the handler does before them could answer otherwise
@@ -40,6 +47,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from aiohttp import HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+
 from gateway import identity, overload, validation
 from gateway.admission import Admission
 from gateway.breaker import Breaker
@@ -51,15 +61,9 @@ from gateway.problem import negotiate_language
 from gateway.routes import RoutePolicy
 from gateway.waiting_room import RouteGate
 
-_HEAD_END = b"\r\n\r\n"
-# Headers (lowercased, as they follow a line break) that send a request the usual way.
-_USUAL_WAY = (b"\ncontent-length:", b"\ntransfer-encoding:", b"\nconnection:",
-              b"\nupgrade:", b"\norigin:", b"\nexpect:")
-_REQUEST_ID = b"\nx-request-id:"
-_ACCEPT_LANGUAGE = b"\naccept-language:"
-_CLIENT_ID = b"\nx-client-id:"
-_DEADLINE = b"\n" + overload.DEADLINE_HEADER.lower().encode() + b":"
-_BYPASS = b"\n" + BYPASS_HEADER.lower().encode() + b":"
+# Headers that send a request the usual way.
+_USUAL_WAY = ("Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "Origin",
+              "Expect")
 _MAX_PREBUILT = 64  # answers kept per kind; past this they are built again
 _STATUSES = {spec.code: spec.status for spec in (OVERLOADED, CIRCUIT_OPEN, MAINTENANCE)}
 _MAX_ID_BYTES = 128  # a path id longer than this is checked the usual way
@@ -86,16 +90,15 @@ class Arrivals:
         self.holds = holds  # see `overload.hold_early_retries`
         self.enter = admission.enter
         self.leave = admission.leave
-        self._exact: dict[bytes, RoutePolicy] = {}
-        self._templated: dict[bytes, RoutePolicy] = {}
+        # By method and path; the table's templates have one id, at the end.
+        self._exact: dict[tuple[str, str], RoutePolicy] = {}
+        self._templated: dict[tuple[str, str], RoutePolicy] = {}
         for policy in routes:
-            method = policy.method.encode()
             if policy.path_params:
-                # The table's templates have one id, at the end: `/v1/orders/{order_id}`.
-                prefix = policy.path[:policy.path.index("{")]
-                self._templated[method + b" " + prefix.encode()] = policy
+                prefix = policy.path[:policy.path.index("{")]  # `/v1/orders/{order_id}`
+                self._templated[policy.method, prefix] = policy
             else:
-                self._exact[method + b" " + policy.path.encode()] = policy
+                self._exact[policy.method, policy.path] = policy
         self._edge = edge
         base = GatewayError(OVERLOADED).retry_after or 1
         # Retry-After doubles each time in a row a client came back before it ended.
@@ -112,38 +115,34 @@ class Arrivals:
         # By window object (a window changed through the API is a new one) and Retry-After.
         self._window_answers: dict[tuple[int, int | None], tuple[Window, RawAnswer]] = {}
 
-    def route_of(self, data: bytes) -> RoutePolicy | None:
-        """The proxied route `data` asks for, if it is one whole plain request head."""
-        end = data.find(_HEAD_END)
-        if end != len(data) - 4:
+    def route_of(self, message: RawRequestMessage) -> RoutePolicy | None:
+        """The proxied route of a request the parser read, if it is plain enough to decide
+        at arrival."""
+        if message.version != HttpVersion11:
             return None
-        line_end = data.find(b"\r\n")
-        method_path, _, version = data[:line_end].rpartition(b" ")
-        if version != b"HTTP/1.1":
-            return None
-        path = method_path.partition(b"?")[0]
-        policy = self._exact.get(path)
+        path = message.path.partition("?")[0]
+        policy = self._exact.get((message.method, path))
         if policy is None:
-            prefix, _, last = path.rpartition(b"/")
-            policy = self._templated.get(prefix + b"/")
+            prefix, _, last = path.rpartition("/")
+            policy = self._templated.get((message.method, prefix + "/"))
             if policy is None or not _plain_id(last):
                 return None
-        head = data[line_end:].lower()
+        headers = message.headers
         for name in _USUAL_WAY:
-            if name in head:
+            if name in headers:
                 return None
         return policy
 
-    def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes:
-        """The 503 for a head `route_of` found, its Retry-After doubled `doublings` times;
+    def refusal(self, message: RawRequestMessage, policy: RoutePolicy, doublings: int) -> bytes:
+        """The 503 for a request `route_of` found, its Retry-After doubled `doublings` times;
         counted (see `count`) and logged."""
-        return self._refuse(data, data.lower(), policy, self._answers[doublings], OVERLOADED)
+        return self._refuse(message, policy, self._answers[doublings], OVERLOADED)
 
-    def early_refusal(self, data: bytes,
+    def early_refusal(self, message: RawRequestMessage,
                       policy: RoutePolicy) -> tuple[bytes, int | None] | None:
-        """For a head `route_of` found: a maintenance window's or an open breaker's answer and
-        its Retry-After, when one refuses the route now and nothing the handler checks first
-        could answer otherwise; None: the usual way."""
+        """For a request `route_of` found: a maintenance window's or an open breaker's answer
+        and its Retry-After, when one refuses the route now and nothing the handler checks
+        first could answer otherwise; None: the usual way."""
         early = self._early.get(policy.path)
         if early is None or early.gate.covered:
             return None
@@ -152,11 +151,10 @@ class Arrivals:
         left_s = None if window is not None else early.breaker.held_back_for()
         if window is None and left_s is None:
             return None
-        head = data.lower()
-        if not _checks_pass(data, head, policy):
+        if not _checks_pass(message, policy):
             return None
         if window is not None:
-            if _BYPASS in head:
+            if BYPASS_HEADER in message.headers:
                 return None  # the handler judges the token (and audits its use)
             err = early.maintenance.error(window)
             key = (id(window), err.retry_after)
@@ -165,7 +163,7 @@ class Arrivals:
                 if len(self._window_answers) >= _MAX_PREBUILT:
                     self._window_answers.clear()
                 kept = self._window_answers[key] = (window, self._edge.raw_answer(err))
-            return self._refuse(data, head, policy, kept[1], MAINTENANCE), err.retry_after
+            return self._refuse(message, policy, kept[1], MAINTENANCE), err.retry_after
         assert left_s is not None
         retry_after = max(1, math.ceil(left_s))
         answer = self._breaker_answers.get((policy.backend, retry_after))
@@ -174,17 +172,18 @@ class Arrivals:
                 self._breaker_answers.clear()
             answer = self._breaker_answers[(policy.backend, retry_after)] = (
                 self._edge.raw_answer(early.breaker.rejection(retry_after)))
-        return self._refuse(data, head, policy, answer, CIRCUIT_OPEN), retry_after
+        return self._refuse(message, policy, answer, CIRCUIT_OPEN), retry_after
 
-    def _refuse(self, data: bytes, head: bytes, policy: RoutePolicy, answer: RawAnswer,
+    def _refuse(self, message: RawRequestMessage, policy: RoutePolicy, answer: RawAnswer,
                 spec: ErrorSpec) -> bytes:
-        rid = identity.request_id(_header(data, head, _REQUEST_ID))
-        lang = negotiate_language(_header(data, head, _ACCEPT_LANGUAGE))
+        headers = message.headers
+        rid = identity.request_id(headers.get("X-Request-ID"))
+        lang = negotiate_language(headers.get("Accept-Language"))
         key = (policy.path, spec.code)
         self._refused[key] = self._refused.get(key, 0) + 1
         if self._edge.logs_access:
-            self._edge.log_raw(rid, policy.method, policy.path, _target(data).decode("latin-1"),
-                               spec.status, spec.code, 0.0)
+            self._edge.log_raw(rid, policy.method, policy.path,
+                               message.path.partition("?")[0], spec.status, spec.code, 0.0)
         return answer.bytes_for(rid, lang)
 
     def count(self) -> None:
@@ -200,33 +199,21 @@ class Arrivals:
                 self._metrics.breaker_rejections.labels(policy.backend).inc(count)
 
 
-def _checks_pass(data: bytes, head: bytes, policy: RoutePolicy) -> bool:
-    """Whether the steps a handler takes before maintenance and the breaker let this head
+def _checks_pass(message: RawRequestMessage, policy: RoutePolicy) -> bool:
+    """Whether the steps a handler takes before maintenance and the breaker let this request
     through: otherwise they answer it, the usual way."""
+    headers = message.headers
     try:
-        identity.client_scope(_header(data, head, _CLIENT_ID))
-        if (deadline := _header(data, head, _DEADLINE)) is not None:
+        identity.client_scope(headers.get("X-Client-ID"))
+        if (deadline := headers.get(overload.DEADLINE_HEADER)) is not None:
             overload.deadline_of(0.0, 1.0, deadline)
         validation.check_path_ids({policy.path_params[0]:
-                                   _target(data).rpartition(b"/")[2].decode()})
+                                   message.path.partition("?")[0].rpartition("/")[2]})
     except GatewayError:
         return False
     return True
 
 
-def _target(data: bytes) -> bytes:
-    """The request target's path, without its query."""
-    return data[:data.find(b"\r\n")].split(b" ")[1].partition(b"?")[0]
-
-
-def _plain_id(segment: bytes) -> bool:
-    return 0 < len(segment) <= _MAX_ID_BYTES and segment.translate(None, b"-_").isalnum()
-
-
-def _header(data: bytes, head: bytes, name: bytes) -> str | None:
-    """The value of header `name` (found in the lowercased `head`), as sent."""
-    at = head.find(name)
-    if at < 0:
-        return None
-    start = at + len(name)
-    return data[start:data.find(b"\r\n", start)].strip().decode("latin-1")
+def _plain_id(segment: str) -> bool:
+    return (0 < len(segment) <= _MAX_ID_BYTES and segment.isascii()
+            and segment.replace("-", "").replace("_", "").isalnum())

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_request import BaseRequest
 
@@ -47,18 +48,30 @@ _UNAVAILABLE = 503
 _HOLD_AFTER_503_S = 1
 
 
-class AdmissionAtArrival(Protocol):
-    """What a connection asks of admission when it reads a head (`arrivals.Arrivals`)."""
+class EdgeAnswers(Protocol):
+    """The answers a connection gives without a handler (`edge.Edge`)."""
 
-    def route_of(self, data: bytes) -> RoutePolicy | None: ...
+    def refuse(self, request: BaseRequest, status: int,
+               exc: BaseException | None) -> web.StreamResponse: ...
+
+    def head_timeout_answer(self) -> bytes: ...
+
+    def heads_full_answer(self) -> bytes: ...
+
+
+class AdmissionAtArrival(Protocol):
+    """What a connection asks of admission when the parser read a head (`arrivals.Arrivals`)."""
+
+    def route_of(self, message: RawRequestMessage) -> RoutePolicy | None: ...
 
     def enter(self, priority: int) -> bool: ...
 
     def leave(self) -> None: ...
 
-    def refusal(self, data: bytes, policy: RoutePolicy, doublings: int) -> bytes: ...
+    def refusal(self, message: RawRequestMessage, policy: RoutePolicy,
+                doublings: int) -> bytes: ...
 
-    def early_refusal(self, data: bytes,
+    def early_refusal(self, message: RawRequestMessage,
                       policy: RoutePolicy) -> tuple[bytes, int | None] | None: ...
 
     @property
@@ -129,20 +142,89 @@ def arrival(request: web.BaseRequest) -> tuple[bool, float]:
     return False, asyncio.get_running_loop().time()
 
 
+class HeadBytes:
+    """Bytes of unfinished request heads a process holds across its connections, and the
+    most it may (`server.max_buffered_head_bytes`)."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
+# What aiohttp's request parser returns for a read: the requests whose heads it read (each
+# with its body's stream), whether the connection was upgraded, and the bytes after that.
+Parsed = tuple[Sequence[tuple[Any, StreamReader]], bool, bytes]
+
+
+class ParsedAtArrival:
+    """aiohttp's request parser, each request it reads shown to the connection's answers at
+    arrival before aiohttp queues it.
+
+    `answer` is given the requests of a read in order and returns those left for aiohttp
+    (it answers a first part, or none). The parser stops after a number of requests not yet
+    consumed and keeps the rest of the read: answered ones are consumed here, and the rest is
+    parsed on at once, or, once a request is left for aiohttp, by `parse_on` (so a parse
+    error in it is answered after the requests read before it, as aiohttp answers it)."""
+
+    __slots__ = ("_answer", "_parse_on", "_parser")
+
+    def __init__(self, parser: Any, answer: Callable[[Sequence[tuple[Any, StreamReader]]],
+                                                     Sequence[tuple[Any, StreamReader]]],
+                 parse_on: Callable[[], None]) -> None:
+        self._parser = parser
+        self._answer = answer
+        self._parse_on = parse_on
+
+    def feed_data(self, data: bytes) -> Parsed:
+        messages, upgraded, tail = self._parser.feed_data(data)
+        while messages and not upgraded:
+            kept = self._answer(messages)
+            answered = len(messages) - len(kept)
+            if not answered:
+                break
+            for _ in range(answered):
+                self._parser.message_consumed()
+            if kept:
+                self._parse_on()
+                return kept, upgraded, tail
+            messages, upgraded, tail = self._parser.feed_data(b"")
+        return messages, upgraded, tail
+
+    def message_consumed(self) -> None:
+        self._parser.message_consumed()
+
+    def pause_reading(self) -> None:
+        self._parser.pause_reading()
+
+    def set_upgraded(self, val: bool) -> None:
+        self._parser.set_upgraded(val)
+
+    def feed_eof(self) -> Any:
+        return self._parser.feed_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
 class EdgeConnection(web.RequestHandler):
     """aiohttp's connection handler with a head timeout, catalog answers, and admission
     at arrival (`arrivals.py`)."""
 
     __slots__ = (
         "_answered",
+        "_answered_here",
         "_arrived_at",
         "_counted",
         "_doublings",
         "_edge_server",
+        "_ends_at_head",
+        "_head_bytes",
         "_head_timer",
         "_held",
+        "_last_compressed",
         "_last_payload",
-        "_partial_head",
         "_refused_until",
     )
 
@@ -152,42 +234,101 @@ class EdgeConnection(web.RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         # The body of the latest request parsed: bytes while it is unfinished are its.
         self._last_payload: StreamReader = EMPTY_PAYLOAD
-        self._partial_head = False  # the parser holds the start of a head
+        self._last_compressed = False  # ... and whether it is decompressed as it is read
+        self._head_bytes = 0  # at most this many bytes of an unfinished head are held
         self._answered = 0  # requests of aiohttp's count whose answer is written
+        self._answered_here = 0  # requests answered at arrival (aiohttp never saw them)
+        self._ends_at_head = True  # the bytes read so far end with a head's end
         self._arrived_at = 0.0  # loop time the latest head was read
         self._counted = False  # admission counted the head read last, not yet handled
         # A refusal at arrival waiting to go out, and when Retry-After of the last one ends.
         self._held: tuple[asyncio.TimerHandle, bytes] | None = None
         self._refused_until = 0.0
         self._doublings = 0  # refusals in a row this client came back early for
+        if manager.arrivals is not None:
+            self._parser = cast(Any, ParsedAtArrival(self._parser, self._at_arrival,
+                                                     self._parse_on))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_head_timer()  # a connection that sends nothing is cut off too
 
     def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            return  # closing: aiohttp reads no more either
         if self._held is not None:
             self._send_held()  # a client that did not wait: answers stay in order
-        heads = self._request_count
-        body_pending = not self._last_payload.is_eof()
-        if self._idle() and self._admitted_at_arrival(data) is False:
-            return
+        heads, answered_here = self._request_count, self._answered_here
+        payload, body_total = self._last_payload, self._last_payload.total_bytes
+        body_pending = not payload.is_eof()
+        if data:
+            self._ends_at_head = data.endswith(b"\r\n\r\n")
         super().data_received(data)
+        read_a_head = self._request_count != heads or self._answered_here != answered_here
         if self._request_count != heads:
             self._arrived_at = self._loop.time()
-            self._last_payload = self._messages[-1][1] if self._messages else EMPTY_PAYLOAD
-            # Bytes after the last head may be the start of the next one: unless the read
-            # ended with a head (or a body is still coming), the parser may hold a part.
-            self._partial_head = (not data.endswith(b"\r\n\r\n")
-                                  and self._last_payload.is_eof())
+            if self._messages:
+                message, self._last_payload = self._messages[-1]
+                self._last_compressed = getattr(message, "compression", None) is not None
+            else:
+                self._last_payload = EMPTY_PAYLOAD
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
-        elif data and not body_pending:
-            # Bytes that are no body's: the start of the next request's head.
-            self._partial_head = True
-            if self._head_timer is None:
-                self._arm_head_timer()
+        elif self._head_timer is None and self._holds_head_start(
+                data, body_pending, self._answered_here != answered_here):
+            self._arm_head_timer()
+        if data:
+            self._count_head_bytes(self._unfinished_head_bytes(
+                data, read_a_head or body_pending, body_total if payload is self._last_payload
+                else 0))
+
+    def _unfinished_head_bytes(self, data: bytes, ended_something: bool,
+                               body_before: int) -> int:
+        """At most how many bytes of an unfinished head the parser holds after reading
+        `data`: `ended_something`, whether a head was read or a body was being read (so
+        only bytes after the last head's end, and after the body's, can be a new head's);
+        `body_before`, the bytes of the latest body counted before this read."""
+        if self._ends_at_head or not self._last_payload.is_eof():
+            return 0  # just after a head, or in a body: none
+        if not ended_something:
+            return self._head_bytes + len(data)  # a head growing
+        end = data.rfind(b"\r\n\r\n")
+        after = len(data) - (end + 4) if end >= 0 else len(data)
+        if not self._last_compressed:  # a decompressed body counts more bytes than it read
+            after = min(after, len(data) - (self._last_payload.total_bytes - body_before))
+        return max(0, after)
+
+    def _count_head_bytes(self, held: int) -> None:
+        budget = self._edge_server.head_bytes
+        budget.held += held - self._head_bytes
+        self._head_bytes = held
+        if held and budget.held > budget.limit:
+            self._heads_full()
+
+    def _heads_full(self) -> None:
+        """The process holds more of unfinished heads than it may, and this connection holds
+        one: refused with 503 when nothing is owed before it, else closed after the answers
+        it owes (a 503 now would come before them)."""
+        if self.transport is None:
+            return
+        if self._answered == self._request_count:
+            self.transport.write(self._edge_server.heads_full_answer())
+            self.force_close()
+        else:
+            self.close()
+        # Closing, it reads no more: what it holds is let go of now, so the connections
+        # read next in this loop turn are judged against what stays.
+        self._count_head_bytes(0)
+
+    def _holds_head_start(self, data: bytes, body_pending: bool, answered_here: bool) -> bool:
+        """Whether the parser may now hold the start of a head, after a read in which it
+        read no request for aiohttp."""
+        if answered_here:
+            # Requests without a body, all answered: bytes after the last one's head are
+            # the start of the next.
+            return not self._ends_at_head
+        return bool(data) and not body_pending  # bytes that are no body's
 
     async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
@@ -205,39 +346,56 @@ class EdgeConnection(web.RequestHandler):
         if retry_after is not None and retry_after.isdigit():
             self._refused_until = self._loop.time() + min(int(retry_after), _HOLD_AFTER_503_S)
 
-    def _idle(self) -> bool:
-        """Every request read is answered, and nothing of the next is held by the parser:
-        an answer written now comes in order."""
-        return (self._answered == self._request_count and not self._partial_head
-                and self._last_payload.is_eof() and self._held is None)
+    def _at_arrival(self, messages: Sequence[tuple[Any, StreamReader]]) -> Sequence[
+            tuple[Any, StreamReader]]:
+        """Answer at arrival what may be, in order; the requests from the first that goes
+        the usual way on."""
+        for at, (message, _) in enumerate(messages):
+            if self._held is not None:
+                self._send_held()  # pipelined: the client did not wait either
+            if not self._answers_at_arrival(message):
+                return messages[at:]
+        return ()
 
-    def _admitted_at_arrival(self, data: bytes) -> bool | None:
-        """Admission's decision on a plain head of a proxied route (None: not one);
-        refused heads are answered here."""
+    def _answers_at_arrival(self, message: RawRequestMessage) -> bool:
+        """Admission's decision on a plain request of a proxied route, when every earlier
+        request on the connection is answered (so an answer written now comes in order):
+        True if it was answered here (refused), False if it goes on to its handler."""
         arrivals = self._edge_server.arrivals
-        if arrivals is None or self.transport is None:
-            return None
-        policy = arrivals.route_of(data)
+        if arrivals is None or self.transport is None or self._answered != self._request_count:
+            return False
+        policy = arrivals.route_of(message)
         if policy is None:
-            return None
+            return False
         if self._counted:
             self._release()  # a head counted earlier that never reached its handler
-        if (refused := arrivals.early_refusal(data, policy)) is not None:
+        # In the handler's order: admission, then maintenance and the breaker.
+        if not arrivals.enter(policy.priority):
+            self._refuse(arrivals, message, policy)
+            return True
+        if (refused := arrivals.early_refusal(message, policy)) is not None:
+            arrivals.leave()
             answer, retry_after_s = refused
             self._answered_at_arrival(self._loop.time())
             assert self.transport is not None
             self.transport.write(answer)
             if retry_after_s is not None:
                 self._told_to_wait(str(retry_after_s))  # as a handler's 503 would
-            return False
-        if arrivals.enter(policy.priority):
-            self._counted = True
-            self._doublings = 0
             return True
-        self._refuse(arrivals, data, policy)
+        self._counted = True
+        self._doublings = 0
         return False
 
-    def _refuse(self, arrivals: AdmissionAtArrival, data: bytes, policy: RoutePolicy) -> None:
+    def _parse_on(self) -> None:
+        """Let the parser read what it kept of the last read, on the next loop turn."""
+        self._loop.call_soon(self._parse_kept)
+
+    def _parse_kept(self) -> None:
+        if self.transport is not None and self._parser is not None:
+            self.data_received(b"")
+
+    def _refuse(self, arrivals: AdmissionAtArrival, message: RawRequestMessage,
+                policy: RoutePolicy) -> None:
         """Send a refusal, at once, or when the Retry-After of the last 503 on this
         connection ends: a client that asks again sooner than it was told waits out the
         rest, and is told to wait twice as long. A crowd retrying in a tight loop then
@@ -248,7 +406,7 @@ class EdgeConnection(web.RequestHandler):
             self._doublings = min(self._doublings + 1, len(arrivals.retry_after_s) - 1)
         else:
             self._doublings = 0
-        answer = arrivals.refusal(data, policy, self._doublings)
+        answer = arrivals.refusal(message, policy, self._doublings)
         self._refused_until = max(now, self._refused_until) + arrivals.retry_after_s[
             self._doublings]
         self._answered_at_arrival(now + max(0.0, hold))
@@ -261,6 +419,7 @@ class EdgeConnection(web.RequestHandler):
     def _answered_at_arrival(self, sent_at: float) -> None:
         """A head answered here, its answer going out at loop time `sent_at`: aiohttp saw no
         request, so its idle clock starts again then, and the head's timer is done."""
+        self._answered_here += 1
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -285,6 +444,7 @@ class EdgeConnection(web.RequestHandler):
             arrivals.leave()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._count_head_bytes(0)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -329,13 +489,16 @@ class EdgeServer(web.Server):
 
     def __init__(self, handler: Any, *, request_factory: Any, handler_cancellation: bool,
                  refuse: Refuse, head_timeout_answer: Callable[[], bytes],
-                 header_timeout_s: float, arrivals: AdmissionAtArrival | None,
+                 heads_full_answer: Callable[[], bytes], header_timeout_s: float,
+                 head_bytes: HeadBytes, arrivals: AdmissionAtArrival | None,
                  **handler_kwargs: Any) -> None:
         super().__init__(handler, request_factory=request_factory,
                          handler_cancellation=handler_cancellation, **handler_kwargs)
         self.refuse = refuse
         self.head_timeout_answer = head_timeout_answer
+        self.heads_full_answer = heads_full_answer
         self.header_timeout_s = header_timeout_s
+        self.head_bytes = head_bytes
         self.arrivals = arrivals
         self._handler_kwargs = handler_kwargs  # what each connection handler is made with
 
@@ -347,13 +510,15 @@ class EdgeRunner(web.AppRunner):
     """An AppRunner whose server makes EdgeConnections (the app's start-up and cleanup
     run as usual)."""
 
-    def __init__(self, app: web.Application, server: ServerSettings, refuse: Refuse,
-                 head_timeout_answer: Callable[[], bytes], arrivals: AdmissionAtArrival | None,
-                 **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, server: ServerSettings, answers: EdgeAnswers,
+                 arrivals: AdmissionAtArrival | None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._edge_kwargs = {"refuse": refuse, "head_timeout_answer": head_timeout_answer,
-                             "header_timeout_s": server.header_timeout_s, "arrivals": arrivals,
-                             **handler_args(server), **kwargs}
+        self._edge_kwargs = {
+            "refuse": answers.refuse, "head_timeout_answer": answers.head_timeout_answer,
+            "heads_full_answer": answers.heads_full_answer,
+            "header_timeout_s": server.header_timeout_s,
+            "head_bytes": HeadBytes(server.max_buffered_head_bytes), "arrivals": arrivals,
+            **handler_args(server), **kwargs}
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()

@@ -48,6 +48,8 @@ class Edge:
         self._access_log = access_log
         self._headers = security_headers(settings.security_headers)
         self.cors = Cors(settings.cors) if settings.cors.allow_origins else None
+        # Sent to each connection refused while the process holds too much of heads.
+        self._heads_full = self.raw_answer(GatewayError(errors.OVERLOADED), closing=True)
 
     def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
                code: str, route: str, started: float) -> None:
@@ -84,6 +86,13 @@ class Edge:
         err = connections.timeout_error("head", self._server.header_timeout_s)
         self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
         return self.raw_answer(err, closing=True).bytes_for(rid, "en")
+
+    def heads_full_answer(self) -> bytes:
+        """503 for a head still arriving while the process holds more of unfinished heads
+        than `server.max_buffered_head_bytes`, as bytes for the bare socket."""
+        self._metrics.observe_request("unparsed", errors.OVERLOADED.status,
+                                      errors.OVERLOADED.code, 0.0)
+        return self._heads_full.bytes_for(identity.request_id(None), "en")
 
     def raw_answer(self, err: GatewayError, *, closing: bool = False) -> RawAnswer:
         """`err` as bytes for the bare socket, the same answer `render` and `finish` give."""

@@ -78,7 +78,7 @@ async def serve(settings: Settings, stop: asyncio.Event,
                     _STRONG_TOKEN_LENGTH)
     app = build_app(settings)
     edge = app[EDGE]
-    runner = EdgeRunner(app, server, edge.refuse, edge.head_timeout_answer, app[ARRIVALS],
+    runner = EdgeRunner(app, server, edge, app[ARRIVALS],
                         handle_signals=False, access_log=None,
                         shutdown_timeout=server.drain_timeout_s)
     await runner.setup()

@@ -189,6 +189,10 @@ class ServerSettings(_Model):
     max_url_bytes: int = Field(4096, ge=256, le=65_536)
     max_header_bytes: int = Field(8190, ge=1024, le=65_536)  # one header line, name and value
     max_headers: int = Field(64, ge=16, le=1000)
+    # Bytes of unfinished request heads a process holds across all its connections; past
+    # it, a head still arriving is refused with 503 OVERLOADED (the parser's copies make
+    # the memory about twice this: docs/security.md).
+    max_buffered_head_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024**3)
     # A request head (line and headers) must arrive within this, counted from its
     # first byte (or from the connection's opening): slowloris is cut off with 408.
     header_timeout_s: float = Field(10.0, gt=0, le=300)
@@ -197,6 +201,14 @@ class ServerSettings(_Model):
     # An idle keep-alive connection is closed after this; above the 60 s idle timeout
     # of common load balancers, so they never reuse a connection the gateway closed.
     keepalive_s: float = Field(75.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_head_fits(self) -> ServerSettings:
+        largest = self.max_url_bytes + self.max_headers * self.max_header_bytes
+        if self.max_buffered_head_bytes < largest:
+            raise ValueError(f"max_buffered_head_bytes: must hold at least one head of the "
+                             f"largest size the other limits allow ({largest} bytes)")
+        return self
 
 
 class AdminSettings(_Model):

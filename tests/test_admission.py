@@ -2,7 +2,7 @@
 
 The controller's arithmetic (limit, shares, delay) is tested as logic in
 test_overload.py; here is what only a process boundary shows: the refusal
-written by the connection layer before aiohttp parses anything, the hold of a
+written by the connection layer as soon as the parser read the head, the hold of a
 client that retries sooner than it was told, counts that never leak when
 clients vanish, and connections accepted in batches while the loop is busy.
 """
@@ -17,14 +17,18 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import uvloop
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser
 
 from gateway.app import ARRIVALS, build_app
+from gateway.arrivals import Arrivals
 from gateway.connections import EdgeSite
 from gateway.settings import Settings
 from loadtest.harness import Gateway, Upstreams
@@ -39,9 +43,21 @@ HEAD = (f"GET {AVAILABILITY} HTTP/1.1\r\nHost: gw\r\nX-Request-ID: probe-1\r\n"
 # -- which heads are decided at arrival (logic) -----------------------------------------------
 
 @pytest.fixture(scope="module")
-def arrivals() -> object:
+def arrivals() -> Arrivals:
     app = build_app(Settings.model_validate({"server": {"access_log": False}}))
-    return app[ARRIVALS]
+    found = app[ARRIVALS]
+    assert found is not None
+    return found
+
+
+def _read(head: bytes) -> list[Any]:
+    """The requests aiohttp's parser reads in `head`."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
+        return [message for message, _ in parser.feed_data(head)[0]]
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize(("head", "route"), [
@@ -50,28 +66,37 @@ def arrivals() -> object:
     (b"GET /v1/orders/ord_1-a HTTP/1.1\r\nHost: gw\r\n\r\n", "GET /v1/orders/{order_id}"),
     (b"GET /v1/payments/pay9?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n",
      "GET /v1/payments/{payment_id}"),
-    # The usual way: a body, connection handling, CORS, HTTP/1.0, pipelining, a part.
-    (b"POST /v1/orders HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", None),
-    (b"GET /v1/availability HTTP/1.1\r\nContent-Length: 0\r\n\r\n", None),
-    (b"GET /v1/availability HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
-    (b"GET /v1/availability HTTP/1.1\r\nConnection: close\r\n\r\n", None),
-    (b"GET /v1/availability HTTP/1.1\r\nOrigin: https://shop.example\r\n\r\n", None),
+    # The usual way: a body, connection handling, CORS, HTTP/1.0.
+    (b"POST /v1/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\nOrigin: https://shop.example\r\n\r\n", None),
+    (b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\r\n", None),
     (b"GET /v1/availability HTTP/1.0\r\n\r\n", None),
-    (b"GET /v1/availability HTTP/1.1\r\n\r\nGET /v1/availability HTTP/1.1\r\n\r\n", None),
-    (b"GET /v1/availability HTTP/1.1\r\nHost: g", None),
     # Not a proxied route's exact path, or an id the handler must judge.
-    (b"GET /healthz HTTP/1.1\r\n\r\n", None),
-    (b"GET /v1/availability/ HTTP/1.1\r\n\r\n", None),
-    (b"GET /v1/orders/a%2Fb HTTP/1.1\r\n\r\n", None),
-    (b"GET /v1/orders/ HTTP/1.1\r\n\r\n", None),
-    (b"GET /v1/orders/a/b HTTP/1.1\r\n\r\n", None),
-    (b"DELETE /v1/orders/ord_1 HTTP/1.1\r\n\r\n", None),
-    (b"GET http://gw/v1/availability HTTP/1.1\r\n\r\n", None),
+    (b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET /v1/availability/ HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET /v1/orders/a%2Fb HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET /v1/orders/%C3%A9 HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET /v1/orders/ HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET /v1/orders/a/b HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"DELETE /v1/orders/ord_1 HTTP/1.1\r\nHost: gw\r\n\r\n", None),
+    (b"GET http://gw/v1/availability HTTP/1.1\r\nHost: gw\r\n\r\n", None),
 ])
-def test_only_a_whole_plain_head_of_a_proxied_route_is_decided_at_arrival(
-        arrivals: object, head: bytes, route: str | None) -> None:
-    policy = arrivals.route_of(head)  # type: ignore[attr-defined]
+def test_only_a_plain_request_of_a_proxied_route_is_decided_at_arrival(
+        arrivals: Arrivals, head: bytes, route: str | None) -> None:
+    (message,) = _read(head)
+    policy = arrivals.route_of(message)
     assert (policy.route_key if policy is not None else None) == route
+
+
+def test_each_pipelined_request_is_decided_and_a_part_is_no_request() -> None:
+    """The parser reads pipelined requests one by one (each may be decided at arrival when
+    the ones before it are answered), and an unfinished head as nothing yet."""
+    two = b"GET /v1/availability HTTP/1.1\r\nHost: gw\r\n\r\n" * 2
+    assert [m.path for m in _read(two)] == ["/v1/availability"] * 2
+    assert _read(b"GET /v1/availability HTTP/1.1\r\nHost: g") == []
 
 
 # -- the refusal at arrival, on a real process ------------------------------------------------

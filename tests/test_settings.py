@@ -221,3 +221,12 @@ def test_the_retired_dedups_by_key_is_named_not_obeyed() -> None:
         load_settings(env={}, overrides={("upstreams", "payment", "dedups_by_key"): True})
     (line,) = caught.value.problems
     assert line.startswith("upstreams.payment: dedups_by_key: no longer a setting")
+
+
+def test_a_head_budget_smaller_than_one_allowed_head_is_refused() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env={}, overrides={("server", "max_headers"): 200,
+                                         ("server", "max_buffered_head_bytes"): 1024 * 1024})
+    assert caught.value.problems == [
+        "server: max_buffered_head_bytes: must hold at least one head of the largest size the "
+        "other limits allow (1642096 bytes)"]
