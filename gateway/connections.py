@@ -17,6 +17,9 @@ here, as problem+json from the catalog, not as aiohttp's plain-text page
   bounded by `server.keepalive_s` instead)
 - a body not complete within `server.body_timeout_s` (slow body; `read_body`)
                                                    -> 408 REQUEST_TIMEOUT, closed
+- a head still arriving while the process holds more than
+  `server.max_buffered_head_bytes` of unfinished heads across its connections
+  (counted as an upper bound per connection, `HeadBytes`) -> 503 OVERLOADED, closed
 
 None of these reaches a route, let alone a backend. The head timer costs
 nothing on the usual path: a head that arrives whole in one read never arms it.

@@ -437,8 +437,12 @@ class LoadBalancer:
     method: they were never sent) to the next replica.
     """
 
-    def __init__(self, log_dir: Path, backends: list[str]) -> None:
+    def __init__(self, log_dir: Path, backends: list[str], *, keepalive: bool = False) -> None:
+        """`keepalive`: connections to the backends kept open and reused for other
+        clients' requests, request bodies streamed as they arrive (as an ingress tuned
+        for throughput runs it)."""
         self._log_dir, self._backends = log_dir, backends
+        self._keepalive = keepalive
         on_free_ports(self._launch)
 
     def _launch(self) -> None:
@@ -451,6 +455,11 @@ class LoadBalancer:
         servers = "\n".join(f"    server {b} max_fails=1 fail_timeout=2s;" for b in backends)
         temp = " ".join(f"{kind}_temp_path {prefix}/{kind};"
                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        pool, reuse = "", ""
+        if self._keepalive:
+            pool = "    keepalive 16;"
+            reuse = ("proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
+                     "      proxy_request_buffering off;")
         (prefix / "nginx.conf").write_text(f"""
 daemon off;
 worker_processes 1;
@@ -462,6 +471,7 @@ http {{
   {temp}
   upstream gateways {{
 {servers}
+{pool}
   }}
   server {{
     listen 127.0.0.1:{self.port};
@@ -470,6 +480,7 @@ http {{
       proxy_next_upstream error timeout;
       proxy_connect_timeout 1s;
       proxy_read_timeout 30s;
+      {reuse}
     }}
   }}
 }}
