@@ -5,11 +5,11 @@ reads its socket, and in the loop behind everything read before it. Counting
 requests inside handlers sees neither, so under a crowd a process took on far
 more than it could answer in time. Here:
 
-- **Counted from arrival.** A request is counted when its head is read (the
-  connection layer, `shedding.py`) or, failing that, when its handler starts,
-  until its answer. At most `limit` are counted at once; each priority may fill
-  a share of it (browsing `browse_share`, reads `read_share`, submissions all of
-  it), so the cheapest traffic to lose is refused first.
+- **Counted from arrival.** A request is counted as soon as the parser has read
+  its head (the connection layer and `arrivals.py`) or, failing that, when its
+  handler starts, until its answer. At most `limit` are counted at once; each
+  priority may fill a share of it (browsing `browse_share`, reads `read_share`,
+  submissions all of it), so the cheapest traffic to lose is refused first.
 - **Limit set by measured delay.** Every `ADJUST_S` the limit is set again from
   the interval just gone: the mean sojourn (arrival to handler) of the requests
   started, and the event loop's lag (how late the adjusting timer fired). Above

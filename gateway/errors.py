@@ -1,9 +1,10 @@
 """The catalog of every error the gateway itself produces.
 
 Each error is a value (`ErrorSpec`) with a stable code, an HTTP status, whether
-a client may retry, and its human text in English and Simplified Chinese. Code
-anywhere in the gateway raises `GatewayError(SPEC, ...)`; one place
-(`gateway/problem.py`) renders it as `application/problem+json`.
+a client may retry, and its human text in English, Simplified Chinese and
+Traditional Chinese (`LANGUAGES`). Code anywhere in the gateway raises
+`GatewayError(SPEC, ...)`; one place (`gateway/problem.py`) renders it as
+`application/problem+json`.
 
     GatewayError                 raised with one of the specs below
       edge refusals              VALIDATION_FAILED, MALFORMED_JSON, PAYLOAD_TOO_LARGE,
