@@ -281,7 +281,7 @@ class EdgeConnection(web.RequestHandler):
         elif self._head_timer is None and self._holds_head_start(
                 data, body_pending, self._answered_here != answered_here):
             self._arm_head_timer()
-        if data:
+        if data and not (self._ends_at_head and self._head_bytes == 0):  # else none, still
             self._count_head_bytes(self._unfinished_head_bytes(
                 data, read_a_head or body_pending, body_total if payload is self._last_payload
                 else 0))
