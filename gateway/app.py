@@ -1,6 +1,6 @@
 """The composition root: `build_app` makes every part once and wires them together.
 
-It builds the stores, the breakers and backends, the edge (`edge.py`), the
+It builds the stores, the breakers and backends, the edge (`edge/middleware.py`), the
 pipeline of each route in the route table (`proxy.py`), the admin API, and
 the operational routes (`/healthz`, `/readyz`, `/metrics`, `/v1/status`,
 `/openapi.json`), plus the background tasks that live as long as the app.
@@ -17,40 +17,34 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import (
-    admin,
-    chinese_script,
-    connections,
-    events,
-    idempotency,
-    openapi,
-    rate_limit,
-    status,
-)
-from gateway.admission import ADJUST_S, Admission, AdmitAll
-from gateway.arrivals import Arrivals, EarlyRefusal
-from gateway.auth import AdminTokens, ClientKeys, FailedChecks
-from gateway.breaker import Breaker, Transition
-from gateway.breaker_control import BreakerBoard
-from gateway.clock import Clock, SystemClock
-from gateway.edge import EDGE, Edge, Handler, middleware
-from gateway.faults import Faults
-from gateway.idempotency import Idempotency, RefusedRecords
-from gateway.maintenance import Maintenance
-from gateway.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
-from gateway.problem import json_response, negotiate_language
-from gateway.proxy import Shared, make_handler
-from gateway.rate_limit import RateLimiter
-from gateway.routes import BACKENDS, ROUTES, RoutePolicy
-from gateway.settings import Settings
-from gateway.stale_cache import StaleCache
-from gateway.status import StatusPage
-from gateway.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
-from gateway.timeline import FLUSH_S, Timeline
-from gateway.timer_wheel import TimerWheel
-from gateway.traffic import Traffic
-from gateway.upstream import HeadLimits, Upstream
-from gateway.waiting_room import TICK_S, WaitingRoom, poll_route
+from gateway.backends.breaker import Breaker, Transition
+from gateway.backends.breaker_control import BreakerBoard
+from gateway.backends.faults import Faults
+from gateway.backends.stale_cache import StaleCache
+from gateway.backends.timer_wheel import TimerWheel
+from gateway.backends.upstream import HeadLimits, Upstream
+from gateway.contract import chinese_script
+from gateway.contract.clock import Clock, SystemClock
+from gateway.contract.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
+from gateway.contract.problem import json_response, negotiate_language
+from gateway.contract.routes import BACKENDS, ROUTES, RoutePolicy
+from gateway.contract.settings import Settings
+from gateway.edge import connections
+from gateway.edge.admission import ADJUST_S, Admission, AdmitAll
+from gateway.edge.auth import AdminTokens, ClientKeys, FailedChecks
+from gateway.edge.middleware import EDGE, Edge, Handler, middleware
+from gateway.ops import admin, events, openapi, status
+from gateway.ops.status import StatusPage
+from gateway.ops.timeline import FLUSH_S, Timeline
+from gateway.ops.traffic import Traffic
+from gateway.pipeline import idempotency, rate_limit
+from gateway.pipeline.arrivals import Arrivals, EarlyRefusal
+from gateway.pipeline.idempotency import Idempotency, RefusedRecords
+from gateway.pipeline.maintenance import Maintenance
+from gateway.pipeline.proxy import Shared, make_handler
+from gateway.pipeline.rate_limit import RateLimiter
+from gateway.pipeline.waiting_room import TICK_S, WaitingRoom, poll_route
+from gateway.state.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
 
 log = logging.getLogger("gateway")
 
@@ -88,7 +82,7 @@ def _make_stores(settings: Settings, clock: Clock, metrics: Metrics) -> Stores:
         return memory_stores(clock, settings.idempotency.memory_max_records,
                              settings.rate_limit.memory_max_clients)
     # Imported only when used: the demo and single-process setups never load redis-py.
-    from gateway.redis_store import redis_stores
+    from gateway.state.redis_store import redis_stores
 
     return redis_stores(redis.url, redis.timeout_s, min_replica_acks=redis.min_replica_acks,
                         replica_ack_timeout_ms=redis.replica_ack_timeout_ms,

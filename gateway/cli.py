@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.settings import SettingsError, load_settings
+from gateway.contract.settings import SettingsError, load_settings
 
 EXIT_CONFIG_INVALID = 2
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import secrets
 import sys
 
-from gateway.observability import configure_logging
+from gateway.contract.observability import configure_logging
+from gateway.contract.settings import load_settings
 from gateway.server import ListenError, run, serve, stop_event_on_signals
-from gateway.settings import load_settings
 from upstreams.runner import start_simulators
 
 DEMO_HOST = "127.0.0.1"

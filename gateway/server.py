@@ -27,13 +27,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import multiprocess as prom_multiprocess
 
-from gateway import events
-from gateway.admin import ADMIN_LISTENER
 from gateway.app import ARRIVALS, LIFECYCLE, build_app
-from gateway.connections import EdgeRunner, EdgeSite
-from gateway.edge import EDGE
-from gateway.observability import MULTIPROC_ENV, configure_logging
-from gateway.settings import Settings
+from gateway.contract.observability import MULTIPROC_ENV, configure_logging
+from gateway.contract.settings import Settings
+from gateway.edge.connections import EdgeRunner, EdgeSite
+from gateway.edge.middleware import EDGE
+from gateway.ops import events
+from gateway.ops.admin import ADMIN_LISTENER
 
 log = logging.getLogger("gateway.server")
 

@@ -71,7 +71,8 @@ def _file_of(frame: str) -> str:
 
 
 def _short(frame: str) -> str:
-    # "handle (gateway/proxy.py:120)" -> "handle (gateway/proxy.py)": one entry per function.
+    # "handle (gateway/pipeline/proxy.py:120)" -> "handle (gateway/pipeline/proxy.py)":
+    # one entry per function.
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     for marker in ("site-packages/", "lib/python3"):

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import CATALOG
+from gateway.contract.errors import CATALOG
 from loadtest.harness import BIN, Gateway, RedisServer, Upstreams
 from loadtest.loadgen import percentile
 from loadtest.verdict import Checks

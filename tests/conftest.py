@@ -19,15 +19,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.redis_store import (
+from gateway.contract.settings import Settings
+from gateway.state.redis_store import (
     FAULTS_KEY,
     ROOM_KEYS,
     ROOM_SECRET_KEY,
     ROOM_SETTINGS_KEY,
     redis_stores,
 )
-from gateway.settings import Settings
-from gateway.store import Stores, memory_stores
+from gateway.state.store import Stores, memory_stores
 from loadtest.harness import (
     RUNNING,
     SHORT_TIMEOUTS,

@@ -31,7 +31,7 @@ from typing import Any
 
 import schemathesis
 
-from gateway.schemas import resident_id_check_char
+from gateway.contract.schemas import resident_id_check_char
 from tests.fuzzing import ADMIN_TOKEN, GATEWAY_URL_ENV
 
 BALANCE = 1_000_000  # what the payment simulator's accounts hold, in fen

@@ -28,9 +28,9 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 
 from gateway.app import ARRIVALS, build_app
-from gateway.arrivals import Arrivals
-from gateway.connections import EdgeSite
-from gateway.settings import Settings
+from gateway.contract.settings import Settings
+from gateway.edge.connections import EdgeSite
+from gateway.pipeline.arrivals import Arrivals
 from loadtest.harness import Gateway, Upstreams
 from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS, admin_gateway
 

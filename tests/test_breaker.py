@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.breaker import Breaker, CallFigures, CallWindow, Outcome, Transition, trip_reason
-from gateway.clock import FakeClock
-from gateway.errors import GatewayError
-from gateway.settings import BreakerSettings
+from gateway.backends.breaker import (
+    Breaker,
+    CallFigures,
+    CallWindow,
+    Outcome,
+    Transition,
+    trip_reason,
+)
+from gateway.contract.clock import FakeClock
+from gateway.contract.errors import GatewayError
+from gateway.contract.settings import BreakerSettings
 
 S, F, X = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 
@@ -208,7 +215,8 @@ def test_settings_change_takes_effect_on_the_next_call() -> None:
 
 
 class TestPybreakerTrapsTheWrapperAvoids:
-    """pybreaker 1.4 behaviours that shaped gateway/breaker.py; if one changes, revisit it."""
+    """pybreaker 1.4 behaviours that shaped gateway/backends/breaker.py; if one changes,
+    revisit it."""
 
     async def test_decorating_an_async_function_records_success_before_it_runs(self) -> None:
         import pybreaker
@@ -267,7 +275,7 @@ class TestPybreakerTrapsTheWrapperAvoids:
 
 
 def test_held_back_for_says_what_acquire_would_refuse_with() -> None:
-    """The refusal at arrival (gateway/arrivals.py) asks this instead of acquiring."""
+    """The refusal at arrival (gateway/pipeline/arrivals.py) asks this instead of acquiring."""
     breaker, clock, _ = make()
     assert breaker.held_back_for() is None  # closed: calls go ahead
     trip(breaker, clock)

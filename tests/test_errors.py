@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway import errors, field_errors, schemas
-from gateway.errors import GatewayError
-from gateway.problem import negotiate_language, render
+from gateway.contract import errors, field_errors, schemas
+from gateway.contract.errors import GatewayError
+from gateway.contract.problem import negotiate_language, render
 
 # The contract's table of stable codes and statuses.
 CONTRACT = {

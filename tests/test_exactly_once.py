@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.settings import UpstreamSettings
+from gateway.contract.settings import UpstreamSettings
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import GOOD_ORDER
 from tests.test_idempotency import Answer, payment, submit

@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.openapi import build_document
-from gateway.settings import Settings
+from gateway.contract.settings import Settings
+from gateway.ops.openapi import build_document
 from loadtest.harness import Gateway, Upstreams
 from tests import fuzzing
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, GOOD_PAYMENT

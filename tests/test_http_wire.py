@@ -1,4 +1,4 @@
-"""The hot path's HTTP client (`gateway/http_wire.py`) against real servers that misbehave
+"""The hot path's HTTP client (`gateway/backends/http_wire.py`) against real servers that misbehave
 on purpose: each test scripts, byte for byte, what a backend on a loopback socket answers."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.http_wire import (
+from gateway.backends.http_wire import (
     BadAnswer,
     ConnectFailed,
     Dropped,
@@ -24,8 +24,8 @@ from gateway.http_wire import (
     HttpWireError,
     TimedOut,
 )
-from gateway.settings import UpstreamSettings
-from gateway.timer_wheel import TimerWheel
+from gateway.backends.timer_wheel import TimerWheel
+from gateway.contract.settings import UpstreamSettings
 from tests.conftest import StartApp
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

@@ -20,8 +20,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.idempotency import record_id
-from gateway.redis_store import IDEMPOTENCY_KEY
+from gateway.pipeline.idempotency import record_id
+from gateway.state.redis_store import IDEMPOTENCY_KEY
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import (
     ADMIN_TOKEN,

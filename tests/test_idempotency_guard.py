@@ -10,12 +10,12 @@ import asyncio
 
 import pytest
 
-from gateway import errors
-from gateway.errors import GatewayError
-from gateway.idempotency import Idempotency, Submission, fingerprint, record_id
-from gateway.reply import Reply
-from gateway.settings import IdempotencySettings
-from gateway.store import ClaimStatus, MemoryIdempotencyRecords, StoreUnavailable
+from gateway.contract import errors
+from gateway.contract.errors import GatewayError
+from gateway.contract.reply import Reply
+from gateway.contract.settings import IdempotencySettings
+from gateway.pipeline.idempotency import Idempotency, Submission, fingerprint, record_id
+from gateway.state.store import ClaimStatus, MemoryIdempotencyRecords, StoreUnavailable
 
 CREATED = Reply(201, b'{"payment_id":"pay_1"}', "application/json")
 BODY = b'{"amount":1}'

@@ -1,4 +1,4 @@
-"""Who is calling: the client's address behind trusted proxies (`gateway/identity.py`)."""
+"""Who is calling: the client's address behind trusted proxies (`gateway/contract/identity.py`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.identity import client_address
+from gateway.contract.identity import client_address
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 import yaml
 
-from gateway.settings import load_settings
+from gateway.contract.settings import load_settings
 from loadtest.harness import BIN, Gateway, Upstreams
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import errors
-from gateway.auth import AdminTokens
-from gateway.clock import FakeClock
-from gateway.maintenance import Maintenance, Window
-from gateway.routes import ROUTES, RoutePolicy
-from gateway.settings import MaintenanceWindowSettings
-from gateway.store import MemoryWindows
+from gateway.contract import errors
+from gateway.contract.clock import FakeClock
+from gateway.contract.routes import ROUTES, RoutePolicy
+from gateway.contract.settings import MaintenanceWindowSettings
+from gateway.edge.auth import AdminTokens
+from gateway.pipeline.maintenance import Maintenance, Window
+from gateway.state.store import MemoryWindows
 
 ROUTE = {policy.route_key: policy for policy in ROUTES}
 

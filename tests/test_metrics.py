@@ -7,7 +7,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.observability import _LATENCY_BUCKETS, Metrics
+from gateway.contract.observability import _LATENCY_BUCKETS, Metrics
 
 
 def _samples(registry: CollectorRegistry, prefix: str) -> list[str]:

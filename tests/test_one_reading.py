@@ -39,10 +39,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from gateway.admission import PRIORITY_BROWSE, PRIORITY_READ
 from gateway.app import ADMISSION, ARRIVALS, EDGE, build_app
-from gateway.connections import EdgeRunner, EdgeSite
-from gateway.settings import Settings
+from gateway.contract.settings import Settings
+from gateway.edge.admission import PRIORITY_BROWSE, PRIORITY_READ
+from gateway.edge.connections import EdgeRunner, EdgeSite
 from loadtest.harness import merge
 from tests.conftest import ADMIN_TOKEN
 

@@ -17,12 +17,12 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway import errors
-from gateway.admission import Admission
-from gateway.errors import GatewayError
-from gateway.overload import Bulkhead, deadline_of
-from gateway.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
-from gateway.settings import OverloadSettings
+from gateway.contract import errors
+from gateway.contract.errors import GatewayError
+from gateway.contract.overload import Bulkhead, deadline_of
+from gateway.contract.routes import PRIORITY_BROWSE, PRIORITY_READ, PRIORITY_WRITE
+from gateway.contract.settings import OverloadSettings
+from gateway.edge.admission import Admission
 from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 import redis
 
-from gateway import privacy
-from gateway.schemas import resident_id_check_char
+from gateway.contract import privacy
+from gateway.contract.schemas import resident_id_check_char
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN
 
@@ -46,7 +46,7 @@ def _needles() -> set[str]:
 
 
 def privacy_normal(value: str) -> str:
-    from gateway.schemas import normalise_text
+    from gateway.contract.schemas import normalise_text
 
     text: str = normalise_text(value)
     return text.replace(" ", "").removeprefix("+86") if any(c.isdigit() for c in text) else text

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import redis_sentinel
-from gateway.settings import SettingsError, load_settings
+from gateway.contract import redis_sentinel
+from gateway.contract.settings import SettingsError, load_settings
 
 
 def test_sentinel_urls_parse_with_defaults_and_refuse_what_they_lack() -> None:

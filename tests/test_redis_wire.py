@@ -15,9 +15,9 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from gateway.redis_store import RATE_KEY, redis_stores
-from gateway.redis_wire import Wire, WireError
-from gateway.store import StoreUnavailable
+from gateway.state.redis_store import RATE_KEY, redis_stores
+from gateway.state.redis_wire import Wire, WireError
+from gateway.state.store import StoreUnavailable
 from loadtest.harness import Proc, RedisServer, free_port
 
 

@@ -1,4 +1,4 @@
-"""Writes that replicas must hold (`gateway/replica_acks.py`), against real redis-server.
+"""Writes that replicas must hold (`gateway/state/replica_acks.py`), against real redis-server.
 
 A replica that streams holds every write; a replica behind a stalled relay holds none,
 although the master still counts it as connected. Concurrent writes share one WAIT; a
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.redis_store import redis_stores
-from gateway.redis_wire import Wire
-from gateway.replica_acks import ReplicaAcks
-from gateway.reply import Reply
-from gateway.store import ClaimStatus, Stores, StoreUnavailable
+from gateway.contract.reply import Reply
+from gateway.state.redis_store import redis_stores
+from gateway.state.redis_wire import Wire
+from gateway.state.replica_acks import ReplicaAcks
+from gateway.state.store import ClaimStatus, Stores, StoreUnavailable
 from loadtest.harness import RedisServer, Relay, replicas_hold_writes, wait_until
 
 TIMEOUT_MS = 150

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.clock import FakeClock
-from gateway.retry import Backoff, RetryBudget
-from gateway.settings import RetrySettings
+from gateway.backends.retry import Backoff, RetryBudget
+from gateway.contract.clock import FakeClock
+from gateway.contract.settings import RetrySettings
 from loadtest.harness import Gateway, Upstreams
 from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
 

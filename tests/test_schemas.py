@@ -9,9 +9,9 @@ import unicodedata
 import pytest
 from pydantic import ValidationError
 
-from gateway import validation
-from gateway.errors import GatewayError
-from gateway.schemas import (
+from gateway.contract import validation
+from gateway.contract.errors import GatewayError
+from gateway.contract.schemas import (
     TEXT_QUERIES,
     AvailabilityQuery,
     OrderRequest,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.contract.settings import Settings, SettingsError, load_settings
 from loadtest.harness import BIN
 
 ROOT = Path(__file__).resolve().parent.parent

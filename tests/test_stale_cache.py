@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.clock import FakeClock
-from gateway.reply import Reply
-from gateway.stale_cache import StaleCache
+from gateway.backends.stale_cache import StaleCache
+from gateway.contract.clock import FakeClock
+from gateway.contract.reply import Reply
 from loadtest.harness import Gateway, Upstreams
 from tests.conftest import ADMIN_TOKEN
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.redis_store import redis_stores
-from gateway.reply import Reply
-from gateway.store import (
+from gateway.contract.reply import Reply
+from gateway.state.redis_store import redis_stores
+from gateway.state.store import (
     ClaimStatus,
     IdempotencyRecords,
     MemoryIdempotencyRecords,

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.queue_tokens import QueueTokens
-from gateway.redis_store import redis_stores
-from gateway.store import MemoryTicketQueue, RoomControl, Stores, TicketQueue, TicketState
-from gateway.waiting_room import MAX_POLL_S, poll_after_s
+from gateway.pipeline.queue_tokens import QueueTokens
+from gateway.pipeline.waiting_room import MAX_POLL_S, poll_after_s
+from gateway.state.redis_store import redis_stores
+from gateway.state.store import MemoryTicketQueue, RoomControl, Stores, TicketQueue, TicketState
 from loadtest.harness import RedisServer
 
 LONG_IDLE_S = 60.0

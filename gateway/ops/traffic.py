@@ -1,0 +1,88 @@
+"""Backend traffic over the last 10 s, for the console: calls/s, failure rate, p99.
+
+Read from what the gateway already measures, off the hot path: the housekeeping
+timer samples the cumulative backend-call histogram (`Metrics.upstream_seconds`)
+twice a second, and the figures are the difference between the newest sample
+and the one about `WINDOW_S` before it. The p99 is the upper bound of the
+histogram bucket it falls in. Figures are this process's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.contract.clock import Clock
+from gateway.contract.observability import Metrics
+from gateway.contract.routes import BACKENDS
+
+WINDOW_S = 10.0
+
+
+@dataclass(slots=True)
+class _Counts:
+    calls: float = 0.0
+    failures: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative
+
+
+class Traffic:
+    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        # Nothing was called before the process started: its first sample.
+        self._samples: deque[tuple[float, dict[str, _Counts]]] = deque(
+            [(clock.monotonic(), {})])
+
+    def sample(self) -> None:
+        now = self._clock.monotonic()
+        self._samples.append((now, self._read()))
+        # Keep the newest sample at least WINDOW_S old, and everything after it.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - WINDOW_S:
+            self._samples.popleft()
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        zero = {"calls_per_s": 0.0, "failure_rate": 0.0, "p99_ms": 0.0}
+        if len(self._samples) < 2:
+            return {backend: dict(zero) for backend in BACKENDS}
+        (start, old), (end, new) = self._samples[0], self._samples[-1]
+        seconds = max(end - start, 1e-9)
+        out: dict[str, dict[str, Any]] = {}
+        for backend in BACKENDS:
+            before, after = old.get(backend, _Counts()), new.get(backend, _Counts())
+            calls = after.calls - before.calls
+            if calls <= 0:
+                out[backend] = dict(zero)
+                continue
+            out[backend] = {
+                "calls_per_s": round(calls / seconds, 2),
+                "failure_rate": round((after.failures - before.failures) / calls, 4),
+                "p99_ms": _p99_ms(before, after, calls),
+            }
+        return out
+
+    def _read(self) -> dict[str, _Counts]:
+        counts: dict[str, _Counts] = {}
+        for family in self._metrics.upstream_seconds.collect():
+            for sample in family.samples:
+                backend = sample.labels.get("backend", "")
+                mine = counts.setdefault(backend, _Counts())
+                if sample.name.endswith("_count"):
+                    mine.calls += sample.value
+                    if sample.labels.get("outcome") != "ok":
+                        mine.failures += sample.value
+                elif sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    mine.buckets[bound] = mine.buckets.get(bound, 0.0) + sample.value
+        return counts
+
+
+def _p99_ms(before: _Counts, after: _Counts, calls: float) -> float:
+    wanted = 0.99 * calls
+    finite = [b for b in sorted(after.buckets) if not math.isinf(b)]
+    for bound in finite:
+        if after.buckets[bound] - before.buckets.get(bound, 0.0) >= wanted:
+            return bound * 1000
+    return finite[-1] * 1000 if finite else 0.0
