@@ -365,5 +365,8 @@ async def test_one_address_takes_at_most_its_tickets_a_minute_others_queue_as_us
     assert_queued(await order(http, gw, X_Forwarded_For="198.51.100.8"))
     # A hop the client wrote left of the proxy's proves nothing: the rightmost untrusted
     # address is the client, so a bot cannot rotate addresses it invents.
-    spoof = await order(http, gw, X_Forwarded_For="203.0.113.1, 198.51.100.7")
-    assert spoof.code == "RATE_LIMITED"
+    # (Its bucket refills 10 a second meanwhile: most of a burst is refused, not all; with
+    # a bucket of its own, none would be.)
+    spoofs = [(await order(http, gw, X_Forwarded_For="203.0.113.1, 198.51.100.7")).code
+              for _ in range(20)]
+    assert spoofs.count("RATE_LIMITED") >= 10, spoofs
