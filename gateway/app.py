@@ -95,31 +95,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     access_log = AccessLog(settings.server.access_log)
     stores = _make_stores(settings, clock, metrics)
     timeline = Timeline(stores.timeline, clock)
-
-    def transition(t: Transition) -> None:
-        metrics.breaker_transition(t.breaker, t.old, t.new, t.reason)
-        figures = t.figures
-        timeline.note("breaker", f"{t.breaker}: {t.old} -> {t.new} ({t.reason})",
-                      backend=t.breaker, from_state=t.old, to_state=t.new, reason=t.reason,
-                      window={"calls": figures.calls,
-                              "failure_rate": round(figures.failure_rate, 4),
-                              "slow_call_rate": round(figures.slow_call_rate, 4)})
-
-    breakers: dict[str, Breaker] = {
-        name: Breaker(name, settings.upstreams.get(name).breaker, clock, transition)
-        for name in BACKENDS
-    }
-    faults = Faults(stores.faults, clock, metrics)
-    wheel = TimerWheel()  # every backend call's deadline, on one loop timer
-    head_limits = HeadLimits(settings.server.max_headers, settings.server.max_header_bytes)
-    upstreams: dict[str, Upstream] = {
-        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
-                       bulkheads=settings.overload.enabled, faults=faults, wheel=wheel,
-                       head_limits=head_limits)
-        for name in BACKENDS
-    }
-    for name in BACKENDS:
-        metrics.breaker_state.labels(name).set(0)
+    breakers, faults, upstreams = _backends(settings, clock, metrics, stores, timeline)
     if not settings.idempotency.enabled:
         log.warning("idempotency records are off: resubmitted orders and payments are "
                     "protected only by the backends' own key deduplication")
@@ -165,26 +141,18 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                               metrics.counter_of(metrics.rate_limit, rate_limit.EVENTS))
     keys = ClientKeys(settings.auth, stores.keys)
     app[admin.CLIENT_KEYS] = keys
-    admission: Admission | AdmitAll = AdmitAll()
-    app[ARRIVALS] = None
     stale_caches = {policy.path: StaleCache(clock, settings.stale_cache.max_age_s,
                                             settings.stale_cache.max_entries,
                                             metrics.stale_served.labels(policy.route_key).inc)
                     for policy in ROUTES
                     if policy.cacheable and settings.stale_cache.max_entries > 0}
-    if settings.overload.enabled:
-        admission = Admission(settings.overload)
-        early = {}
-        if limiter is None and not keys.enabled:  # else a 401, 403 or 429 may come first
-            early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
-                                               breakers[policy.backend], room.gate(policy))
-                     for policy in ROUTES if policy.method == "GET"
-                     and policy.query_schema is None and policy.path not in stale_caches}
-        app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics,
-                                 holds=settings.overload.hold_early_retries, early=early)
-    else:
-        log.warning("overload protection is off: no admission control, no bulkheads")
-    app[ADMISSION] = admission
+    early = {}
+    if limiter is None and not keys.enabled:  # else a 401, 403 or 429 may come first
+        early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
+                                           breakers[policy.backend], room.gate(policy))
+                 for policy in ROUTES if policy.method == "GET"
+                 and policy.query_schema is None and policy.path not in stale_caches}
+    admission = _admission(app, settings, edge, metrics, early)
     shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,
                     settings.server.body_timeout_s, failed,
@@ -197,6 +165,58 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
             stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/queue/{ticket}",
                        poll_route(room, keys if keys.enabled else None, failed))
+    _own_routes(app, settings)
+    return app
+
+
+def _backends(settings: Settings, clock: Clock, metrics: Metrics, stores: Stores,
+              timeline: Timeline) -> tuple[dict[str, Breaker], Faults, dict[str, Upstream]]:
+    """A breaker and an upstream per backend, sharing the fault rules and one timer wheel."""
+
+    def transition(t: Transition) -> None:
+        metrics.breaker_transition(t.breaker, t.old, t.new, t.reason)
+        figures = t.figures
+        timeline.note("breaker", f"{t.breaker}: {t.old} -> {t.new} ({t.reason})",
+                      backend=t.breaker, from_state=t.old, to_state=t.new, reason=t.reason,
+                      window={"calls": figures.calls,
+                              "failure_rate": round(figures.failure_rate, 4),
+                              "slow_call_rate": round(figures.slow_call_rate, 4)})
+
+    breakers: dict[str, Breaker] = {
+        name: Breaker(name, settings.upstreams.get(name).breaker, clock, transition)
+        for name in BACKENDS
+    }
+    faults = Faults(stores.faults, clock, metrics)
+    wheel = TimerWheel()  # every backend call's deadline, on one loop timer
+    head_limits = HeadLimits(settings.server.max_headers, settings.server.max_header_bytes)
+    upstreams: dict[str, Upstream] = {
+        name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
+                       bulkheads=settings.overload.enabled, faults=faults, wheel=wheel,
+                       head_limits=head_limits)
+        for name in BACKENDS
+    }
+    for name in BACKENDS:
+        metrics.breaker_state.labels(name).set(0)
+    return breakers, faults, upstreams
+
+
+def _admission(app: web.Application, settings: Settings, edge: Edge, metrics: Metrics,
+               early: dict[str, EarlyRefusal]) -> Admission | AdmitAll:
+    """Admission control, and the decisions it takes at arrival; none when it is off."""
+    app[ARRIVALS] = None
+    if not settings.overload.enabled:
+        log.warning("overload protection is off: no admission control, no bulkheads")
+        app[ADMISSION] = AdmitAll()
+        return app[ADMISSION]
+    admission = Admission(settings.overload)
+    app[ARRIVALS] = Arrivals(admission, ROUTES, edge, metrics,
+                             holds=settings.overload.hold_early_retries, early=early)
+    app[ADMISSION] = admission
+    return admission
+
+
+def _own_routes(app: web.Application, settings: Settings) -> None:
+    """The gateway's own routes, and what runs beside the requests while it serves."""
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -205,10 +225,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_control_sync)
-    app.cleanup_ctx.append(_admissions)
+    app.cleanup_ctx.append(_room_admissions)
     app.cleanup_ctx.append(_admission_control)
     app.cleanup_ctx.append(_timeline_flush)
-    return app
 
 
 async def _timeline_flush(app: web.Application) -> AsyncIterator[None]:
@@ -323,7 +342,7 @@ async def _admission_control(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _admissions(app: web.Application) -> AsyncIterator[None]:
+async def _room_admissions(app: web.Application) -> AsyncIterator[None]:
     """The waiting room's admission step on every process, on its own timer."""
     room = app[admin.WAITING_ROOM]
     async with _background(follow("waiting_room admissions", room.step, TICK_S)):

@@ -127,3 +127,17 @@ def test_the_checks_fail_on_what_they_guard() -> None:
 
 def test_the_backends_have_one_home() -> None:
     assert tuple(UpstreamsSettings.model_fields) == BACKENDS
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{_module_name(path)}.{node.name}: {lines}")
+    assert long == []

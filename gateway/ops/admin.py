@@ -19,7 +19,7 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from gateway.contract.problem import json_response
 from gateway.contract.settings import ApiKeySettings, MaintenanceWindowSettings, Settings
 from gateway.edge import auth, connections
 from gateway.edge.auth import AdminTokens, ClientKeys, FailedChecks
-from gateway.edge.middleware import REQUEST_ID
+from gateway.edge.middleware import REQUEST_ID, Handler
 from gateway.ops import console, events
 from gateway.ops.timeline import DEFAULT_LIMIT, KEEP, Kind, Timeline
 from gateway.ops.traffic import Traffic
@@ -45,7 +45,6 @@ from gateway.pipeline.waiting_room import WaitingRoom
 from gateway.state.store import MemoryTokenBuckets, StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)

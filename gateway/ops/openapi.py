@@ -186,14 +186,29 @@ def _queue_path() -> dict[str, Any]:
                                    "VALIDATION_FAILED", *_EDGE_ERRORS))}}}
 
 
+_SECURED = {"security": [{"adminToken": []}], "tags": ["admin"]}
+_BACKEND_NAME = {"name": "name", "in": "path", "required": True,
+                 "schema": {"enum": list(BACKENDS)}}
+_SNAPSHOT = {"description": "The breaker: name, state, forced, settings, window figures",
+             "content": {"application/json": {"schema": {"type": "object"}}}}
+_ENDED = {"description": "Ids of the windows ended", "content": {"application/json": {
+    "schema": {"type": "object", "properties": {"ended": {
+        "type": "array", "items": {"type": "string"}}}}}}}
+
+
 def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
-    secured = {"security": [{"adminToken": []}], "tags": ["admin"]}
-    name = {"name": "name", "in": "path", "required": True,
-            "schema": {"enum": list(BACKENDS)}}
-    snapshot = {"description": "The breaker: name, state, forced, settings, window figures",
-                "content": {"application/json": {"schema": {"type": "object"}}}}
     problems = _problems(_ADMIN_ERRORS)
     body_problems = _problems(_ADMIN_ERRORS + _ADMIN_BODY_ERRORS)
+    return {**_breaker_paths(problems, body_problems),
+            **_maintenance_paths(problems, body_problems),
+            **_api_key_paths(tiers, problems, body_problems),
+            **_waiting_room_paths(problems, body_problems),
+            **_fault_paths(problems, body_problems),
+            **_stream_paths(problems)}
+
+
+def _breaker_paths(problems: dict[str, Any], body_problems: dict[str, Any]) -> dict[str, Any]:
+    secured, name, snapshot = _SECURED, _BACKEND_NAME, _SNAPSHOT
     paths: dict[str, Any] = {
         "/admin/breakers": {"get": {**secured, "summary": "Every breaker with its state, "
                                     "settings and window figures",
@@ -207,12 +222,22 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
             "responses": {"200": {"description": "The new settings", "content": {
                 "application/json": {"schema": _ref(BreakerSettings)}}}, **body_problems}}},
     }
+    for action, summary in (("open", "Force open (sticky until reset)"),
+                            ("close", "Force closed (sticky until reset)"),
+                            ("reset", "Back to automatic with an empty window")):
+        paths[f"/admin/breakers/{{name}}/{action}"] = {"post": {
+            **secured, "summary": summary, "parameters": [name],
+            "responses": {"200": snapshot, **problems}}}
+    return paths
+
+
+def _maintenance_paths(problems: dict[str, Any],
+                       body_problems: dict[str, Any]) -> dict[str, Any]:
+    secured, ended = _SECURED, _ENDED
+    paths: dict[str, Any] = {}
     windows = {"description": "Current and scheduled windows", "content": {"application/json": {
         "schema": {"type": "object", "properties": {"windows": {
             "type": "array", "items": _ref(MaintenanceWindowView)}}}}}}
-    ended = {"description": "Ids of the windows ended", "content": {"application/json": {
-        "schema": {"type": "object", "properties": {"ended": {
-            "type": "array", "items": {"type": "string"}}}}}}}
     paths["/admin/maintenance"] = {
         "get": {**secured, "summary": "Current and scheduled maintenance windows",
                 "responses": {"200": windows, **problems}},
@@ -233,12 +258,13 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
         "parameters": [{"name": "id", "in": "path", "required": True,
                         "schema": {"type": "string"}}],
         "responses": {"200": ended, **problems}}}
-    for action, summary in (("open", "Force open (sticky until reset)"),
-                            ("close", "Force closed (sticky until reset)"),
-                            ("reset", "Back to automatic with an empty window")):
-        paths[f"/admin/breakers/{{name}}/{action}"] = {"post": {
-            **secured, "summary": summary, "parameters": [name],
-            "responses": {"200": snapshot, **problems}}}
+    return paths
+
+
+def _api_key_paths(tiers: tuple[str, ...], problems: dict[str, Any],
+                   body_problems: dict[str, Any]) -> dict[str, Any]:
+    secured = _SECURED
+    paths: dict[str, Any] = {}
     key_view = {"type": "object", "required": ["client_id", "role", "tier", "key_id", "source"],
                 "properties": {"client_id": {"type": "string"}, "role": {"type": "string"},
                                "tier": {"type": "string"}, "key_id": {"type": "string"},
@@ -267,6 +293,20 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                      # While auth.required is false and no key is configured.
                      **body_problems, **_problems(["SETTING_CONFLICT"])}},
     }
+    paths["/admin/api-keys/{key_id}"] = {"delete": {
+        **secured, "summary": "Revoke a key added through this API",
+        "parameters": [{"name": "key_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "Ids of the keys revoked", "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"revoked": {
+                "type": "array", "items": {"type": "string"}}}}}}}, **problems}}}
+    return paths
+
+
+def _waiting_room_paths(problems: dict[str, Any],
+                        body_problems: dict[str, Any]) -> dict[str, Any]:
+    secured = _SECURED
+    paths: dict[str, Any] = {}
     room_settings = {k: v for k, v in WaitingRoomSettings.model_json_schema()["properties"].items()
                      if k != "secret"}
     paths["/admin/waiting-room"] = {
@@ -281,6 +321,12 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                 "responses": {"200": {"description": "The settings now in force", "content": {
                     "application/json": {"schema": {"type": "object"}}}}, **body_problems}},
     }
+    return paths
+
+
+def _fault_paths(problems: dict[str, Any], body_problems: dict[str, Any]) -> dict[str, Any]:
+    secured, ended = _SECURED, _ENDED
+    paths: dict[str, Any] = {}
     fault_view = {"type": "object",
                   "required": ["id", "scope", "ttl_s", "created_at", "expires_at", "injected"],
                   "properties": {
@@ -311,6 +357,13 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
         "parameters": [{"name": "id", "in": "path", "required": True,
                         "schema": {"type": "string"}}],
         "responses": {"200": ended, **problems}}}
+    return paths
+
+
+def _stream_paths(problems: dict[str, Any]) -> dict[str, Any]:
+    """The timeline and the live event stream."""
+    secured = _SECURED
+    paths: dict[str, Any] = {}
     paths["/admin/timeline"] = {"get": {
         **secured, "summary": "The shared timeline, newest first: breaker transitions, "
                               "maintenance, faults, waiting-room changes, admin actions",
@@ -333,13 +386,6 @@ def _admin_paths(tiers: tuple[str, ...]) -> dict[str, Any]:
                               "drains",
         "responses": {"200": {"description": "text/event-stream", "content": {
             "text/event-stream": {"schema": {"type": "string"}}}}, **problems}}}
-    paths["/admin/api-keys/{key_id}"] = {"delete": {
-        **secured, "summary": "Revoke a key added through this API",
-        "parameters": [{"name": "key_id", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "Ids of the keys revoked", "content": {
-            "application/json": {"schema": {"type": "object", "properties": {"revoked": {
-                "type": "array", "items": {"type": "string"}}}}}}}, **problems}}}
     return paths
 
 
