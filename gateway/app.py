@@ -38,7 +38,7 @@ from gateway.ops.status import StatusPage
 from gateway.ops.timeline import FLUSH_S, Timeline
 from gateway.ops.traffic import Traffic
 from gateway.pipeline import idempotency, rate_limit
-from gateway.pipeline.arrivals import Arrivals, EarlyRefusal
+from gateway.pipeline.arrivals import Arrivals, EarlyRefusal, refuses_early
 from gateway.pipeline.idempotency import Idempotency, RefusedRecords
 from gateway.pipeline.maintenance import Maintenance
 from gateway.pipeline.proxy import Shared, make_handler
@@ -146,12 +146,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                                             metrics.stale_served.labels(policy.route_key).inc)
                     for policy in ROUTES
                     if policy.cacheable and settings.stale_cache.max_entries > 0}
-    early = {}
-    if limiter is None and not keys.enabled:  # else a 401, 403 or 429 may come first
-        early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
-                                           breakers[policy.backend], room.gate(policy))
-                 for policy in ROUTES if policy.method == "GET"
-                 and policy.query_schema is None and policy.path not in stale_caches}
+    early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
+                                       breakers[policy.backend], room.gate(policy))
+             for policy in ROUTES if refuses_early(policy, limited=limiter is not None,
+                                                   keyed=keys.enabled,
+                                                   stale=policy.path in stale_caches)}
     admission = _admission(app, settings, edge, metrics, early)
     shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,

@@ -22,7 +22,7 @@ import pytest
 
 from loadtest.harness import Gateway, LoadBalancer, Upstreams
 from tests.conftest import ADMIN_TOKEN
-from tests.test_one_reading import ATTACK, Answer, _Answers
+from tests.test_one_reading import ATTACK, Answer, _Answers, ask
 
 pytestmark = pytest.mark.slow
 
@@ -98,17 +98,10 @@ async def _honest(port: int, n: int, seen: Seen, deadline: float) -> None:
 async def _ask(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                request: bytes) -> Answer | None:
     """The answer to `request`; None if the connection was closed before one came."""
-    reader, writer = connection
+    answers = _Answers()
     try:
-        writer.write(request)
-        await writer.drain()
-        answers = _Answers()
-        async with asyncio.timeout(5):
-            while not answers.found:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return None
-                answers.parser.feed_data(chunk)
+        if not await ask(*connection, request, answers):
+            return None
     except ConnectionError:
         return None
     return answers.found[0]

@@ -25,10 +25,10 @@ import asyncio
 import fcntl
 import termios
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import httptools
@@ -152,6 +152,30 @@ class _Answers:
         self.found.append(Answer(self.parser.get_status_code(),
                                  _ours(self._headers.get("x-request-id")), code))
         self._headers, self._body = {}, b""
+
+
+class Collector(Protocol):
+    """An httptools response parser with the answers it has collected."""
+
+    parser: httptools.HttpResponseParser
+
+    @property
+    def found(self) -> Sequence[object]: ...
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
+              answers: Collector) -> bool:
+    """Send `request` and read until `answers` holds an answer; False if the connection
+    closed before one came."""
+    writer.write(request)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while not answers.found:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return False
+            answers.parser.feed_data(chunk)
+    return True
 
 
 def _ours(request_id: str | None) -> str | None:

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_request import BaseRequest
 
@@ -51,6 +50,22 @@ _UNAVAILABLE = 503
 _HOLD_AFTER_503_S = 1
 
 
+class ParsedHead(Protocol):
+    """A request head as aiohttp's parser read it (its `ParsedHead`)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...  # the request target as sent, query included
+
+    @property
+    def version(self) -> HttpVersion: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # names case-insensitive (a CIMultiDict)
+
+
 class EdgeAnswers(Protocol):
     """The answers a connection gives without a handler (`edge.Edge`)."""
 
@@ -65,16 +80,16 @@ class EdgeAnswers(Protocol):
 class AdmissionAtArrival(Protocol):
     """What a connection asks of admission when the parser read a head (`arrivals.Arrivals`)."""
 
-    def route_of(self, message: RawRequestMessage) -> RoutePolicy | None: ...
+    def route_of(self, message: ParsedHead) -> RoutePolicy | None: ...
 
     def enter(self, priority: int) -> bool: ...
 
     def leave(self) -> None: ...
 
-    def refusal(self, message: RawRequestMessage, policy: RoutePolicy,
+    def refusal(self, message: ParsedHead, policy: RoutePolicy,
                 doublings: int) -> bytes: ...
 
-    def early_refusal(self, message: RawRequestMessage,
+    def early_refusal(self, message: ParsedHead,
                       policy: RoutePolicy) -> tuple[bytes, int | None] | None: ...
 
     @property
@@ -360,7 +375,7 @@ class EdgeConnection(web.RequestHandler):
                 return messages[at:]
         return ()
 
-    def _answers_at_arrival(self, message: RawRequestMessage) -> bool:
+    def _answers_at_arrival(self, message: ParsedHead) -> bool:
         """Admission's decision on a plain request of a proxied route, when every earlier
         request on the connection is answered (so an answer written now comes in order):
         True if it was answered here (refused), False if it goes on to its handler."""
@@ -397,7 +412,7 @@ class EdgeConnection(web.RequestHandler):
         if self.transport is not None and self._parser is not None:
             self.data_received(b"")
 
-    def _refuse(self, arrivals: AdmissionAtArrival, message: RawRequestMessage,
+    def _refuse(self, arrivals: AdmissionAtArrival, message: ParsedHead,
                 policy: RoutePolicy) -> None:
         """Send a refusal, at once, or when the Retry-After of the last 503 on this
         connection ends: a client that asks again sooner than it was told waits out the
@@ -423,6 +438,7 @@ class EdgeConnection(web.RequestHandler):
         """A head answered here, its answer going out at loop time `sent_at`: aiohttp saw no
         request, so its idle clock starts again then, and the head's timer is done."""
         self._answered_here += 1
+        self._edge_server.early_answers += 1
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -502,6 +518,7 @@ class EdgeServer(web.Server):
         self.heads_full_answer = heads_full_answer
         self.header_timeout_s = header_timeout_s
         self.head_bytes = head_bytes
+        self.early_answers = 0  # requests answered at arrival (no handler), since start-up
         self.arrivals = arrivals
         self._handler_kwargs = handler_kwargs  # what each connection handler is made with
 

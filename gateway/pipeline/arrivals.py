@@ -48,7 +48,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import HttpVersion11
-from aiohttp.http_parser import RawRequestMessage
 
 from gateway.backends.breaker import Breaker
 from gateway.contract import identity, overload, validation
@@ -57,6 +56,7 @@ from gateway.contract.observability import Metrics
 from gateway.contract.problem import negotiate_language
 from gateway.contract.routes import RoutePolicy
 from gateway.edge.admission import Admission
+from gateway.edge.connections import ParsedHead
 from gateway.edge.middleware import Edge, RawAnswer
 from gateway.pipeline.maintenance import BYPASS_HEADER, Maintenance, RouteWindows, Window
 from gateway.pipeline.waiting_room import RouteGate
@@ -79,6 +79,15 @@ class EarlyRefusal:
     windows: RouteWindows
     breaker: Breaker
     gate: RouteGate
+
+
+def refuses_early(policy: RoutePolicy, *, limited: bool, keyed: bool, stale: bool) -> bool:
+    """Whether a maintenance window and an open breaker may answer the route's plain
+    requests at arrival: a GET by id (no query to validate), with nothing the handler does
+    before them that could answer otherwise (an API key's 401 or 403, a rate limit's 429,
+    a stale answer)."""
+    return (policy.method == "GET" and policy.query_schema is None
+            and not (limited or keyed or stale))
 
 
 class Arrivals:
@@ -115,7 +124,7 @@ class Arrivals:
         # By window object (a window changed through the API is a new one) and Retry-After.
         self._window_answers: dict[tuple[int, int | None], tuple[Window, RawAnswer]] = {}
 
-    def route_of(self, message: RawRequestMessage) -> RoutePolicy | None:
+    def route_of(self, message: ParsedHead) -> RoutePolicy | None:
         """The proxied route of a request the parser read, if it is plain enough to decide
         at arrival."""
         if message.version != HttpVersion11:
@@ -133,12 +142,12 @@ class Arrivals:
                 return None
         return policy
 
-    def refusal(self, message: RawRequestMessage, policy: RoutePolicy, doublings: int) -> bytes:
+    def refusal(self, message: ParsedHead, policy: RoutePolicy, doublings: int) -> bytes:
         """The 503 for a request `route_of` found, its Retry-After doubled `doublings` times;
         counted (see `count`) and logged."""
         return self._refuse(message, policy, self._answers[doublings], OVERLOADED)
 
-    def early_refusal(self, message: RawRequestMessage,
+    def early_refusal(self, message: ParsedHead,
                       policy: RoutePolicy) -> tuple[bytes, int | None] | None:
         """For a request `route_of` found: a maintenance window's or an open breaker's answer
         and its Retry-After, when one refuses the route now and nothing the handler checks
@@ -174,7 +183,7 @@ class Arrivals:
                 self._edge.raw_answer(early.breaker.rejection(retry_after)))
         return self._refuse(message, policy, answer, CIRCUIT_OPEN), retry_after
 
-    def _refuse(self, message: RawRequestMessage, policy: RoutePolicy, answer: RawAnswer,
+    def _refuse(self, message: ParsedHead, policy: RoutePolicy, answer: RawAnswer,
                 spec: ErrorSpec) -> bytes:
         headers = message.headers
         rid = identity.request_id(headers.get("X-Request-ID"))
@@ -199,7 +208,7 @@ class Arrivals:
                 self._metrics.breaker_rejections.labels(policy.backend).inc(count)
 
 
-def _checks_pass(message: RawRequestMessage, policy: RoutePolicy) -> bool:
+def _checks_pass(message: ParsedHead, policy: RoutePolicy) -> bool:
     """Whether the steps a handler takes before maintenance and the breaker let this request
     through: otherwise they answer it, the usual way."""
     headers = message.headers
