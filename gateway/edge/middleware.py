@@ -63,13 +63,8 @@ class Edge:
         elapsed = time.perf_counter() - started
         self._metrics.observe_request(route, response.status, code, elapsed)
         if self._access_log.enabled:
-            path = request.path[:_MAX_ECHOED_PATH]
-            self._access_log.write({
-                "ts": round(time.time(), 3), "request_id": rid, "method": request.method,
-                "route": route, "path": path if path == route else privacy.scrub(path),
-                "status": response.status, "code": code, "ms": round(elapsed * 1000, 2),
-                "replayed": REPLAY_HEADER in headers,
-            })
+            self.log_line(rid, request.method, route, request.path, response.status, code,
+                          elapsed, replayed=REPLAY_HEADER in headers)
 
     def refuse(self, request: web.BaseRequest, status: int,
                exc: BaseException | None) -> web.StreamResponse:
@@ -109,17 +104,20 @@ class Edge:
     def logs_access(self) -> bool:
         return self._access_log.enabled
 
-    def log_raw(self, rid: str, method: str, route: str, path: str, status: int, code: str,
-                elapsed: float) -> None:
-        """The access-log line of an answer written as bytes (its metrics are the
-        writer's to count)."""
-        if self._access_log.enabled:
-            self._access_log.write({
-                "ts": round(time.time(), 3), "request_id": rid, "method": method,
-                "route": route, "path": privacy.scrub(path[:_MAX_ECHOED_PATH]),
-                "status": status, "code": code, "ms": round(elapsed * 1000, 2),
-                "replayed": False,
-            })
+    def log_line(self, rid: str, method: str, route: str, path: str, status: int, code: str,
+                 elapsed: float, *, replayed: bool = False) -> None:
+        """The one access-log line of an answer, from a handler or written as bytes at
+        arrival (their metrics are the caller's to count): the path masked (`privacy.py`)
+        unless it is the route itself."""
+        if not self._access_log.enabled:
+            return
+        path = path[:_MAX_ECHOED_PATH]
+        self._access_log.write({
+            "ts": round(time.time(), 3), "request_id": rid, "method": method,
+            "route": route, "path": path if path == route else privacy.scrub(path),
+            "status": status, "code": code, "ms": round(elapsed * 1000, 2),
+            "replayed": replayed,
+        })
 
 
 # Stands in for the request id while an answer is prebuilt; no id can look like it.

@@ -191,8 +191,8 @@ class Arrivals:
         key = (policy.path, spec.code)
         self._refused[key] = self._refused.get(key, 0) + 1
         if self._edge.logs_access:
-            self._edge.log_raw(rid, policy.method, policy.path,
-                               message.path.partition("?")[0], spec.status, spec.code, 0.0)
+            self._edge.log_line(rid, policy.method, policy.path,
+                                message.path.partition("?")[0], spec.status, spec.code, 0.0)
         return answer.bytes_for(rid, lang)
 
     def count(self) -> None:
