@@ -160,7 +160,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, stores.records, settings, metrics, refused),
+            _idempotency(policy, stores.records, settings, metrics, refused, clock),
             stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/queue/{ticket}",
                        poll_route(room, keys if keys.enabled else None, failed))
@@ -239,7 +239,7 @@ async def _timeline_flush(app: web.Application) -> AsyncIterator[None]:
 
 
 def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Settings,
-                 metrics: Metrics, refused: RefusedRecords) -> Idempotency | None:
+                 metrics: Metrics, refused: RefusedRecords, clock: Clock) -> Idempotency | None:
     if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
     return Idempotency(
@@ -247,7 +247,7 @@ def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Set
         metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key),
         success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
         fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open,
-        refused=refused)
+        refused=refused, clock=clock)
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:

@@ -7,10 +7,12 @@ answered, a lookup that cannot say.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from gateway.contract import errors
+from gateway.contract.clock import Clock, FakeClock
 from gateway.contract.errors import GatewayError
 from gateway.contract.reply import Reply
 from gateway.contract.settings import IdempotencySettings
@@ -56,12 +58,13 @@ class Backend:
 
 
 def guard(store: MemoryIdempotencyRecords, *, payment: bool = True, wait_ms: int = 0,
-          events: list[str] | None = None) -> Idempotency:
+          events: list[str] | None = None, clock: Clock | None = None) -> Idempotency:
     seen = events if events is not None else []
     return Idempotency(
         "POST /v1/payments", store, IdempotencySettings(wait_for_in_flight_ms=wait_ms),
         seen.append, success_status=201,
-        unknown_outcome=errors.PAYMENT_OUTCOME_UNKNOWN if payment else None, fail_open=False)
+        unknown_outcome=errors.PAYMENT_OUTCOME_UNKNOWN if payment else None, fail_open=False,
+        clock=clock)
 
 
 async def status_of(store: MemoryIdempotencyRecords) -> ClaimStatus:
@@ -78,6 +81,21 @@ async def test_cancelled_mid_call_leaves_the_outcome_unknown() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await status_of(store) is ClaimStatus.RECONCILE
+
+
+async def test_the_wait_for_a_claim_in_flight_runs_on_the_injected_clock() -> None:
+    """A fake clock moves the wait's deadline: the 409 IN_PROGRESS comes after the
+    configured wait on that clock, at once in real time."""
+    store, clock = MemoryIdempotencyRecords(), FakeClock()
+    record = record_id("anonymous", "POST /v1/payments", "k")
+    await store.claim(record, fingerprint("POST /v1/payments", BODY), "other", 30, 60)
+    gate = guard(store, wait_ms=5000, clock=clock)
+    started, real = clock.monotonic(), time.monotonic()
+    with pytest.raises(GatewayError) as caught:
+        await gate.run("anonymous", "k", BODY, Backend().calls())
+    assert caught.value.spec is errors.IDEMPOTENCY_IN_PROGRESS
+    assert clock.monotonic() - started == pytest.approx(5.0)
+    assert time.monotonic() - real < 1.0
 
 
 async def test_a_waiter_takes_over_a_claim_released_by_the_first() -> None:

@@ -127,7 +127,8 @@ class Upstream:
             else Unlimited())
         self._retry = settings.retry
         self._backoff = Backoff(settings.retry)
-        self._budget = RetryBudget(settings.retry, clock or SystemClock())
+        self._clock = clock or SystemClock()
+        self._budget = RetryBudget(settings.retry, self._clock)
         self._metrics = metrics
         self.settings = settings
         self._wire = HttpWire(settings.url, size=settings.pool_size,
@@ -199,7 +200,7 @@ class Upstream:
             self._metrics.retry_budget_exhausted(self.name)
             return False
         self._metrics.retried(self.name)
-        await asyncio.sleep(pause)
+        await self._clock.sleep(pause)
         return True
 
     async def _through_breaker(self, call: Call, left_s: float) -> Reply:
@@ -281,14 +282,14 @@ class Upstream:
         sent before or instead of the failure, so it never reached the backend."""
         started = time.monotonic()
         if injection.delay_s >= timeout_s:
-            await asyncio.sleep(timeout_s)
+            await self._clock.sleep(timeout_s)
             failure = self._failed(errors.UPSTREAM_TIMEOUT, started,
                                    {"backend": self.name, "timeout_s": round(timeout_s, 3)},
                                    reached=False)
             failure.timed_out = True
             raise failure
         if injection.delay_s:
-            await asyncio.sleep(injection.delay_s)
+            await self._clock.sleep(injection.delay_s)
         if injection.abort == RESET:
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
                                worth_retrying=True)

@@ -1,7 +1,9 @@
-"""Time, injected: production reads the system clocks, tests move a fake one."""
+"""Time, injected: production reads the system clocks and sleeps on the event loop, tests
+move a fake clock (and its sleeps move it: a wait bounded by a deadline ends in no time)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -14,6 +16,9 @@ class Clock(Protocol):
     def wall(self) -> float:
         """Unix time: for timestamps shown to people."""
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait this long on the monotonic clock."""
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -21,6 +26,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class FakeClock:
@@ -37,6 +45,10 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)  # others run, as they would meanwhile
 
 
 def iso_utc(wall: float, timespec: Literal["seconds", "milliseconds"] = "milliseconds") -> str:

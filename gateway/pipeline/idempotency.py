@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.contract import errors
-from gateway.contract.clock import Clock
+from gateway.contract.clock import Clock, SystemClock
 from gateway.contract.errors import ErrorSpec, GatewayError
 from gateway.contract.field_errors import invalid_field
 from gateway.contract.reply import Reply
@@ -161,8 +161,10 @@ class Idempotency:
 
     def __init__(self, route: str, store: IdempotencyRecords, settings: IdempotencySettings,
                  count: Count, *, success_status: int, unknown_outcome: ErrorSpec | None,
-                 fail_open: bool, refused: RefusedRecords | None = None) -> None:
+                 fail_open: bool, refused: RefusedRecords | None = None,
+                 clock: Clock | None = None) -> None:
         self._route = route
+        self._clock = clock or SystemClock()
         self._refused = refused
         self._store = store
         self._count = count
@@ -212,8 +214,8 @@ class Idempotency:
 
     async def _claim(self, record: str, fp: str, owner: str) -> Claim:
         """Claim the record; while another holds it, wait up to the configured time."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_s
+        clock = self._clock
+        deadline = clock.monotonic() + self._wait_s
         pause = FIRST_POLL_S
         while True:
             claim = await self._store.claim(record, fp, owner, self._lease_s, self._ttl_s)
@@ -222,11 +224,11 @@ class Idempotency:
                 raise GatewayError(errors.IDEMPOTENCY_KEY_REUSED)
             if claim.status is not ClaimStatus.IN_FLIGHT:
                 return claim
-            left = deadline - loop.time()
+            left = deadline - clock.monotonic()
             if left <= 0:
                 self._count("in_progress")
                 raise GatewayError(errors.IDEMPOTENCY_IN_PROGRESS)
-            await asyncio.sleep(min(pause, left))
+            await clock.sleep(min(pause, left))
             pause = min(pause * 2, MAX_POLL_S)
 
     async def _settle(self, record: str, owner: str, reconcile: bool,

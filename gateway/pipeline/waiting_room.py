@@ -306,7 +306,7 @@ class WaitingRoom:
                 return
             if loop.time() + wait > deadline:
                 raise GatewayError(errors.OVERLOADED)
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
 
     def _queued(self, tokens: QueueTokens, number: int, scope: str, position: int,
                 paused: bool, due_s: float) -> GatewayError:
@@ -343,7 +343,7 @@ class WaitingRoom:
                    and (left := held_until - self._clock.monotonic()) > 0):
                 # Asleep until the admission is due, then a look every HOLD_CHECK_S.
                 due = expected_wait_s(ticket.position, settings.admit_per_s, ticket.due_s)
-                await asyncio.sleep(min(max(due, HOLD_CHECK_S), left))
+                await self._clock.sleep(min(max(due, HOLD_CHECK_S), left))
                 ticket = await self._queue.poll(number, settings.ticket_idle_s)
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
