@@ -50,7 +50,7 @@ class Edge:
         self._headers = security_headers(settings.security_headers)
         self.cors = Cors(settings.cors) if settings.cors.allow_origins else None
         # Sent to each connection refused while the process holds too much of heads.
-        self._heads_full = self.raw_answer(GatewayError(errors.OVERLOADED), closing=True)
+        self._heads_full = self.prebuilt(GatewayError(errors.OVERLOADED), closing=True)
 
     def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
                code: str, route: str, started: float) -> None:
@@ -81,7 +81,7 @@ class Edge:
         rid = identity.request_id(None)
         err = connections.timeout_error("head", self._server.header_timeout_s)
         self._metrics.observe_request("unparsed", 408, err.spec.code, 0.0)
-        return self.raw_answer(err, closing=True).bytes_for(rid, "en")
+        return self.prebuilt(err, closing=True).bytes_for(rid, "en")
 
     def heads_full_answer(self) -> bytes:
         """503 for a head still arriving while the process holds more of unfinished heads
@@ -90,9 +90,9 @@ class Edge:
                                       errors.OVERLOADED.code, 0.0)
         return self._heads_full.bytes_for(identity.request_id(None), "en")
 
-    def raw_answer(self, err: GatewayError, *, closing: bool = False) -> RawAnswer:
+    def prebuilt(self, err: GatewayError, *, closing: bool = False) -> PrebuiltError:
         """`err` as bytes for the bare socket, the same answer `render` and `finish` give."""
-        return RawAnswer(err, self._headers, closing=closing)
+        return PrebuiltError(err, self._headers, closing=closing)
 
     @property
     def own_headers(self) -> dict[str, str]:
@@ -124,7 +124,7 @@ class Edge:
 _ID_SLOT = "<request id>"
 
 
-class RawAnswer:
+class PrebuiltError:
     """One catalog error, prebuilt per language as HTTP/1.1 bytes; per answer only the
     request id and the length are filled in."""
 

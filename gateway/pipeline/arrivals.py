@@ -57,7 +57,7 @@ from gateway.contract.problem import negotiate_language
 from gateway.contract.routes import RoutePolicy
 from gateway.edge.admission import Admission
 from gateway.edge.connections import ParsedHead
-from gateway.edge.middleware import Edge, RawAnswer
+from gateway.edge.middleware import Edge, PrebuiltError
 from gateway.pipeline.maintenance import BYPASS_HEADER, Maintenance, RouteWindows, Window
 from gateway.pipeline.waiting_room import RouteGate
 
@@ -112,7 +112,7 @@ class Arrivals:
         base = GatewayError(OVERLOADED).retry_after or 1
         # Retry-After doubles each time in a row a client came back before it ended.
         self.retry_after_s = tuple(float(base * 2**n) for n in range(MAX_DOUBLINGS + 1))
-        self._answers = tuple(edge.raw_answer(GatewayError(OVERLOADED, retry_after_s=int(s)))
+        self._answers = tuple(edge.prebuilt(GatewayError(OVERLOADED, retry_after_s=int(s)))
                               for s in self.retry_after_s)
         self._metrics = metrics
         # Refusals since the last `count`, by route and code.
@@ -120,9 +120,9 @@ class Arrivals:
         self._refused: dict[tuple[str, str], int] = {}
         self._policies = {p.path: p for p in [*self._exact.values(), *self._templated.values()]}
         self._early = dict(early or {})  # by route path
-        self._breaker_answers: dict[tuple[str, int], RawAnswer] = {}
+        self._breaker_answers: dict[tuple[str, int], PrebuiltError] = {}
         # By window object (a window changed through the API is a new one) and Retry-After.
-        self._window_answers: dict[tuple[int, int | None], tuple[Window, RawAnswer]] = {}
+        self._window_answers: dict[tuple[int, int | None], tuple[Window, PrebuiltError]] = {}
 
     def route_of(self, message: ParsedHead) -> RoutePolicy | None:
         """The proxied route of a request the parser read, if it is plain enough to decide
@@ -171,7 +171,7 @@ class Arrivals:
             if kept is None or kept[0] is not window:
                 if len(self._window_answers) >= _MAX_PREBUILT:
                     self._window_answers.clear()
-                kept = self._window_answers[key] = (window, self._edge.raw_answer(err))
+                kept = self._window_answers[key] = (window, self._edge.prebuilt(err))
             return self._refuse(message, policy, kept[1], MAINTENANCE), err.retry_after
         assert left_s is not None
         retry_after = max(1, math.ceil(left_s))
@@ -180,10 +180,10 @@ class Arrivals:
             if len(self._breaker_answers) >= _MAX_PREBUILT:
                 self._breaker_answers.clear()
             answer = self._breaker_answers[(policy.backend, retry_after)] = (
-                self._edge.raw_answer(early.breaker.rejection(retry_after)))
+                self._edge.prebuilt(early.breaker.rejection(retry_after)))
         return self._refuse(message, policy, answer, CIRCUIT_OPEN), retry_after
 
-    def _refuse(self, message: ParsedHead, policy: RoutePolicy, answer: RawAnswer,
+    def _refuse(self, message: ParsedHead, policy: RoutePolicy, answer: PrebuiltError,
                 spec: ErrorSpec) -> bytes:
         headers = message.headers
         rid = identity.request_id(headers.get("X-Request-ID"))
