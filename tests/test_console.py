@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright
 
+from gateway.contract.routes import BACKENDS, ROUTES
+from gateway.contract.settings import BreakerSettings
 from loadtest.harness import REPO, Gateway, Upstreams
 from tests.conftest import ADMIN_TOKEN, NO_STALE_ANSWERS, admin_gateway, healed
 
@@ -106,6 +108,23 @@ async def test_sign_in_and_force_the_payment_breaker_open(
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
         events = (await resp.json())["events"]
     assert any(e.get("actor") == "sre-li" and e.get("action") == "breaker.open" for e in events)
+
+
+async def test_the_forms_offer_what_the_gateway_describes(page: Page) -> None:
+    """The backends, routes and breaker settings come from the gateway (its /openapi.json),
+    not from the page's script: the forms offer exactly the route table's."""
+    await _sign_in(page)
+
+    async def options(select: str) -> list[str]:
+        return list(await page.eval_on_selector_all(
+            f"{select} option", "nodes => nodes.map(n => n.value)"))
+
+    assert sorted(await options("#breaker-form select[name=name]")) == sorted(BACKENDS)
+    assert await options("#breaker-form select[name=setting]") == list(
+        BreakerSettings.model_fields)
+    scopes = await options("#maintenance-form select[name=scope]")
+    assert scopes[0] == "all"
+    assert sorted(scopes[1:]) == sorted([*BACKENDS, *(p.route_key for p in ROUTES)])
 
 
 async def test_a_fault_from_the_console_fails_requests_until_the_kill_switch(

@@ -70,11 +70,23 @@ const languageOf = (tag) => {
 const LANG = (navigator.languages || [navigator.language]).map(languageOf)
   .find((lang) => lang !== null) || "en";
 const t = (key) => TEXT[LANG][key] || TEXT.en[key] || key;
-const SETTINGS = ["failure_rate_threshold", "slow_call_duration_ms", "slow_call_rate_threshold",
-  "minimum_calls", "window_seconds", "consecutive_failures", "open_seconds", "half_open_calls"];
-const SCOPES = ["all", "order", "payment", "availability", "POST /v1/orders",
-  "GET /v1/orders/{order_id}", "POST /v1/payments", "GET /v1/payments/{payment_id}",
-  "GET /v1/availability"];
+// The backends, their routes and the breaker settings, as this gateway's /openapi.json
+// describes them (a proxied route is tagged with its backend): nothing of them written here.
+async function described() {
+  const response = await fetch("/openapi.json");
+  const doc = await response.json();
+  const backends = [], routes = [];
+  for (const [path, operations] of Object.entries(doc.paths)) {
+    for (const [method, operation] of Object.entries(operations)) {
+      const backend = (operation.tags || [])[0];
+      if (!path.startsWith("/v1/") || !backend) continue;
+      routes.push(method.toUpperCase() + " " + path);
+      if (!backends.includes(backend)) backends.push(backend);
+    }
+  }
+  const settings = Object.keys(doc.components.schemas.BreakerSettings.properties);
+  return { backends, scopes: ["all", ...backends, ...routes], settings };
+}
 const history = {};  // backend -> the last 60 calls/s figures, for the sparkline
 
 const $ = (selector) => document.querySelector(selector);
@@ -156,15 +168,15 @@ function windowBody(form) {
   };
 }
 
-function wire() {
+function wire({ backends, scopes, settings }) {
   for (const select of document.querySelectorAll("select.scopes")) {
-    for (const scope of SCOPES) select.append(el("option", { value: scope, text: scope }));
+    for (const scope of scopes) select.append(el("option", { value: scope, text: scope }));
   }
   const breakerForm = $("#breaker-form");
-  for (const name of ["order", "payment", "availability"]) {
+  for (const name of backends) {
     breakerForm.elements.name.append(el("option", { value: name, text: name }));
   }
-  for (const name of SETTINGS) breakerForm.elements.setting.append(el("option", { value: name, text: name }));
+  for (const name of settings) breakerForm.elements.setting.append(el("option", { value: name, text: name }));
   breakerForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = event.target;
@@ -336,10 +348,10 @@ function start() {
   refresh();
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   document.documentElement.lang = LANG;
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
-  wire();
+  wire(await described());
   $("#login-form").addEventListener("submit", signIn);
   if (sessionStorage.getItem("og-token")) start();
 });
