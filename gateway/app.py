@@ -42,8 +42,9 @@ from gateway.pipeline.arrivals import Arrivals, EarlyRefusal, refuses_early
 from gateway.pipeline.idempotency import Idempotency, RefusedRecords
 from gateway.pipeline.maintenance import Maintenance
 from gateway.pipeline.proxy import Shared, make_handler
+from gateway.pipeline.queue_poll import poll_route
 from gateway.pipeline.rate_limit import RateLimiter
-from gateway.pipeline.waiting_room import TICK_S, WaitingRoom, poll_route
+from gateway.pipeline.waiting_room import TICK_S, WaitingRoom
 from gateway.state.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
 
 log = logging.getLogger("gateway")

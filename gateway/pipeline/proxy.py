@@ -80,6 +80,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
                  _last(policy, shared, gate, upstream, guard, stale))
     keys, failed, deadline_s = shared.keys, shared.failed, shared.deadline_s
     limits = validate.BodyLimits(shared.max_body_bytes, shared.body_timeout_s)
+    writes = policy if policy.method != "GET" else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
         deadline = overload.deadline_of(asyncio.get_running_loop().time(), deadline_s,
@@ -87,7 +88,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
         if keys is None:
             scope, tier = identify.by_header(request)
         else:
-            scope, tier = await identify.by_key(request, keys, failed, policy)
+            scope, tier = await identify.by_key(request, keys, failed, writes=writes)
         exchange = await validate.exchange_of(request, policy, limits, scope, tier, deadline)
         return await rest(request, exchange)
 

@@ -40,19 +40,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.backends.breaker import Breaker
-from gateway.contract import errors, field_errors, identity, scopes
+from gateway.contract import errors, field_errors, scopes
 from gateway.contract.clock import Clock
 from gateway.contract.errors import GatewayError
 from gateway.contract.observability import Metrics
-from gateway.contract.problem import json_response
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
-from gateway.edge.auth import API_KEY_HEADER, ClientKeys, FailedChecks
-from gateway.edge.middleware import REQUEST_ID, Handler
 from gateway.pipeline.queue_tokens import QueueTokens
 from gateway.state.store import (
     RoomControl,
@@ -400,33 +396,3 @@ class WaitingRoom:
         waiting, admitted, expired = await self._queue.totals()
         return {"settings": self.public_settings(), "waiting": waiting,
                 "admitted_total": admitted, "expired_total": expired}
-
-
-def poll_route(room: WaitingRoom, keys: ClientKeys | None, failed: FailedChecks) -> Handler:
-    """`GET /v1/queue/{ticket}`: public, cheap, never forwarded; the ticket is the client's
-    own (the API key's client, else X-Client-ID), or it is no ticket at all (404)."""
-
-    async def poll_ticket(request: web.Request) -> web.Response:
-        if keys is None:
-            scope = identity.client_scope(request.headers.get("X-Client-ID"))
-        else:
-            scope = (await keys.checked(
-                request.headers.get(API_KEY_HEADER), failed, remote=request.remote,
-                request_id=request[REQUEST_ID], route="GET /v1/queue/{ticket}")).id
-        wait_s = _wait_s(request.query.get(WAIT_PARAM))
-        return json_response(await room.poll(scope, request.match_info["ticket"], wait_s))
-
-    return poll_ticket
-
-
-def _wait_s(sent: str | None) -> float:
-    if sent is None:
-        return 0.0
-    try:
-        wait_s = float(sent)
-    except ValueError:
-        wait_s = -1.0
-    if not 0 <= wait_s <= HOLD_POLL_S:  # NaN fails this too
-        raise field_errors.invalid_field(WAIT_PARAM, f"must be a number of seconds from 0 to "
-                                                     f"{HOLD_POLL_S:g}")
-    return wait_s

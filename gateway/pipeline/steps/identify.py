@@ -20,15 +20,17 @@ def by_header(request: web.Request) -> tuple[str, str]:
     return identity.client_scope(request.headers.get("X-Client-ID")), DEFAULT_TIER
 
 
-async def by_key(request: web.Request, keys: ClientKeys, failed: FailedChecks,
-                 policy: RoutePolicy) -> tuple[str, str]:
-    """The scope and tier of the key's client; 401 or 403 when it may not call."""
+async def by_key(request: web.Request, keys: ClientKeys, failed: FailedChecks, *,
+                 route: str | None = None, writes: RoutePolicy | None = None
+                 ) -> tuple[str, str]:
+    """The scope and tier of the key's client, or 401; 403 for a reader's key on `writes`,
+    a route that writes. `route`: as audit lines name it (else the scrubbed path)."""
     client = await keys.checked(request.headers.get(API_KEY_HEADER), failed,
                                 remote=request.remote, request_id=request[REQUEST_ID],
-                                route=audit_route(request))
-    if policy.method != "GET" and client.reads_only:
+                                route=route or audit_route(request))
+    if writes is not None and client.reads_only:
         raise GatewayError(errors.FORBIDDEN, params={
-            "who": f"Client {client.id}", "what": f"{policy.method} {policy.path}"})
+            "who": f"Client {client.id}", "what": f"{writes.method} {writes.path}"})
     return client.id, client.tier
 
 
