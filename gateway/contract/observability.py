@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import orjson
@@ -205,8 +205,22 @@ class Metrics:
         self.breaker_state.labels(breaker).set(_STATE_VALUES[new])
         self.breaker_transitions.labels(breaker, old, new, reason).inc()
 
-    def breaker_rejected(self, backend: str) -> None:
-        self.breaker_rejections.labels(backend).inc()
+    def breaker_rejected(self, backend: str, count: int = 1) -> None:
+        self.breaker_rejections.labels(backend).inc(count)
+
+    def shed_requests(self, route_key: str, count: int) -> None:
+        self.shed.labels(route_key).inc(count)
+
+    def room_tick(self, expired: int, waits: Sequence[float], waiting: int) -> None:
+        """One admission step of the waiting room: tickets expired, the waits of those let
+        in, and how many wait now."""
+        if expired:
+            self.waiting_room_expired.inc(expired)
+        if waits:
+            self.waiting_room_admitted.inc(len(waits))
+            for wait in waits:
+                self.waiting_room_wait_seconds.observe(wait)
+        self.waiting_room_waiting.set(waiting)
 
     def retried(self, backend: str) -> None:
         self.retries.labels(backend).inc()

@@ -46,13 +46,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import HttpVersion11
 
 from gateway.backends.breaker import Breaker
 from gateway.contract import identity, overload, validation
 from gateway.contract.errors import CIRCUIT_OPEN, MAINTENANCE, OVERLOADED, ErrorSpec, GatewayError
-from gateway.contract.observability import Metrics
 from gateway.contract.problem import negotiate_language
 from gateway.contract.routes import RoutePolicy
 from gateway.edge.admission import Admission
@@ -68,6 +68,16 @@ _MAX_PREBUILT = 64  # answers kept per kind; past this they are built again
 _STATUSES = {spec.code: spec.status for spec in (OVERLOADED, CIRCUIT_OPEN, MAINTENANCE)}
 _MAX_ID_BYTES = 128  # a path id longer than this is checked the usual way
 MAX_DOUBLINGS = 3  # Retry-After 1, 2, 4, 8 s
+
+
+class RefusalFigures(Protocol):
+    """What the refusals at arrival report, in batches (the metrics implement it)."""
+
+    def count_requests(self, route: str, status: int, code: str, count: int) -> None: ...
+
+    def shed_requests(self, route_key: str, count: int) -> None: ...
+
+    def breaker_rejected(self, backend: str, count: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,7 @@ class Arrivals:
     """Which proxied route a raw request head asks for, and the refusals as bytes."""
 
     def __init__(self, admission: Admission, routes: Iterable[RoutePolicy], edge: Edge,
-                 metrics: Metrics, *, holds: bool = True,
+                 metrics: RefusalFigures, *, holds: bool = True,
                  early: Mapping[str, EarlyRefusal] | None = None) -> None:
         self.holds = holds  # see `overload.hold_early_retries`
         self.enter = admission.enter
@@ -203,9 +213,9 @@ class Arrivals:
             policy = self._policies[route]
             self._metrics.count_requests(route, _STATUSES[code], code, count)
             if code == OVERLOADED.code:
-                self._metrics.shed.labels(policy.route_key).inc(count)
+                self._metrics.shed_requests(policy.route_key, count)
             elif code == CIRCUIT_OPEN.code:
-                self._metrics.breaker_rejections.labels(policy.backend).inc(count)
+                self._metrics.breaker_rejected(policy.backend, count)
 
 
 def _checks_pass(message: ParsedHead, policy: RoutePolicy) -> bool:

@@ -34,10 +34,10 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -46,7 +46,6 @@ from gateway.backends.breaker import Breaker
 from gateway.contract import errors, field_errors, scopes
 from gateway.contract.clock import Clock
 from gateway.contract.errors import GatewayError
-from gateway.contract.observability import Metrics
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
 from gateway.pipeline.queue_tokens import QueueTokens
@@ -84,6 +83,12 @@ PACE_BURST = 1
 _SECRET_BYTES = 32
 
 Answered = Callable[[], Awaitable[bool]]
+
+
+class RoomFigures(Protocol):
+    """What the room reports of each admission step (the metrics implement it)."""
+
+    def room_tick(self, expired: int, waits: Sequence[float], waiting: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -130,7 +135,7 @@ def eta_s(position: int, admit_per_s: int, due_s: float = 0.0) -> int:
 
 class WaitingRoom:
     def __init__(self, settings: WaitingRoomSettings, queue: TicketQueue, control: RoomControl,
-                 breakers: Mapping[str, Breaker], clock: Clock, metrics: Metrics, *,
+                 breakers: Mapping[str, Breaker], clock: Clock, metrics: RoomFigures, *,
                  shared: bool, workers: int, buckets: TokenBuckets) -> None:
         self._base = settings
         self._queue = queue
@@ -364,14 +369,7 @@ class WaitingRoom:
             return
         hold = PAUSE_HOLD_S if any(b.holds_back() for b in self._held_by) else 0.0
         tick = await self._queue.tick(settings.admit_per_s, settings.ticket_idle_s, hold)
-        metrics = self._metrics
-        if tick.expired:
-            metrics.waiting_room_expired.inc(tick.expired)
-        if tick.waits:
-            metrics.waiting_room_admitted.inc(len(tick.waits))
-            for wait in tick.waits:
-                metrics.waiting_room_wait_seconds.observe(wait)
-        metrics.waiting_room_waiting.set(tick.waiting)
+        self._metrics.room_tick(tick.expired, tick.waits, tick.waiting)
         queueing = (tick.paused or tick.waiting > 0 or settings.queue_all
                     or tick.recent >= settings.admit_per_s)
         self.view = RoomView(tick.waiting, queueing, tick.paused)
