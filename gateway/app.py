@@ -45,7 +45,9 @@ from gateway.pipeline.proxy import Shared, make_handler
 from gateway.pipeline.queue_poll import poll_route
 from gateway.pipeline.rate_limit import RateLimiter
 from gateway.pipeline.waiting_room import TICK_S, WaitingRoom
-from gateway.state.store import IdempotencyRecords, Stores, StoreUnavailable, follow, memory_stores
+from gateway.state.common import StoreUnavailable, follow
+from gateway.state.record_store import IdempotencyRecords
+from gateway.state.stores import Stores, memory_stores
 
 log = logging.getLogger("gateway")
 
@@ -83,7 +85,7 @@ def _make_stores(settings: Settings, clock: Clock, metrics: Metrics) -> Stores:
         return memory_stores(clock, settings.idempotency.memory_max_records,
                              settings.rate_limit.memory_max_clients)
     # Imported only when used: the demo and single-process setups never load redis-py.
-    from gateway.state.redis_store import redis_stores
+    from gateway.state.stores import redis_stores
 
     return redis_stores(redis.url, redis.timeout_s, min_replica_acks=redis.min_replica_acks,
                         replica_ack_timeout_ms=redis.replica_ack_timeout_ms,

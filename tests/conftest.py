@@ -20,14 +20,10 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.contract.settings import Settings
-from gateway.state.redis_store import (
-    FAULTS_KEY,
-    ROOM_KEYS,
-    ROOM_SECRET_KEY,
-    ROOM_SETTINGS_KEY,
-    redis_stores,
-)
-from gateway.state.store import Stores, memory_stores
+from gateway.state.fault_store import FAULTS_KEY
+from gateway.state.room_store import ROOM_SECRET_KEY, ROOM_SETTINGS_KEY
+from gateway.state.stores import Stores, memory_stores, redis_stores
+from gateway.state.ticket_store import ROOM_KEYS
 from loadtest.harness import (
     RUNNING,
     SHORT_TIMEOUTS,

@@ -32,7 +32,7 @@ import orjson
 import pytest
 import redis
 
-from gateway.state.redis_store import MAINTENANCE_KEY
+from gateway.state.window_store import MAINTENANCE_KEY
 from loadtest import failover
 from loadtest.harness import (
     Gateway,

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.pipeline.idempotency import record_id
-from gateway.state.redis_store import IDEMPOTENCY_KEY
+from gateway.state.record_store import IDEMPOTENCY_KEY
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import (
     ADMIN_TOKEN,

@@ -17,7 +17,8 @@ from gateway.contract.errors import GatewayError
 from gateway.contract.reply import Reply
 from gateway.contract.settings import IdempotencySettings
 from gateway.pipeline.idempotency import Idempotency, Submission, fingerprint, record_id
-from gateway.state.store import ClaimStatus, MemoryIdempotencyRecords, StoreUnavailable
+from gateway.state.common import StoreUnavailable
+from gateway.state.record_store import ClaimStatus, MemoryIdempotencyRecords
 
 CREATED = Reply(201, b'{"payment_id":"pay_1"}', "application/json")
 BODY = b'{"amount":1}'

@@ -14,7 +14,7 @@ from gateway.contract.routes import ROUTES, RoutePolicy
 from gateway.contract.settings import MaintenanceWindowSettings
 from gateway.edge.auth import AdminTokens
 from gateway.pipeline.maintenance import Maintenance, Window
-from gateway.state.store import MemoryWindows
+from gateway.state.window_store import MemoryWindows
 
 ROUTE = {policy.route_key: policy for policy in ROUTES}
 

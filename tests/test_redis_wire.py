@@ -15,9 +15,10 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from gateway.state.redis_store import RATE_KEY, redis_stores
-from gateway.state.redis_wire import Wire, WireError
-from gateway.state.store import StoreUnavailable
+from gateway.state.bucket_store import RATE_KEY
+from gateway.state.common import StoreUnavailable
+from gateway.state.redis.wire import Wire, WireError
+from gateway.state.stores import redis_stores
 from loadtest.harness import Proc, RedisServer, free_port
 
 

@@ -1,4 +1,4 @@
-"""Writes that replicas must hold (`gateway/state/replica_acks.py`), against real redis-server.
+"""Writes that replicas must hold (`state/redis/replica_acks.py`), against real redis-server.
 
 A replica that streams holds every write; a replica behind a stalled relay holds none,
 although the master still counts it as connected. Concurrent writes share one WAIT; a
@@ -19,10 +19,11 @@ import pytest
 import redis
 
 from gateway.contract.reply import Reply
-from gateway.state.redis_store import redis_stores
-from gateway.state.redis_wire import Wire
-from gateway.state.replica_acks import ReplicaAcks
-from gateway.state.store import ClaimStatus, Stores, StoreUnavailable
+from gateway.state.common import StoreUnavailable
+from gateway.state.record_store import ClaimStatus
+from gateway.state.redis.replica_acks import ReplicaAcks
+from gateway.state.redis.wire import Wire
+from gateway.state.stores import Stores, redis_stores
 from loadtest.harness import RedisServer, Relay, replicas_hold_writes, wait_until
 
 TIMEOUT_MS = 150

@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from gateway.contract.reply import Reply
-from gateway.state.redis_store import redis_stores
-from gateway.state.store import (
-    ClaimStatus,
-    IdempotencyRecords,
-    MemoryIdempotencyRecords,
-    Stores,
-    StoreUnavailable,
-    refill_and_take,
-)
+from gateway.state.bucket_store import refill_and_take
+from gateway.state.common import StoreUnavailable
+from gateway.state.record_store import ClaimStatus, IdempotencyRecords, MemoryIdempotencyRecords
+from gateway.state.stores import Stores, redis_stores
 from loadtest.harness import RedisServer, free_port
 
 LEASE_S = 10.0  # long enough that a busy machine never lets it run out by accident

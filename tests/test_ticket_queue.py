@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from gateway.pipeline.queue_tokens import QueueTokens
 from gateway.pipeline.waiting_room import MAX_POLL_S, poll_after_s
-from gateway.state.redis_store import redis_stores
-from gateway.state.store import MemoryTicketQueue, RoomControl, Stores, TicketQueue, TicketState
+from gateway.state.room_store import RoomControl
+from gateway.state.stores import Stores, redis_stores
+from gateway.state.ticket_store import MemoryTicketQueue, TicketQueue, TicketState
 from loadtest.harness import RedisServer
 
 LONG_IDLE_S = 60.0

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from gateway.backends.breaker import Breaker, Forced
 from gateway.contract.settings import BreakerSettings
-from gateway.state.store import BreakerIntents
+from gateway.state.intent_store import BreakerIntents
 
 log = logging.getLogger("gateway.breaker_control")
 _SETTING = "setting:"

@@ -31,7 +31,7 @@ from gateway.contract.clock import Clock, iso_utc
 from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS
 from gateway.contract.observability import Metrics
 from gateway.contract.routes import RoutePolicy
-from gateway.state.store import FaultStore
+from gateway.state.fault_store import FaultStore
 
 MAX_RULES = 20
 RESET = "reset"

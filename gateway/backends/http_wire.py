@@ -3,7 +3,7 @@
 aiohttp's client spent about a third of a bare proxy's CPU per request on
 what a gateway calling a few known backends does not need: URL objects,
 cookie jars, tracing signals, a stream reader per answer, a timer per call.
-This is the minimum instead, as `redis_wire.py` is for Redis: a pool of
+This is the minimum instead, as `state/redis/wire.py` is for Redis: a pool of
 `asyncio.Protocol` connections, the request written as one block of bytes,
 the answer parsed by llhttp (through `httptools`, the parser uvicorn uses),
 and the deadline kept by the process's timer wheel (`timer_wheel.py`).

@@ -41,7 +41,8 @@ from gateway.contract import errors
 from gateway.contract.clock import Clock
 from gateway.contract.errors import GatewayError
 from gateway.contract.settings import ApiKeySettings, AuthSettings
-from gateway.state.store import KeyStore, MemoryTokenBuckets
+from gateway.state.bucket_store import MemoryTokenBuckets
+from gateway.state.key_store import KeyStore
 
 log = logging.getLogger("gateway.auth")
 

@@ -42,7 +42,8 @@ from gateway.ops.timeline import DEFAULT_LIMIT, KEEP, Kind, Timeline
 from gateway.ops.traffic import Traffic
 from gateway.pipeline.maintenance import Maintenance
 from gateway.pipeline.waiting_room import WaitingRoom
-from gateway.state.store import MemoryTokenBuckets, StoreUnavailable
+from gateway.state.bucket_store import MemoryTokenBuckets
+from gateway.state.common import StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
 BOARD = web.AppKey("breaker_board", BreakerBoard)

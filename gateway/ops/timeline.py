@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.contract.clock import Clock, iso_utc
-from gateway.state.store import TimelineStore
+from gateway.state.timeline_store import TimelineStore
 
 Kind = Literal["breaker", "maintenance", "fault", "waiting_room", "admin"]
 KEEP = 1000  # events kept, the newest

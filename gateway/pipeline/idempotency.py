@@ -48,13 +48,9 @@ from gateway.contract.errors import ErrorSpec, GatewayError
 from gateway.contract.field_errors import invalid_field
 from gateway.contract.reply import Reply
 from gateway.contract.settings import IdempotencySettings
-from gateway.state.store import (
-    Claim,
-    ClaimStatus,
-    IdempotencyRecords,
-    StoreUnavailable,
-    TokenBuckets,
-)
+from gateway.state.bucket_store import TokenBuckets
+from gateway.state.common import StoreUnavailable
+from gateway.state.record_store import Claim, ClaimStatus, IdempotencyRecords
 
 log = logging.getLogger("gateway.idempotency")
 

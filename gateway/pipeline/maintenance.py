@@ -38,7 +38,7 @@ from gateway.contract.errors import GatewayError, Text
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import MaintenanceWindowSettings
 from gateway.edge.auth import AdminTokens
-from gateway.state.store import WindowStore
+from gateway.state.window_store import WindowStore
 
 log = logging.getLogger("gateway.maintenance")
 

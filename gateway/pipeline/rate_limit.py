@@ -19,7 +19,8 @@ from collections.abc import Callable
 from gateway.contract import errors
 from gateway.contract.errors import GatewayError
 from gateway.contract.settings import RateLimitSettings
-from gateway.state.store import StoreUnavailable, TokenBuckets
+from gateway.state.bucket_store import TokenBuckets
+from gateway.state.common import StoreUnavailable
 
 log = logging.getLogger("gateway.rate_limit")
 

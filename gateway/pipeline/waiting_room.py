@@ -4,7 +4,7 @@ A new customer on a covered route (one without a valid pass) goes straight
 through while nobody waits and fewer than `admit_per_s` customers were let in
 during the last second, and gets a pass; otherwise a ticket and
 `429 QUEUED` with its place and an ETA. The line lives in the store
-(`store.TicketQueue`): with Redis, tickets are numbered fleet-wide and every
+(`ticket_store.TicketQueue`): with Redis, tickets are numbered fleet-wide and every
 process runs the admission step on its own timer (`TICK_S`) as one script.
 The step is safe to run from many processes at once, so no leader is elected.
 It drops tickets idle longer than `ticket_idle_s` and admits the lowest live
@@ -49,13 +49,10 @@ from gateway.contract.errors import GatewayError
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
 from gateway.pipeline.queue_tokens import QueueTokens
-from gateway.state.store import (
-    RoomControl,
-    StoreUnavailable,
-    TicketQueue,
-    TicketState,
-    TokenBuckets,
-)
+from gateway.state.bucket_store import TokenBuckets
+from gateway.state.common import StoreUnavailable
+from gateway.state.room_store import RoomControl
+from gateway.state.ticket_store import TicketQueue, TicketState
 
 log = logging.getLogger("gateway.waiting_room")
 

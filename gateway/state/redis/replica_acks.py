@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.state.redis_wire import Wire
+from gateway.state.redis.wire import Wire
 
 MARKER_KEY = "og:acks"  # a counter: the marker write of every group
 
