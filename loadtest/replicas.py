@@ -1,6 +1,6 @@
 """Three gateway replicas behind nginx (round robin) sharing one Redis, on loopback.
 
-The multi-replica set-up of `tests/test_replicas.py`, left running to try by
+The multi-replica set-up of `tests/system/test_replicas.py`, left running to try by
 hand: it prints the load balancer's URL, each replica's URL and PID, and the
 admin token, then waits until Ctrl-C and stops everything. Kill a replica
 (`kill -9 PID`) or drain one (`kill PID`) under load and watch the others.

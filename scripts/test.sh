@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_venv "[test]"
 ensure_redis_server
-ensure_system_package wrk  # the benchmark's load generator, tested in tests/test_loadgen.py
-ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/test_replicas.py)
-ensure_system_package chromium  # the console's browser tests (tests/test_console.py)
+ensure_system_package wrk  # the benchmark's load generator, tested in tests/system/test_loadgen.py
+ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/system/test_replicas.py)
+ensure_system_package chromium  # the console's browser tests (tests/system/test_console.py)
 ensure_cjk_font  # ... and readable Chinese in their screenshots
 .venv/bin/ruff check .
 .venv/bin/mypy

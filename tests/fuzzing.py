@@ -14,7 +14,7 @@ and every phase (examples, coverage, fuzzing, stateful):
 What no JSON Schema can express is stated in words in the document, and the
 valid cases are made to obey it by `tests/fuzz_hooks.py` (one line of reason per
 rule there). One operation is excluded: `GET /admin/events`, an event stream
-that ends only when the process drains (tests/test_timeline.py tests it).
+that ends only when the process drains (tests/app/test_timeline.py tests it).
 Unknown headers and query parameters are not generated as invalid data: the
 gateway ignores them by design (browsers send many).
 

@@ -9,7 +9,7 @@ the answer parsed by llhttp (through `httptools`, the parser uvicorn uses),
 and the deadline kept by the process's timer wheel (`timer_wheel.py`).
 
 What it does, each case tested against a real server misbehaving on purpose
-(tests/test_http_wire.py):
+(tests/app/test_http_wire.py):
 - bodies framed by `Content-Length`, chunked, or by the connection closing;
   `gzip` and `deflate` bodies decoded (bounded after decoding too);
 - `Connection: close` (and HTTP/1.0) answers: the connection is not reused;

@@ -262,7 +262,7 @@ def _add_tally(histogram: Histogram, tally: list[float]) -> None:
 
     prometheus-client has no call to add many observations at once, so this
     writes the child's bucket and sum values directly (the names `_buckets` and
-    `_sum` of its Histogram; tests/test_metrics.py checks the result against
+    `_sum` of its Histogram; tests/unit/test_metrics.py checks the result against
     `observe`, so an upgrade that renames them fails there)."""
     buckets = histogram._buckets
     for index, count in enumerate(tally[:-1]):

@@ -4,7 +4,7 @@ which keeps a process's view of shared state fresh on a timer.
 
 Shared state is one small async interface per concern, each in a module of its own with
 its in-memory implementation (the demo: one process) and its Redis one (every process and
-replica sharing the Redis), which pass the same behaviour suite (tests/test_store.py).
+replica sharing the Redis), which pass the same behaviour suite (tests/system/test_store.py).
 Each operation is one atomic step of the backing store (a hash field set, a counter
 increment, one script), never read-then-write across round trips, so two gateway
 processes acting at once cannot undo each other's change. `stores.Stores` bundles one of

@@ -25,7 +25,7 @@ import pytest
 from gateway.contract.settings import UpstreamSettings
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import GOOD_ORDER
-from tests.test_idempotency import Answer, payment, submit
+from tests.system.test_idempotency import Answer, payment, submit
 
 pytestmark = pytest.mark.slow
 

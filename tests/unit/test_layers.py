@@ -11,7 +11,7 @@ from pathlib import Path
 from gateway.contract.routes import BACKENDS
 from gateway.contract.settings import UpstreamsSettings
 
-PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
+PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 # Lowest first: a wing imports only from itself and the wings before it. Above them all, the

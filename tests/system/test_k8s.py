@@ -23,7 +23,7 @@ import yaml
 from gateway.contract.settings import load_settings
 from loadtest.harness import BIN, Gateway, Upstreams
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 KUBERNETES_VERSION = "1.34.0"
 # What the grace period must leave over preStop + drain for the process to exit.

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from gateway.contract.settings import Settings, SettingsError, load_settings
 from loadtest.harness import BIN
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_EXAMPLE = """
 upstreams:
   order:        {url: "http://127.0.0.1:9101"}

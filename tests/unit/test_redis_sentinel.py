@@ -1,6 +1,6 @@
 """`redis+sentinel://` URLs: parsed, defaulted, refused when they lack a part.
 
-A gateway following the master through a real failover is tested in tests/test_failover.py.
+A gateway following the master through a real failover is tested in tests/system/test_failover.py.
 """
 
 from __future__ import annotations

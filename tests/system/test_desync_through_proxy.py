@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from loadtest.harness import Gateway, LoadBalancer, Upstreams
+from tests.app.test_one_reading import ATTACK, Answer, _Answers, ask
 from tests.conftest import ADMIN_TOKEN
-from tests.test_one_reading import ATTACK, Answer, _Answers, ask
 
 pytestmark = pytest.mark.slow
 

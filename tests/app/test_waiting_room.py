@@ -1,7 +1,8 @@
 """The waiting room's contract, in-process (memory store) in front of the real simulators.
 
 Its fleet-wide rules (two gateways sharing one Redis, Redis down) are in
-tests/test_waiting_room_fleet.py; the line's own behaviour in tests/test_ticket_queue.py.
+tests/system/test_waiting_room_fleet.py; the line's own behaviour in
+tests/system/test_ticket_queue.py.
 """
 
 from __future__ import annotations

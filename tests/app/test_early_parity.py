@@ -27,7 +27,7 @@ import uvloop
 
 from gateway.contract.routes import ROUTES, RoutePolicy
 from gateway.pipeline.arrivals import refuses_early
-from tests.test_one_reading import (
+from tests.app.test_one_reading import (
     TUNED,
     Pair,
     Scenario,

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from loadtest.harness import Gateway, RedisServer, Upstreams
+from tests.app.test_waiting_room import Answer, assert_queued, order, poll
 from tests.conftest import ADMIN_TOKEN
-from tests.test_waiting_room import Answer, assert_queued, order, poll
 
 pytestmark = pytest.mark.slow
 
