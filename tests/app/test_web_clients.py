@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 import pytest
 
-from loadtest.harness import Gateway, Upstreams
+from loadtest.harness import Upstreams
 from tests.conftest import ADMIN_TOKEN, GOOD_ORDER, InProcess, StartApp
 
 SHOP = "https://shop.example.com"
@@ -111,7 +111,8 @@ async def test_every_answer_carries_the_security_headers(
 
 
 async def test_without_an_allow_list_there_is_no_cross_origin_access(
-        gateway: Gateway, http: aiohttp.ClientSession) -> None:
+        gateway_app: StartApp, http: aiohttp.ClientSession) -> None:
+    gateway = await gateway_app(None)
     async with http.options(gateway.url + "/v1/orders", headers=_preflight(SHOP)) as resp:
         assert resp.status == 405
         assert "Access-Control-Allow-Origin" not in resp.headers
