@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -24,16 +23,6 @@ TAIWAN = "zh-TW,zh;q=0.9,en;q=0.8"
 @pytest.fixture
 async def gateway(gateway_app: StartApp) -> InProcess:
     return await gateway_app(NO_STALE_ANSWERS)
-
-
-@pytest.fixture
-def healthy(upstreams: Upstreams) -> Iterator[Upstreams]:
-    """Healthy simulators before and after (the gateway is new for each test)."""
-    upstreams.heal()
-    try:
-        yield upstreams
-    finally:
-        upstreams.heal()
 
 
 def _key() -> dict[str, str]:

@@ -1,22 +1,24 @@
 """Safe retries: what is retried, how often, and what never is. Backend calls are counted
-at the simulators, so amplification is measured, not assumed."""
+at the simulators, so amplification is measured, not assumed. The gateway runs in-process,
+in front of simulator processes of this module's own."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.app import build_app
 from gateway.backends.retry import Backoff, RetryBudget
 from gateway.contract.clock import FakeClock
-from gateway.contract.settings import RetrySettings
-from loadtest.harness import Gateway, Upstreams
-from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS
+from gateway.contract.settings import RetrySettings, Settings
+from loadtest.harness import Upstreams, merge
+from tests.conftest import GOOD_ORDER, GOOD_PAYMENT, NO_STALE_ANSWERS, SHORT_TIMEOUTS, InProcess
 
 LENIENT_BREAKER = {"failure_rate_threshold": 1.0, "consecutive_failures": 100_000,
                    "minimum_calls": 100_000}
@@ -42,24 +44,27 @@ def test_backoff_is_full_jitter_up_to_the_cap() -> None:
 
 
 @pytest.fixture
-def rig(log_dir: Path) -> Iterator[tuple[Upstreams, Any]]:
+async def rig(log_dir: Path, aiohttp_server: Any) -> AsyncIterator[tuple[Upstreams, Any]]:
+    """Simulators of this module's own (a fixed seed) and gateways in-process on them, each
+    with the backend settings a test gives."""
     sims = Upstreams(log_dir, seed=5)
-    started: list[Gateway] = []
 
-    def gateway(**upstreams: dict[str, Any]) -> Gateway:
-        tree = {name: {"breaker": LENIENT_BREAKER, **settings}
-                for name, settings in upstreams.items()}
-        gw = Gateway(log_dir, sims.urls, config={**NO_STALE_ANSWERS, "upstreams": tree})
-        started.append(gw)
-        return gw
+    async def gateway(**upstreams: dict[str, Any]) -> InProcess:
+        tree = {"upstreams": {name: {"url": url, **SHORT_TIMEOUTS, "breaker": LENIENT_BREAKER,
+                                     **upstreams.get(name, {})}
+                              for name, url in sims.urls.items()}}
+        merge(tree, NO_STALE_ANSWERS)
+        app = build_app(Settings.model_validate(tree))
+        server = await aiohttp_server(app)
+        return InProcess(str(server.make_url("")).rstrip("/"), app)
 
-    yield sims, gateway
-    for gw in started:
-        gw.stop()
-    sims.proc.stop()
+    try:
+        yield sims, gateway
+    finally:
+        sims.proc.stop()
 
 
-async def _gets(http: aiohttp.ClientSession, gw: Gateway, n: int,
+async def _gets(http: aiohttp.ClientSession, gw: InProcess, n: int,
                 **headers: str) -> list[int]:
     got = []
     for i in range(n):
@@ -72,7 +77,7 @@ async def _gets(http: aiohttp.ClientSession, gw: Gateway, n: int,
 async def test_a_get_in_front_of_a_flaky_backend_mostly_succeeds(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    gw = gateway(availability={})
+    gw = await gateway(availability={})
     sims.set_faults("availability", error_rate=0.3, error_status=503)
     statuses = await _gets(http, gw, 60)
     assert statuses.count(200) >= 54, statuses
@@ -82,7 +87,7 @@ async def test_a_get_in_front_of_a_flaky_backend_mostly_succeeds(
 async def test_a_keyed_post_that_may_have_landed_is_looked_up_never_resent_blindly(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    gw = gateway(payment={})  # the shipped retry settings
+    gw = await gateway(payment={})  # the shipped retry settings
     # Every POST is charged and then its connection reset; so is every lookup's.
     sims.set_faults("payment", dedup=False, reset_rate=1.0)
     k = str(uuid.uuid4())
@@ -104,7 +109,7 @@ async def test_a_keyed_post_that_may_have_landed_is_looked_up_never_resent_blind
 async def test_a_keyed_post_answered_503_is_sent_again_only_after_a_lookup(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    gw = gateway(order={})
+    gw = await gateway(order={})
     sims.set_faults("order", error_rate=1.0, error_status=503)
     before = sims.stats("order")["requests"]
     async with http.post(gw.url + "/v1/orders", json=GOOD_ORDER,
@@ -121,7 +126,7 @@ async def test_a_keyed_post_answered_503_is_sent_again_only_after_a_lookup(
 async def test_the_retry_budget_caps_amplification(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    gw = gateway(availability={"retry": {"budget_ratio": 0.2, "min_retries_per_s": 0}})
+    gw = await gateway(availability={"retry": {"budget_ratio": 0.2, "min_retries_per_s": 0}})
     sims.set_faults("availability", error_rate=1.0, error_status=503)
     assert set(await _gets(http, gw, 50)) == {502}
     calls = sims.stats("availability")["requests"]
@@ -134,7 +139,7 @@ async def test_the_retry_budget_caps_amplification(
 async def test_no_retry_when_the_deadline_leaves_no_time(
         rig: tuple[Upstreams, Any], http: aiohttp.ClientSession) -> None:
     sims, gateway = rig
-    gw = gateway(availability={})
+    gw = await gateway(availability={})
     sims.set_faults("availability", error_rate=1.0, error_status=503, latency_ms=100)
     assert await _gets(http, gw, 1, **{"X-Request-Timeout-Ms": "140"}) == [502]
     assert sims.stats("availability")["requests"] == 1, "40 ms left: too little to retry"
