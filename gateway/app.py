@@ -151,9 +151,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                     if policy.cacheable and settings.stale_cache.max_entries > 0}
     early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
                                        breakers[policy.backend], room.gate(policy))
-             for policy in ROUTES if refuses_early(policy, limited=limiter is not None,
-                                                   keyed=keys.enabled,
-                                                   stale=policy.path in stale_caches)}
+             for policy in ROUTES if settings.overload.enabled and refuses_early(
+                 policy, limited=limiter is not None, keyed=keys.enabled,
+                 stale=policy.path in stale_caches)}
     admission = _admission(app, settings, edge, metrics, early)
     shared = Shared(maintenance, admission, limiter, keys if keys.enabled else None, room,
                     settings.server.max_body_bytes, settings.overload.request_deadline_s,

@@ -28,7 +28,6 @@ class Exchange:
     query: dict[str, str] | None  # validated, normalised
     body: bytes | None  # validated JSON
     deadline: float  # loop time the answer is due by
-    headers: dict[str, str]  # sent to the backend
 
 
 Next = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse]]
@@ -42,14 +41,14 @@ def chain(steps: Sequence[Step], last: Next) -> Next:
     return last
 
 
-def backend_headers(request: web.Request, scope: str, key: str | None, *,
-                    has_body: bool) -> dict[str, str]:
+def backend_headers(request: web.Request, exchange: Exchange) -> dict[str, str]:
     """What a backend is told: the request id and client, the forwarded headers that pass
-    (`forwarded.py`), the key and the body's type."""
-    headers = {"X-Request-ID": request[REQUEST_ID], "X-Client-ID": scope,
+    (`forwarded.py`), the key and the body's type. Built by the last step only: a request
+    refused on the way never pays for it."""
+    headers = {"X-Request-ID": request[REQUEST_ID], "X-Client-ID": exchange.scope,
                **forwarded(request.headers)}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    if has_body:
+    if exchange.key is not None:
+        headers["Idempotency-Key"] = exchange.key
+    if exchange.body is not None:
         headers["Content-Type"] = "application/json"
     return headers

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import termios
 import uuid
@@ -197,13 +198,13 @@ async def exchange(gw: Served, pieces: list[bytes]) -> tuple[list[Answer], bool]
     reading = asyncio.create_task(_read_all(reader, answers))
     try:
         await _accepted(gw, local_port)
-        try:
+        # The gateway may answer and close before the rest is written (uvloop then raises
+        # RuntimeError on a write): what it said is read below all the same.
+        with contextlib.suppress(ConnectionError, RuntimeError):
             for piece in pieces:
                 writer.write(piece)
                 await writer.drain()
                 await _read_by_gateway(gw, local_port)
-        except (ConnectionError, RuntimeError):  # RuntimeError: uvloop's closed transport
-            pass  # the gateway answered and closed before the rest: read what it said
         closed = await reading
         return answers.found, closed
     finally:

@@ -11,7 +11,7 @@ from gateway.contract.headers import REPLAY_HEADER
 from gateway.contract.identity import Network
 from gateway.contract.reply import Reply
 from gateway.contract.routes import RoutePolicy
-from gateway.pipeline.exchange import Exchange, Next
+from gateway.pipeline.exchange import Exchange, Next, backend_headers
 from gateway.pipeline.idempotency import Idempotency, Submission
 from gateway.pipeline.steps.identify import address
 from gateway.pipeline.steps.send import respond
@@ -28,7 +28,8 @@ def once(guard: Idempotency, upstream: Upstream, policy: RoutePolicy, room: Wait
         key, body, deadline = exchange.key, exchange.body, exchange.deadline
         if key is None or body is None:
             return await plain(request, exchange)
-        submit = Call(policy.method, exchange.path, exchange.headers, deadline, body=body,
+        headers = backend_headers(request, exchange)
+        submit = Call(policy.method, exchange.path, headers, deadline, body=body,
                       unknown_outcome=policy.unknown_outcome, route=policy,
                       client_headers=request.headers)
 
@@ -39,7 +40,7 @@ def once(guard: Idempotency, upstream: Upstream, policy: RoutePolicy, room: Wait
 
         async def lookup() -> Reply:
             # Built only when needed: most submissions are never looked up.
-            return await upstream.call(Call("GET", lookup_path, _lookup_headers(exchange),
+            return await upstream.call(Call("GET", lookup_path, _lookup_headers(headers),
                                             deadline, query={"idempotency_key": key},
                                             repeat=Repeat.ALWAYS, route=policy,
                                             client_headers=request.headers))
@@ -58,7 +59,6 @@ def once(guard: Idempotency, upstream: Upstream, policy: RoutePolicy, room: Wait
     return answered_once
 
 
-def _lookup_headers(exchange: Exchange) -> dict[str, str]:
+def _lookup_headers(headers: dict[str, str]) -> dict[str, str]:
     """A reconciling lookup asks as the same client, about the same request id."""
-    return {"X-Request-ID": exchange.headers["X-Request-ID"],
-            "X-Client-ID": exchange.headers["X-Client-ID"]}
+    return {"X-Request-ID": headers["X-Request-ID"], "X-Client-ID": headers["X-Client-ID"]}

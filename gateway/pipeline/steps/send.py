@@ -10,7 +10,7 @@ from gateway.backends.upstream import Call, Repeat, Upstream
 from gateway.contract.errors import GatewayError
 from gateway.contract.reply import Reply
 from gateway.contract.routes import RoutePolicy
-from gateway.pipeline.exchange import Exchange, Next
+from gateway.pipeline.exchange import Exchange, Next, backend_headers
 from gateway.pipeline.waiting_room import RouteGate, WaitingRoom
 
 
@@ -25,7 +25,7 @@ def send(upstream: Upstream, policy: RoutePolicy, stale: StaleCache | None, room
             await room.paced(policy.route_key, exchange.deadline)
         try:
             reply = await upstream.call(Call(
-                policy.method, exchange.path, exchange.headers, exchange.deadline,
+                policy.method, exchange.path, backend_headers(request, exchange), exchange.deadline,
                 exchange.query, exchange.body, repeat, policy.unknown_outcome, policy,
                 request.headers))
         except GatewayError:

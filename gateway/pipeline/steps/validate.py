@@ -11,7 +11,7 @@ from gateway.contract import validation
 from gateway.contract.routes import RoutePolicy
 from gateway.edge import connections
 from gateway.pipeline import idempotency
-from gateway.pipeline.exchange import Exchange, backend_headers
+from gateway.pipeline.exchange import Exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,5 +39,4 @@ async def exchange_of(request: web.Request, policy: RoutePolicy, limits: BodyLim
             key = idempotency.require_key(request.headers.get("Idempotency-Key"))
         body = validation.parse_body(policy.body_schema, await connections.read_body(
             request, limits.max_bytes, limits.timeout_s))
-    return Exchange(scope, tier, key, path, query, body, deadline,
-                    backend_headers(request, scope, key, has_body=body is not None))
+    return Exchange(scope, tier, key, path, query, body, deadline)
