@@ -10,10 +10,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 import redis
 
-from gateway.contract import privacy
 from gateway.contract.schemas import resident_id_check_char
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from tests.conftest import ADMIN_TOKEN
@@ -50,28 +48,6 @@ def privacy_normal(value: str) -> str:
 
     text: str = normalise_text(value)
     return text.replace(" ", "").removeprefix("+86") if any(c.isdigit() for c in text) else text
-
-
-@pytest.mark.parametrize(("text", "masked"), [
-    ("/v1/orders/13800138000", "/v1/orders/*******8000"),
-    ("/v1/orders/+8613800138000", "/v1/orders/**********8000"),
-    ("id 11010519491231002X here", "id **************002X here"),
-    ("id 11010519491231002x", "id **************002x"),
-    ("/v1/orders/１３８００１３８０００", "/v1/orders/*******８０００"),
-    ("/v1/orders/ord_1234", "/v1/orders/ord_1234"),
-    ("card 6222020200112233445", "card ***************3445"),
-    ("/v1/１８６ ２２３３ ４４５５", "/v1/*********４４５５"),
-    ("call 138-0013-8000 now", "call *********8000 now"),
-    ("at 1795332982.55 took 12 ms", "at ******2982.55 took 12 ms"),
-])
-def test_scrub_masks_all_but_the_last_four(text: str, masked: str) -> None:
-    assert privacy.scrub(text) == masked
-
-
-def test_exception_text_loses_quoted_input() -> None:
-    text = ("1 validation error\n  Value error [type=value_error, input_value='欧阳测试明', "
-            "input_type=str]")
-    assert "欧阳测试明" not in privacy.scrub_exception_text(text)
 
 
 async def _traffic(gw: Gateway, upstreams: Upstreams, http: aiohttp.ClientSession) -> list[bytes]:
