@@ -21,7 +21,7 @@ import random
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.contract import scopes
 from gateway.contract.clock import Clock, iso_utc
 from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS
-from gateway.contract.observability import Metrics
 from gateway.contract.routes import RoutePolicy
 from gateway.state.fault_store import FaultStore
 
@@ -128,10 +127,16 @@ class Injection:
     abort: int | str | None
 
 
+class FaultFigures(Protocol):
+    """What the injector reports (the metrics implement it)."""
+
+    def fault_injected(self, backend: str, kind: str) -> None: ...
+
+
 class Faults:
     """The rules in force on this process, and the dice each backend call rolls."""
 
-    def __init__(self, store: FaultStore, clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, store: FaultStore, clock: Clock, metrics: FaultFigures) -> None:
         self._store = store
         self._clock = clock
         self._metrics = metrics

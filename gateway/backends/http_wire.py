@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from gateway.backends.timer_wheel import TimerWheel
+from gateway.contract.clock import seconds_left
 
 
 class HttpWireError(Exception):
@@ -393,7 +394,7 @@ class HttpWire:
         loop = asyncio.get_running_loop()
         if not counted:
             self._open += 1
-        left = min(self.connect_timeout_s, deadline - loop.time())
+        left = min(self.connect_timeout_s, seconds_left(deadline))
         try:
             if left <= 0:
                 raise TimeoutError

@@ -28,11 +28,10 @@ business answers and cancellations do not.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 from urllib.parse import quote
 
 import orjson
@@ -43,9 +42,8 @@ from gateway.backends.http_wire import Answer, ConnectFailed, HttpWire, HttpWire
 from gateway.backends.retry import Backoff, RetryBudget
 from gateway.backends.timer_wheel import TimerWheel
 from gateway.contract import errors
-from gateway.contract.clock import Clock, SystemClock
+from gateway.contract.clock import Clock, SystemClock, loop_now, seconds_left
 from gateway.contract.errors import ErrorSpec, GatewayError
-from gateway.contract.observability import Metrics
 from gateway.contract.overload import Bulkhead, Unlimited
 from gateway.contract.reply import Reply
 from gateway.contract.routes import RoutePolicy
@@ -96,6 +94,23 @@ class Call:
     client_headers: Mapping[str, str] | None = None
 
 
+class BackendFigures(Protocol):
+    """What a backend's calls report (the metrics implement it): the only way this module
+    counts anything, so it needs no metrics library and a test can record the figures."""
+
+    def observe_upstream(self, backend: str, seconds: float, outcome: str) -> None: ...
+
+    def breaker_rejected(self, backend: str, count: int = 1) -> None: ...
+
+    def retried(self, backend: str) -> None: ...
+
+    def retry_budget_exhausted(self, backend: str) -> None: ...
+
+    def bulkhead_queued(self, backend: str) -> None: ...
+
+    def bulkhead_rejected(self, backend: str) -> None: ...
+
+
 @dataclass
 class UpstreamError(GatewayError):
     """A failed call, and whether the same call might succeed if tried again."""
@@ -116,7 +131,7 @@ class Upstream:
     """One backend: its pool, its timeouts, its failure translation."""
 
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
-                 metrics: Metrics, clock: Clock | None = None, bulkheads: bool = True,
+                 metrics: BackendFigures, clock: Clock | None = None, bulkheads: bool = True,
                  faults: Faults | None = None, wheel: TimerWheel | None = None,
                  head_limits: HeadLimits = HeadLimits()) -> None:
         self.name = name
@@ -151,7 +166,7 @@ class Upstream:
         """Send one request and return a pass-through answer, or raise a GatewayError."""
         deadline = call.deadline
         if deadline is None:
-            deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+            deadline = loop_now() + self.settings.timeout_s
         try:
             if await self.bulkhead.acquire(deadline):
                 self._metrics.bulkhead_queued(self.name)
@@ -164,13 +179,12 @@ class Upstream:
             self.bulkhead.release()
 
     async def _with_retries(self, call: Call, deadline: float) -> Reply:
-        loop = asyncio.get_running_loop()
         self._budget.called()
         reached = False
         retry = 0
         while True:
             try:
-                return await self._through_breaker(call, deadline - loop.time())
+                return await self._through_breaker(call, seconds_left(deadline))
             except UpstreamError as err:
                 reached = reached or err.reached_backend
                 err.reached_backend = reached
@@ -193,7 +207,7 @@ class Upstream:
         if retry >= self._retry.max_retries:
             return False
         pause = self._backoff.delay(retry)
-        left = deadline - asyncio.get_running_loop().time()
+        left = seconds_left(deadline)
         if left - pause < self._retry.min_time_left_ms / 1000:
             return False
         if not self._budget.try_spend():
@@ -238,7 +252,7 @@ class Upstream:
         return result
 
     async def _send(self, call: Call, timeout_s: float) -> Reply:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         target = call.path
         if call.query:
             target += "?" + "&".join(f"{quote(name, safe='')}={quote(value, safe='')}"
@@ -246,7 +260,7 @@ class Upstream:
         try:
             answer = await self._wire.request(
                 call.method, target, call.headers, call.body,
-                asyncio.get_running_loop().time() + timeout_s,
+                loop_now() + timeout_s,
                 repeatable=call.repeat is Repeat.ALWAYS)
         except ConnectFailed:
             # No connection, so the backend certainly never saw the request.
@@ -280,7 +294,7 @@ class Upstream:
     async def _send_faulted(self, call: Call, timeout_s: float, injection: Injection) -> Reply:
         """A call a fault rule acts on: wait, then fail as the rule says, or send. Nothing is
         sent before or instead of the failure, so it never reached the backend."""
-        started = time.monotonic()
+        started = self._clock.monotonic()
         if injection.delay_s >= timeout_s:
             await self._clock.sleep(timeout_s)
             failure = self._failed(errors.UPSTREAM_TIMEOUT, started,
@@ -306,7 +320,7 @@ class Upstream:
                              reached_backend=reached, worth_retrying=worth_retrying)
 
     def _record(self, started: float, outcome: str) -> None:
-        self._metrics.observe_upstream(self.name, time.monotonic() - started, outcome)
+        self._metrics.observe_upstream(self.name, self._clock.monotonic() - started, outcome)
 
 
 def _reply(answer: Answer) -> Reply:

@@ -1,5 +1,11 @@
 """Time, injected: production reads the system clocks and sleeps on the event loop, tests
-move a fake clock (and its sleeps move it: a wait bounded by a deadline ends in no time)."""
+move a fake clock (and its sleeps move it: a wait bounded by a deadline ends in no time).
+
+Two clocks, each for one purpose. Every *deadline* (a request's, a backend call's, a
+connect's) is on the event loop's clock, the one its timers fire on (`call_at`, the timer
+wheel): `loop_now` and `seconds_left` are the only readers of it. *Durations* measured for
+people and metrics use `Clock.monotonic`, which is finer (uvloop's loop clock counts whole
+milliseconds and stands still within one loop iteration)."""
 
 from __future__ import annotations
 
@@ -49,6 +55,16 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await asyncio.sleep(0)  # others run, as they would meanwhile
+
+
+def loop_now() -> float:
+    """Now on the deadlines' clock (the running event loop's)."""
+    return asyncio.get_running_loop().time()
+
+
+def seconds_left(deadline: float) -> float:
+    """Seconds until `deadline` (loop time); at or below 0 once it has passed."""
+    return deadline - asyncio.get_running_loop().time()
 
 
 def iso_utc(wall: float, timespec: Literal["seconds", "milliseconds"] = "milliseconds") -> str:

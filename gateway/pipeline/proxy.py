@@ -22,7 +22,6 @@ need is left out of its chain. Each step (a module of `steps/`) either answers
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from aiohttp import web
 from gateway.backends.stale_cache import StaleCache
 from gateway.backends.upstream import Upstream
 from gateway.contract import overload
+from gateway.contract.clock import loop_now
 from gateway.contract.identity import Network
 from gateway.contract.routes import RoutePolicy
 from gateway.edge.admission import Admission, AdmitAll
@@ -83,7 +83,7 @@ def make_handler(policy: RoutePolicy, shared: Shared, upstream: Upstream,
     writes = policy if policy.method != "GET" else None
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        deadline = overload.deadline_of(asyncio.get_running_loop().time(), deadline_s,
+        deadline = overload.deadline_of(loop_now(), deadline_s,
                                         request.headers.get(overload.DEADLINE_HEADER))
         if keys is None:
             scope, tier = identify.by_header(request)

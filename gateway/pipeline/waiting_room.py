@@ -30,7 +30,6 @@ before a local change cannot undo it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import secrets
@@ -44,7 +43,7 @@ from pydantic import ValidationError
 
 from gateway.backends.breaker import Breaker
 from gateway.contract import errors, field_errors, scopes
-from gateway.contract.clock import Clock
+from gateway.contract.clock import Clock, seconds_left
 from gateway.contract.errors import GatewayError
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
@@ -293,7 +292,6 @@ class WaitingRoom:
         since admissions come at that rate too. Past the deadline: 503 OVERLOADED, nothing
         sent. With the store down the submission goes on: passes work without Redis."""
         rate = self.settings.admit_per_s
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 wait = await self._buckets.take(PACE_SCOPE.format(route=route_key), rate,
@@ -302,7 +300,7 @@ class WaitingRoom:
                 return
             if wait <= 0:
                 return
-            if loop.time() + wait > deadline:
+            if wait > seconds_left(deadline):
                 raise GatewayError(errors.OVERLOADED)
             await self._clock.sleep(wait)
 

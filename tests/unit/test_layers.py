@@ -125,6 +125,23 @@ def test_the_checks_fail_on_what_they_guard() -> None:
     assert _a_cycle({"a": {"b"}, "b": set()}) is None
 
 
+# Wings whose code reports figures through small hook protocols it declares itself
+# (`BackendFigures`, `RoomFigures`, ...): the metrics implement them, set up in `app.py`.
+REPORTING_THROUGH_HOOKS = ("state", "backends", "pipeline")
+
+
+def test_domain_code_reports_through_hooks_not_the_metrics() -> None:
+    graph = _imports()
+    touching = sorted(module for module, imported in graph.items()
+                      if _wing(module) in REPORTING_THROUGH_HOOKS
+                      and "contract.observability" in imported)
+    assert not touching, f"import the metrics instead of declaring a hook: {touching}"
+    libraries = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                       if _wing(_module_name(path)) in REPORTING_THROUGH_HOOKS
+                       and "prometheus_client" in path.read_text(encoding="utf-8"))
+    assert not libraries, f"domain code touching the metrics library: {libraries}"
+
+
 def test_the_backends_have_one_home() -> None:
     assert tuple(UpstreamsSettings.model_fields) == BACKENDS
 
