@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -36,6 +37,7 @@ from gateway.edge.middleware import EDGE, Edge, Handler, middleware
 from gateway.ops import admin, events, openapi, status
 from gateway.ops.status import StatusPage
 from gateway.ops.timeline import FLUSH_S, Timeline
+from gateway.ops.tracing import BackendTracing, Tracing
 from gateway.ops.traffic import Traffic
 from gateway.pipeline import idempotency, rate_limit
 from gateway.pipeline.arrivals import Arrivals, EarlyRefusal, refuses_early
@@ -98,17 +100,19 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     access_log = AccessLog(settings.server.access_log)
     stores = _make_stores(settings, clock, metrics)
     timeline = Timeline(stores.timeline, clock)
-    breakers, faults, upstreams = _backends(settings, clock, metrics, stores, timeline)
+    tracing = Tracing(settings.tracing) if settings.tracing.enabled else None
+    breakers, faults, upstreams = _backends(settings, clock, metrics, stores, timeline, tracing)
     if not settings.idempotency.enabled:
         log.warning("idempotency records are off: resubmitted orders and payments are "
                     "protected only by the backends' own key deduplication")
     edge = Edge(settings, metrics, access_log)
     app = web.Application(
-        middlewares=[middleware(edge)],
+        middlewares=[middleware(edge, tracing)],
         client_max_size=settings.server.max_body_bytes,
         handler_args=connections.handler_args(settings.server),
     )
     app[EDGE] = edge
+    _export_spans(app, tracing, settings.server.drain_timeout_s)
     app[admin.FAULTS] = faults
     app[admin.TIMELINE] = timeline
     app[events.STOPPING] = asyncio.Event()
@@ -163,7 +167,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     for policy in ROUTES:
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
-            _idempotency(policy, stores.records, settings, metrics, refused, clock),
+            _idempotency(policy, stores.records, settings, metrics, refused, clock, tracing),
             stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
     app.router.add_get("/v1/queue/{ticket}",
                        poll_route(room, keys if keys.enabled else None, failed))
@@ -172,7 +176,8 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
 
 
 def _backends(settings: Settings, clock: Clock, metrics: Metrics, stores: Stores,
-              timeline: Timeline) -> tuple[dict[str, Breaker], Faults, dict[str, Upstream]]:
+              timeline: Timeline, tracing: Tracing | None,
+              ) -> tuple[dict[str, Breaker], Faults, dict[str, Upstream]]:
     """A breaker and an upstream per backend, sharing the fault rules and one timer wheel."""
 
     def transition(t: Transition) -> None:
@@ -194,7 +199,9 @@ def _backends(settings: Settings, clock: Clock, metrics: Metrics, stores: Stores
     upstreams: dict[str, Upstream] = {
         name: Upstream(name, settings.upstreams.get(name), breakers[name], metrics, clock,
                        bulkheads=settings.overload.enabled, faults=faults, wheel=wheel,
-                       head_limits=head_limits)
+                       head_limits=head_limits,
+                       tracing=None if tracing is None else _backend_tracing(
+                           tracing, name, settings.upstreams.get(name).url))
         for name in BACKENDS
     }
     for name in BACKENDS:
@@ -242,15 +249,42 @@ async def _timeline_flush(app: web.Application) -> AsyncIterator[None]:
 
 
 def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Settings,
-                 metrics: Metrics, refused: RefusedRecords, clock: Clock) -> Idempotency | None:
+                 metrics: Metrics, refused: RefusedRecords, clock: Clock,
+                 tracing: Tracing | None) -> Idempotency | None:
     if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
+    count = metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key)
+    if tracing is not None:
+        counted, noted = count, tracing.idempotency
+
+        def count(event: str) -> None:
+            counted(event)
+            noted(event)
+
     return Idempotency(
-        policy.route_key, records, settings.idempotency,
-        metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key),
+        policy.route_key, records, settings.idempotency, count,
         success_status=policy.success_status, unknown_outcome=policy.unknown_outcome,
         fail_open=policy.backend == "order" and settings.idempotency.orders_fail_open,
-        refused=refused, clock=clock)
+        refused=refused, clock=clock, timed=None if tracing is None else tracing.timed)
+
+
+def _backend_tracing(tracing: Tracing, name: str, url: str) -> BackendTracing:
+    parts = urlsplit(url)
+    return tracing.for_backend(name, parts.hostname or "", parts.port or (
+        443 if parts.scheme == "https" else 80))
+
+
+def _export_spans(app: web.Application, tracing: Tracing | None, timeout_s: float) -> None:
+    """Registered before every other cleanup, so it runs after them all: the last spans
+    (of requests drained, of backends closed) are exported too, within `timeout_s`."""
+    if tracing is None:
+        return
+
+    async def exported(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await tracing.close(timeout_s)
+
+    app.cleanup_ctx.append(exported)
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:

@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +97,14 @@ ACKS_BEFORE = "738044d"  # the last commit before replica acknowledgements
 # The gateway "before": the last commit before the hot path's own HTTP client.
 BEFORE = "fdce035"
 BEFORE_TAG = " (before)"
+# The last commit before tracing, and what tracing may cost per request.
+TRACING_BEFORE = "741519f"
+TARGET_TRACING_OFF_RATIO = 1.02
+TARGET_TRACING_DEFAULT_RATIO = 1.05
 GROUPS = {"get": "GET /v1/availability", "post": "POST /v1/orders", "refusals": "refusals",
           "workers": "GET /v1/availability, workers",
-          "acks": "POST /v1/orders, replica acks"}
+          "acks": "POST /v1/orders, replica acks",
+          "tracing": "GET /v1/availability, tracing"}
 
 
 @dataclass(frozen=True)
@@ -211,12 +216,42 @@ def start_replicated(log_dir: Path, stack: ExitStack) -> RedisServer:
     return master
 
 
+def start_receiver(log_dir: Path, stack: ExitStack) -> str:
+    """An OTLP/HTTP receiver process (counting what it gets), off the measured CPU."""
+    port = free_port()
+    proc = Proc("otlp-receiver", [sys.executable, "-m", "loadtest.otlp_receiver", str(port)],
+                log_dir)
+    stack.callback(proc.stop)
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_http(url + "/healthz")
+    pin_threads(proc.pid, other_cpus())
+    return url
+
+
+def tracing_targets(gateway: Callable[..., Gateway], base: dict[str, Any], main: Gateway,
+                    receiver: str, before: Path) -> list[Target]:
+    """Tracing off now and before tracing, on at the default 1 %, and on for every request,
+    all exporting to a real receiver."""
+    group = GROUPS["tracing"]
+
+    def traced(**tracing: Any) -> Gateway:
+        return gateway({**base, "tracing": {"exporter": "otlp", "endpoint": receiver,
+                                            **tracing}})
+
+    earlier = gateway(base, source=before)
+    default, every = traced(), traced(sampler="always_on")
+    return [Target(group, name, Load(gw.url + "/v1" + AVAILABILITY), gw.proc.pid)
+            for name, gw in (("tracing off", main), ("tracing off" + BEFORE_TAG, earlier),
+                             ("tracing 1 %", default), ("tracing 100 %", every))]
+
+
 @contextmanager
-def processes(log_dir: Path, before: Path | None,
-              acks_before: Path | None = None) -> Iterator[list[Target]]:
+def processes(log_dir: Path, before: Path | None, acks_before: Path | None = None,
+              tracing_before: Path | None = None) -> Iterator[list[Target]]:
     """Start everything, yield the targets, stop everything. `before`: the source tree of
     the gateway to compare with (None: no "before" rows); `acks_before`: the same for the
-    acknowledgement group's standalone row."""
+    acknowledgement group's standalone row; `tracing_before`: for the tracing group (None:
+    no tracing group)."""
     with ExitStack() as stack:
         redis, sims = start_backends(log_dir, stack)
         base = {"redis": {"url": redis.url}}
@@ -296,6 +331,9 @@ def processes(log_dir: Path, before: Path | None,
             earlier = gateway(base, source=acks_before)
             targets.append(Target(acks, "standalone" + BEFORE_TAG,
                                   Load(earlier.url + "/v1/orders", **keyed), earlier.proc.pid))
+        if tracing_before is not None:
+            targets += tracing_targets(gateway, base, main, start_receiver(log_dir, stack),
+                                       tracing_before)
         for tag, _, refuser in gateways:
             pid = refuser.proc.pid
             targets += [
@@ -429,7 +467,13 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
         # A rule in force costs one match per backend call; none in force, nothing.
         ("GET /v1/availability CPU: with a fault rule in force / without",
          cpu_ratio(GROUPS["get"], "gateway +fault rule", "gateway"),
-         TARGET_FAULT_RULE_RATIO, "x")]
+         TARGET_FAULT_RULE_RATIO, "x"),
+        ("GET /v1/availability CPU: tracing off / before tracing",
+         cpu_ratio(GROUPS["tracing"], "tracing off", "tracing off" + BEFORE_TAG),
+         TARGET_TRACING_OFF_RATIO, "x"),
+        ("GET /v1/availability CPU: tracing at the default 1 % / off",
+         cpu_ratio(GROUPS["tracing"], "tracing 1 %", "tracing off"),
+         TARGET_TRACING_DEFAULT_RATIO, "x")]
     return [{"what": what, "value": round(value, 3), "target": limit, "unit": unit,
              "met": value <= limit} for what, value, limit, unit in checks if value is not None]
 
@@ -441,6 +485,13 @@ def _divided(top: float | None, bottom: float | None) -> float | None:
 def reported(rows: list[Row]) -> list[str]:
     """Figures the run reports without judging them."""
     lines = []
+    every, off = (next((r for r in rows if r.target.group == GROUPS["tracing"]
+                        and r.target.name == name), None)
+                  for name in ("tracing 100 %", "tracing off"))
+    if every is not None and off is not None and every.cpu_us and off.cpu_us:
+        ratio = statistics.median(a / b for a, b in zip(every.cpu_us, off.cpu_us, strict=True))
+        lines.append(f"tracing every request / off: {ratio:.2f}x the CPU per request "
+                     "(reported, not judged: docs/performance.md says where the time goes)")
     one, two = (next((r for r in rows if r.target.group == GROUPS["workers"]
                       and r.target.name == name), None) for name in ("1 worker", "2 workers"))
     if one is not None and two is not None:
@@ -503,6 +554,9 @@ def main() -> None:
     parser.add_argument("--acks-before", default=ACKS_BEFORE,
                         help="git revision of the gateway before replica acknowledgements "
                              f"(default {ACKS_BEFORE}); 'none' for no comparison")
+    parser.add_argument("--tracing-before", default=TRACING_BEFORE,
+                        help="git revision of the gateway before tracing (default "
+                             f"{TRACING_BEFORE}), for the tracing group")
     parser.add_argument("--before", default=BEFORE,
                         help=f"git revision of the gateway to compare with (default {BEFORE}); "
                              "'none' for no comparison")
@@ -518,7 +572,10 @@ def main() -> None:
         acks_before = None
         if "acks" in args.groups and args.acks_before != "none":
             acks_before = stack.enter_context(checkout(args.acks_before))
-        with processes(log_dir, before, acks_before) as targets:
+        tracing_before = None
+        if "tracing" in args.groups:
+            tracing_before = stack.enter_context(checkout(args.tracing_before))
+        with processes(log_dir, before, acks_before, tracing_before) as targets:
             rows = run_rounds(gen, targets, args)
     checks = ratios(rows)
     print("\nmedians over", args.rounds, "interleaved rounds;", about["date"], about["commit"],

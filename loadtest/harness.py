@@ -98,7 +98,9 @@ class Proc:
         self.argv = argv
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        # Only what the test gives: a developer's own gateway or tracing settings stay out.
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("GATEWAY_", "OTEL_"))}
         full_env.update(env or {})
         self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                       env=full_env, start_new_session=True)

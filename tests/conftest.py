@@ -34,6 +34,7 @@ from loadtest.harness import (
     replicas_hold_writes,
     wait_until,
 )
+from loadtest.otlp_receiver import Receiver, receiver_app
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 GOOD_ORDER: dict[str, Any] = {
@@ -140,6 +141,15 @@ def gateway_app(aiohttp_server: Any, upstreams: Upstreams) -> StartApp:
         return InProcess(str(server.make_url("")).rstrip("/"), app)
 
     return start
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> Receiver:
+    """A real OTLP/HTTP receiver in the test's event loop (`loadtest/otlp_receiver.py`)."""
+    received = Receiver()
+    server = await aiohttp_server(receiver_app(received))
+    received.url = str(server.make_url("")).rstrip("/")
+    return received
 
 
 @pytest.fixture(scope="session")

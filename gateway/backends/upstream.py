@@ -92,6 +92,8 @@ class Call:
     # The route being served and the client's headers: what fault rules match on.
     route: RoutePolicy | None = None
     client_headers: Mapping[str, str] | None = None
+    # A reconciling lookup of the idempotency guard (so marked in its trace span).
+    lookup: bool = False
 
 
 class BackendFigures(Protocol):
@@ -109,6 +111,27 @@ class BackendFigures(Protocol):
     def bulkhead_queued(self, backend: str) -> None: ...
 
     def bulkhead_rejected(self, backend: str) -> None: ...
+
+
+class AttemptSpan(Protocol):
+    """One attempt as its trace sees it: the `traceparent` it carries, what came back."""
+
+    @property
+    def traceparent(self) -> str: ...
+
+    def answered(self, status: int) -> None: ...
+
+    def fault(self, kind: str) -> None: ...
+
+    def end(self, error: str | None) -> None: ...
+
+
+class CallTracing(Protocol):
+    """Tracing as a backend's calls see it (`ops/tracing.py` implements it)."""
+
+    def attempt(self, method: str, lookup: bool) -> AttemptSpan | None: ...
+
+    def refused(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -133,8 +156,10 @@ class Upstream:
     def __init__(self, name: str, settings: UpstreamSettings, breaker: Breaker,
                  metrics: BackendFigures, clock: Clock | None = None, bulkheads: bool = True,
                  faults: Faults | None = None, wheel: TimerWheel | None = None,
-                 head_limits: HeadLimits = HeadLimits()) -> None:
+                 head_limits: HeadLimits = HeadLimits(),
+                 tracing: CallTracing | None = None) -> None:
         self.name = name
+        self._tracing = tracing
         self._faults = faults
         self.breaker = breaker
         self.bulkhead: Bulkhead | Unlimited = (
@@ -172,6 +197,8 @@ class Upstream:
                 self._metrics.bulkhead_queued(self.name)
         except GatewayError:
             self._metrics.bulkhead_rejected(self.name)
+            if self._tracing is not None:
+                self._tracing.refused("bulkhead_full")
             raise
         try:
             return await self._with_retries(call, deadline)
@@ -225,41 +252,55 @@ class Upstream:
             permit = self.breaker.acquire()
         except GatewayError:
             self._metrics.breaker_rejected(self.name)
+            if self._tracing is not None:
+                self._tracing.refused("breaker_open")
             raise
         timeout_s = min(self.settings.timeout_s, left_s)
         faults = self._faults
+        span = None if self._tracing is None else self._tracing.attempt(call.method, call.lookup)
         try:
             if faults is not None and faults.active and (injection := faults.roll(
                     self.name, call.route, call.client_headers)) is not None:
-                result = await self._send_faulted(call, timeout_s, injection)
+                result = await self._send_faulted(call, timeout_s, injection, span)
             else:
-                result = await self._send(call, timeout_s)
+                result = await self._send(call, timeout_s, span)
         except UpstreamError as err:
             # A timeout shorter than the backend's own (the request's deadline, which a
             # client may set) says nothing about the backend: a client asking for 1 ms
             # must not open the breaker for everyone.
             cut_short = err.timed_out and timeout_s < self.settings.timeout_s
             self.breaker.release(permit, Outcome.IGNORED if cut_short else Outcome.FAILURE)
+            if span is not None:
+                span.end(err.spec.code)
             raise
-        except GatewayError:
+        except GatewayError as err:
             self.breaker.release(permit, Outcome.FAILURE)
+            if span is not None:
+                span.end(err.spec.code)
             raise
         except BaseException:
             # Cancelled (the client went away, shutdown): says nothing about the backend.
             self.breaker.release(permit, Outcome.IGNORED)
+            if span is not None:
+                span.end("cancelled")
             raise
         self.breaker.release(permit, Outcome.SUCCESS)
+        if span is not None:
+            span.end(None)
         return result
 
-    async def _send(self, call: Call, timeout_s: float) -> Reply:
+    async def _send(self, call: Call, timeout_s: float, span: AttemptSpan | None) -> Reply:
         started = self._clock.monotonic()
+        headers = call.headers
+        if span is not None:  # this attempt's own trace context, not the client's
+            headers = {**headers, "traceparent": span.traceparent}
         target = call.path
         if call.query:
             target += "?" + "&".join(f"{quote(name, safe='')}={quote(value, safe='')}"
                                      for name, value in call.query.items())
         try:
             answer = await self._wire.request(
-                call.method, target, call.headers, call.body,
+                call.method, target, headers, call.body,
                 loop_now() + timeout_s,
                 repeatable=call.repeat is Repeat.ALWAYS)
         except ConnectFailed:
@@ -284,6 +325,8 @@ class Upstream:
             # A header value the request line cannot carry: nothing was sent.
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False) from None
         result = _reply(answer)
+        if span is not None:
+            span.answered(result.status)
         if result.status >= 500 or not _is_json(result):
             # A 5xx does not promise the backend did nothing: treated as reached.
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started,
@@ -291,10 +334,13 @@ class Upstream:
         self._record(started, "ok")
         return result
 
-    async def _send_faulted(self, call: Call, timeout_s: float, injection: Injection) -> Reply:
+    async def _send_faulted(self, call: Call, timeout_s: float, injection: Injection,
+                            span: AttemptSpan | None) -> Reply:
         """A call a fault rule acts on: wait, then fail as the rule says, or send. Nothing is
         sent before or instead of the failure, so it never reached the backend."""
         started = self._clock.monotonic()
+        if span is not None:
+            span.fault("abort" if injection.abort is not None else "delay")
         if injection.delay_s >= timeout_s:
             await self._clock.sleep(timeout_s)
             failure = self._failed(errors.UPSTREAM_TIMEOUT, started,
@@ -310,7 +356,7 @@ class Upstream:
         if injection.abort is not None:
             raise self._failed(errors.UPSTREAM_UNAVAILABLE, started, reached=False,
                                worth_retrying=injection.abort in RETRY_STATUSES)
-        return await self._send(call, timeout_s - injection.delay_s)
+        return await self._send(call, timeout_s - injection.delay_s, span)
 
     def _failed(self, spec: ErrorSpec, started: float,
                 params: dict[str, object] | None = None, *, reached: bool = True,

@@ -26,13 +26,20 @@ _ACCEPT_LANGUAGE = re.compile(r"[A-Za-z0-9*\-_.,;= \t]*")
 
 
 def valid_traceparent(value: str) -> bool:
+    return trace_parent(value) is not None
+
+
+def trace_parent(value: str) -> tuple[int, int, int] | None:
+    """A valid `traceparent`'s trace id, parent id and flags; None for any other value."""
     found = _TRACEPARENT.fullmatch(value)
     if found is None:
-        return False
-    version, trace_id, parent_id, _, rest = found.groups()
+        return None
+    version, trace_id, parent_id, flags, rest = found.groups()
     if version == "ff" or (version == "00" and rest is not None):
-        return False
-    return trace_id != "0" * 32 and parent_id != "0" * 16
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return int(trace_id, 16), int(parent_id, 16), int(flags, 16)
 
 
 def forwarded(sent: Mapping[str, str]) -> dict[str, str]:

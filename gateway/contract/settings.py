@@ -524,6 +524,35 @@ class WaitingRoomSettings(_Model):
     secret: str | None = Field(None, min_length=16, max_length=256, repr=False)
 
 
+# The samplers the OpenTelemetry specification names for OTEL_TRACES_SAMPLER.
+Sampler = Literal["always_on", "always_off", "traceidratio", "parentbased_always_on",
+                  "parentbased_always_off", "parentbased_traceidratio"]
+DEFAULT_SAMPLE_RATIO = 0.01
+
+
+class TracingSettings(_Model):
+    """Distributed tracing (docs/operations.md, "Tracing"). Read from the standard
+    `OTEL_*` variables, which win over the YAML, so the gateway drops into an existing
+    OpenTelemetry deployment. The exporter's other `OTEL_EXPORTER_OTLP_*` variables
+    (headers, timeout, certificates, compression) and `OTEL_BSP_*` are the SDK's to read.
+    """
+
+    exporter: Literal["otlp", "none"] = "none"
+    # The collector's base URL (`/v1/traces` is appended) or the traces endpoint as given.
+    endpoint: str | None = Field(None, pattern=r"^https?://")
+    traces_endpoint: str | None = Field(None, pattern=r"^https?://")
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: str = Field("order-gateway", min_length=1, max_length=200)
+    sampler: Sampler = "parentbased_traceidratio"
+    # The ratio of the `traceidratio` samplers: 0.01 by default, as the contract says.
+    sampler_arg: float = Field(DEFAULT_SAMPLE_RATIO, ge=0, le=1)
+    schedule_delay_ms: int = Field(5000, ge=1, le=600_000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter == "otlp"
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     upstreams: UpstreamsSettings = UpstreamsSettings()
@@ -538,6 +567,7 @@ class Settings(_Model):
     cors: CorsSettings = CorsSettings()
     security_headers: SecurityHeadersSettings = SecurityHeadersSettings()
     waiting_room: WaitingRoomSettings = WaitingRoomSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _known_tiers(self) -> Settings:
@@ -603,6 +633,14 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "GATEWAY_ADMIN_TOKEN_PREVIOUS": ("admin", "previous_token"),
     "GATEWAY_ADMIN_PORT": ("admin", "port"),
     "GATEWAY_QUEUE_SECRET": ("waiting_room", "secret"),
+    "OTEL_TRACES_EXPORTER": ("tracing", "exporter"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("tracing", "endpoint"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("tracing", "traces_endpoint"),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("tracing", "protocol"),
+    "OTEL_SERVICE_NAME": ("tracing", "service_name"),
+    "OTEL_TRACES_SAMPLER": ("tracing", "sampler"),
+    "OTEL_TRACES_SAMPLER_ARG": ("tracing", "sampler_arg"),
+    "OTEL_BSP_SCHEDULE_DELAY": ("tracing", "schedule_delay_ms"),
 }
 
 

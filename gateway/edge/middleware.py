@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import orjson
 from aiohttp import web
@@ -36,6 +37,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Where the middleware keeps the request id on the aiohttp request, for every later step.
 REQUEST_ID = web.RequestKey("request_id", str)
 _MAX_ECHOED_PATH = 200
+TRACED_PREFIX = "/v1/"  # the gateway's own routes (health, metrics, admin) are never traced
+
+
+class ServerSpan(Protocol):
+    """One request's place in its trace, from its start to its answer."""
+
+    @property
+    def recorded_ids(self) -> tuple[str, str] | None: ...
+
+    def end(self, status: int, code: str) -> None: ...
+
+    def client_gone(self) -> None: ...
+
+
+class RequestTracing(Protocol):
+    """Tracing as the edge sees it (`ops/tracing.py` implements it)."""
+
+    def begin(self, method: str, route: str, headers: Mapping[str, str],
+              rid: str) -> ServerSpan: ...
 
 
 class Edge:
@@ -53,7 +73,7 @@ class Edge:
         self._heads_full = self.prebuilt(GatewayError(errors.OVERLOADED), closing=True)
 
     def finish(self, request: web.BaseRequest, response: web.StreamResponse, rid: str,
-               code: str, route: str, started: float) -> None:
+               code: str, route: str, started: float, trace: ServerSpan | None = None) -> None:
         headers = response.headers
         headers["X-Request-ID"] = rid
         for name, value in self._headers.items():
@@ -64,7 +84,8 @@ class Edge:
         self._metrics.observe_request(route, response.status, code, elapsed)
         if self._access_log.enabled:
             self.log_line(rid, request.method, route, request.path, response.status, code,
-                          elapsed, replayed=REPLAY_HEADER in headers)
+                          elapsed, replayed=REPLAY_HEADER in headers,
+                          trace=None if trace is None else trace.recorded_ids)
 
     def refuse(self, request: web.BaseRequest, status: int,
                exc: BaseException | None) -> web.StreamResponse:
@@ -105,19 +126,23 @@ class Edge:
         return self._access_log.enabled
 
     def log_line(self, rid: str, method: str, route: str, path: str, status: int, code: str,
-                 elapsed: float, *, replayed: bool = False) -> None:
+                 elapsed: float, *, replayed: bool = False,
+                 trace: tuple[str, str] | None = None) -> None:
         """The one access-log line of an answer, from a handler or written as bytes at
         arrival (their metrics are the caller's to count): the path masked (`privacy.py`)
         unless it is the route itself."""
         if not self._access_log.enabled:
             return
         path = path[:_MAX_ECHOED_PATH]
-        self._access_log.write({
+        line = {
             "ts": round(time.time(), 3), "request_id": rid, "method": method,
             "route": route, "path": path if path == route else privacy.scrub(path),
             "status": status, "code": code, "ms": round(elapsed * 1000, 2),
             "replayed": replayed,
-        })
+        }
+        if trace is not None:
+            line["trace_id"], line["span_id"] = trace
+        self._access_log.write(line)
 
 
 # Stands in for the request id while an answer is prebuilt; no id can look like it.
@@ -158,9 +183,10 @@ class PrebuiltError:
 EDGE = web.AppKey("edge", Edge)
 
 
-def middleware(edge: Edge) -> Middleware:
-    """The one middleware: request id, CORS preflight, every exception as problem+json,
-    and `Edge.finish` on the way out."""
+def middleware(edge: Edge, tracing: RequestTracing | None = None) -> Middleware:
+    """The one middleware: request id, CORS preflight, the request's trace (public routes,
+    when tracing is on), every exception as problem+json, and `Edge.finish` on the way
+    out."""
     cors = edge.cors
     max_body_bytes = edge.max_body_bytes
 
@@ -169,6 +195,11 @@ def middleware(edge: Edge) -> Middleware:
         started = time.perf_counter()
         rid = identity.request_id(request.headers.get("X-Request-ID"))
         request[REQUEST_ID] = rid
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        trace = None
+        if tracing is not None and route.startswith(TRACED_PREFIX):
+            trace = tracing.begin(request.method, route, request.headers, rid)
         code = "none"
         response: web.StreamResponse
         try:
@@ -186,9 +217,13 @@ def middleware(edge: Edge) -> Middleware:
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})
             code, response = _problem(GatewayError(errors.INTERNAL_ERROR), request, rid)
-        resource = request.match_info.route.resource
-        edge.finish(request, response, rid, code,
-                    resource.canonical if resource is not None else "unmatched", started)
+        except BaseException:
+            if trace is not None:  # cancelled: the client went away, or shutdown
+                trace.client_gone()
+            raise
+        if trace is not None:
+            trace.end(response.status, code)
+        edge.finish(request, response, rid, code, route, started, trace)
         return response
 
     return edge_step

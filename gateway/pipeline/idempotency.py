@@ -66,6 +66,8 @@ EVENTS = ("claimed", "replayed", "in_progress", "reused", "released", "outcome_u
 
 Send = Callable[[], Awaitable[Reply]]
 Count = Callable[[str], None]
+# A shared-state round trip and how long it took (the claim, for the request's trace).
+Timed = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +160,9 @@ class Idempotency:
     def __init__(self, route: str, store: IdempotencyRecords, settings: IdempotencySettings,
                  count: Count, *, success_status: int, unknown_outcome: ErrorSpec | None,
                  fail_open: bool, refused: RefusedRecords | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, timed: Timed | None = None) -> None:
         self._route = route
+        self._timed = timed
         self._clock = clock or SystemClock()
         self._refused = refused
         self._store = store
@@ -188,6 +191,7 @@ class Idempotency:
             refused.check(scope, address)
         record = record_id(scope, self._route, key)
         owner = secrets.token_hex(8)
+        started = self._clock.monotonic()
         try:
             claim = await self._claim(record, fingerprint(self._route, body), owner)
         except StoreUnavailable as exc:
@@ -197,6 +201,8 @@ class Idempotency:
                             extra={"fields": {"route": self._route, "error": str(exc)}})
                 return await submission.forward(), False
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
+        if self._timed is not None:
+            self._timed("idempotency.claim", self._clock.monotonic() - started)
         if claim.status is ClaimStatus.COMPLETED:
             assert claim.reply is not None
             self._count("replayed")

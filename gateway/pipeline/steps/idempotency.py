@@ -43,7 +43,7 @@ def once(guard: Idempotency, upstream: Upstream, policy: RoutePolicy, room: Wait
             return await upstream.call(Call("GET", lookup_path, _lookup_headers(headers),
                                             deadline, query={"idempotency_key": key},
                                             repeat=Repeat.ALWAYS, route=policy,
-                                            client_headers=request.headers))
+                                            client_headers=request.headers, lookup=True))
 
         async def may_resend(err: GatewayError, attempt: int) -> bool:
             return await upstream.pause_before_retry(err, attempt, deadline)
@@ -60,5 +60,10 @@ def once(guard: Idempotency, upstream: Upstream, policy: RoutePolicy, room: Wait
 
 
 def _lookup_headers(headers: dict[str, str]) -> dict[str, str]:
-    """A reconciling lookup asks as the same client, about the same request id."""
-    return {"X-Request-ID": headers["X-Request-ID"], "X-Client-ID": headers["X-Client-ID"]}
+    """A reconciling lookup asks as the same client, about the same request id, in the
+    same trace."""
+    asked = {"X-Request-ID": headers["X-Request-ID"], "X-Client-ID": headers["X-Client-ID"]}
+    for name in ("traceparent", "tracestate"):
+        if name in headers:
+            asked[name] = headers[name]
+    return asked
