@@ -11,6 +11,7 @@ share of all samples. The raw collapsed stacks are kept for flame graphs.
     python -m loadtest.profile --route refuse --seconds 20   # order breaker forced open
     python -m loadtest.profile --route queued --seconds 20   # the waiting room queues all
     python -m loadtest.profile --route get --bare            # the floor, to compare
+    python -m loadtest.profile --route get --tracing all     # every request traced
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from loadtest.bench import (
     refusing_config,
     start_backends,
     start_bare,
+    start_receiver,
 )
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from loadtest.loadgen import Load, generator
@@ -89,6 +91,10 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
     config: dict[str, Any] = {"redis": {"url": redis.url}}
     if args.route == "queued":
         config["waiting_room"] = refusing_config()["waiting_room"]
+    if args.tracing != "off":
+        config["tracing"] = {"exporter": "otlp", "endpoint": start_receiver(log_dir, stack),
+                             "sampler": "always_on" if args.tracing == "all"
+                             else "parentbased_traceidratio"}
     gateway = Gateway(log_dir, sims.urls, config=config,
                       env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
     stack.callback(gateway.stop)
@@ -104,6 +110,9 @@ def main() -> None:
     parser.add_argument("--route", choices=("get", "post", "refuse", "queued"), default="get")
     parser.add_argument("--bare", action="store_true",
                         help="profile the bare proxy (+Redis on post) instead, to compare")
+    parser.add_argument("--tracing", choices=("off", "default", "all"), default="off",
+                        help="tracing off, at the default 1 %%, or of every request "
+                             "(exported to a receiver process)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
@@ -237,7 +238,10 @@ class Tracing:
         # The decision is taken here, so the SDK records whatever it is asked to start.
         self._provider: TracerProvider = TracerProvider(
             sampler=ALWAYS_ON, id_generator=self._ids,  # type: ignore[arg-type]
-            resource=Resource.create({"service.name": settings.service_name}))
+            resource=Resource.create({"service.name": settings.service_name}),
+            # Not at exit: `close` drains within the drain timeout, and a second shutdown
+            # at exit would wait up to 30 s more for a collector that does not answer.
+            shutdown_on_exit=False)
         self._provider.add_span_processor(BatchSpanProcessor(
             _exporter(settings), schedule_delay_millis=settings.schedule_delay_ms))
         self._tracer = self._provider.get_tracer("order-gateway")
@@ -302,20 +306,27 @@ class Tracing:
             trace.span.add_event(f"gateway.{step}", {"duration_ms": round(seconds * 1000, 3)})
 
     async def close(self, timeout_s: float) -> None:
-        """Export what is batched, within `timeout_s`, then stop the exporter. The SDK
-        blocks while it exports, so it does so in a thread; past the bound, the spans
-        still batched are lost, and shutdown goes on."""
+        """Export what is batched and stop the exporter, within `timeout_s`. The SDK blocks
+        while it exports, so this runs in a daemon thread of its own (not the loop's
+        executor, whose threads the process waits for at exit): past the bound, the spans
+        still batched are lost and the process goes on stopping."""
         loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def flush_and_stop() -> None:
+            try:
+                self._provider.force_flush()
+                self._provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=flush_and_stop, name="tracing-shutdown", daemon=True).start()
         try:
-            await asyncio.wait_for(loop.run_in_executor(None, self._provider.force_flush),
-                                   timeout_s)
+            await asyncio.wait_for(done.wait(), timeout_s)
         except TimeoutError:
             log.warning("tracing: spans still batched at shutdown were not exported",
                         extra={"fields": {"timeout_s": timeout_s}})
-        stop = loop.run_in_executor(None, self._provider.shutdown)
-        with contextlib.suppress(TimeoutError):  # its thread is a daemon: ends with the process
-            await asyncio.wait_for(stop, 1.0)
-
 
 def _exporter(settings: TracingSettings) -> SpanExporter:
     if settings.protocol == "grpc":

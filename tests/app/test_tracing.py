@@ -4,11 +4,17 @@ receive) get the trace context the contract says."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from concurrent import futures
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from loadtest.harness import Upstreams
 from loadtest.otlp_receiver import Received, Receiver
@@ -185,3 +191,60 @@ async def test_tracing_off_passes_the_incoming_context_as_it_came(
         assert resp.status == 200
     seen = sent_headers(healthy, "availability")
     assert (seen["traceparent"], seen["tracestate"]) == (f"00-{TRACE}-{PARENT}-01", "shop=a1")
+
+
+class _GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC receiver: the collector's other protocol."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def Export(self, request: Any, context: Any) -> Any:  # the service names it so
+        self.names += [span.name for resource in request.resource_spans
+                       for scope in resource.scope_spans for span in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_spans_go_over_grpc_when_the_protocol_says_so(
+        gateway_app: StartApp, healthy: Upstreams, http: aiohttp.ClientSession) -> None:
+    collector = _GrpcCollector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        gateway = await gateway_app({"tracing": {
+            "exporter": "otlp", "protocol": "grpc", "endpoint": f"http://127.0.0.1:{port}",
+            "sampler": "always_on", "schedule_delay_ms": 20}})
+        async with http.get(gateway.url + AVAILABILITY) as resp:
+            assert resp.status == 200
+        for _ in range(250):
+            if len(collector.names) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(collector.names) == ["GET /v1/availability", "GET availability"]
+    finally:
+        server.stop(grace=None)
+
+
+async def test_a_collector_that_takes_seconds_to_answer_delays_no_request(
+        gateway_app: StartApp, aiohttp_server: Any, healthy: Upstreams,
+        http: aiohttp.ClientSession) -> None:
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(status=503)
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", slow)
+    server = await aiohttp_server(collector)
+    gateway = await gateway_app({"server": {"drain_timeout_s": 1}, "tracing": {
+        "exporter": "otlp", "endpoint": str(server.make_url("")).rstrip("/"),
+        "sampler": "always_on", "schedule_delay_ms": 20}})
+    slowest = 0.0
+    for _ in range(40):
+        started = time.monotonic()
+        async with http.get(gateway.url + AVAILABILITY) as resp:
+            assert resp.status == 200
+        slowest = max(slowest, time.monotonic() - started)
+        await asyncio.sleep(0.02)
+    assert slowest < 0.5, f"a request waited {slowest:.2f} s"
