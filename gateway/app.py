@@ -150,7 +150,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[admin.CLIENT_KEYS] = keys
     stale_caches = {policy.path: StaleCache(clock, settings.stale_cache.max_age_s,
                                             settings.stale_cache.max_entries,
-                                            metrics.stale_served.labels(policy.route_key).inc)
+                                            metrics.stale_served.labels(policy.path).inc)
                     for policy in ROUTES
                     if policy.cacheable and settings.stale_cache.max_entries > 0}
     early = {policy.path: EarlyRefusal(maintenance, maintenance.route_windows(policy),
@@ -168,7 +168,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
         app.router.add_route(policy.method, policy.path, make_handler(
             policy, shared, upstreams[policy.backend],
             _idempotency(policy, stores.records, settings, metrics, refused, clock, tracing),
-            stale_caches.get(policy.path), metrics.shed.labels(policy.route_key).inc))
+            stale_caches.get(policy.path), metrics.shed.labels(policy.path).inc))
     app.router.add_get("/v1/queue/{ticket}",
                        poll_route(room, keys if keys.enabled else None, failed))
     _own_routes(app, settings)
@@ -253,7 +253,7 @@ def _idempotency(policy: RoutePolicy, records: IdempotencyRecords, settings: Set
                  tracing: Tracing | None) -> Idempotency | None:
     if not policy.requires_idempotency_key or not settings.idempotency.enabled:
         return None
-    count = metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.route_key)
+    count = metrics.counter_of(metrics.idempotency, idempotency.EVENTS, policy.path)
     if tracing is not None:
         counted, noted = count, tracing.idempotency
 
@@ -316,6 +316,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     admission = app[ADMISSION]
     arrivals = app[ARRIVALS]
     traffic = app[admin.TRAFFIC]
+    breakers, faults = app[admin.BOARD].breakers, app[admin.FAULTS]
+    forced = {name: metrics.breaker_forced.labels(name) for name in breakers}
 
     async def every_tick() -> None:
         while True:
@@ -326,6 +328,9 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             metrics.admission_limit.set(admission.limit)
             metrics.queue_delay.set(admission.delay_s)
             traffic.sample()
+            for name, breaker in breakers.items():
+                forced[name].set(0 if breaker.forced is None else 1)
+            metrics.fault_rules.set(len(faults.rules()))
             if arrivals is not None:
                 arrivals.count()
 

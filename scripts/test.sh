@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (venv, package with test extras, redis-server, wrk, nginx, chromium, a CJK font), then
+# Set up (venv, package with test extras, redis-server, wrk, nginx, chromium, a CJK font,
+# Prometheus and promtool), then
 # lint, type-check (mypy strict over gateway/ and upstreams/), audit the dependencies and run
 # the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
@@ -12,6 +13,9 @@ ensure_system_package wrk  # the benchmark's load generator, tested in tests/sys
 ensure_system_package nginx  # the load balancer of the multi-replica tests (tests/system/test_replicas.py)
 ensure_system_package chromium  # the console's browser tests (tests/system/test_console.py)
 ensure_cjk_font  # ... and readable Chinese in their screenshots
+# promtool (alert rules' unit tests) and Prometheus (the dashboard's queries), both from the
+# distribution's prometheus package (tests/system/test_monitoring.py)
+ensure_system_package promtool prometheus
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Known vulnerabilities in the pinned versions fail the run; a vulnerability service out of

@@ -87,6 +87,7 @@ class Metrics:
         self.breaker_state = Gauge(
             "gateway_breaker_state", "Breaker state per backend: 0 closed, 1 half-open, 2 open",
             ("backend",), registry=reg, multiprocess_mode="liveall")
+        self.breaker_forced, self.fault_rules = _sre_gauges(reg)
         self.breaker_transitions = Counter(
             "gateway_breaker_transitions", "Breaker state changes, by backend, states and reason",
             ("backend", "from_state", "to_state", "reason"), registry=reg)
@@ -208,8 +209,8 @@ class Metrics:
     def breaker_rejected(self, backend: str, count: int = 1) -> None:
         self.breaker_rejections.labels(backend).inc(count)
 
-    def shed_requests(self, route_key: str, count: int) -> None:
-        self.shed.labels(route_key).inc(count)
+    def shed_requests(self, route: str, count: int) -> None:
+        self.shed.labels(route).inc(count)
 
     def room_tick(self, expired: int, waits: Sequence[float], waiting: int) -> None:
         """One admission step of the waiting room: tickets expired, the waits of those let
@@ -242,6 +243,16 @@ class Metrics:
             prom_multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+def _sre_gauges(reg: CollectorRegistry) -> tuple[Gauge, Gauge]:
+    """What SREs hold in force, so that alerts can tell planned trouble from real."""
+    forced = Gauge("gateway_breaker_forced", "1 while an SRE holds the backend's breaker "
+                   "(forced open or closed, a game day or an incident), else 0", ("backend",),
+                   registry=reg, multiprocess_mode="livemax")
+    rules = Gauge("gateway_fault_rules_in_force", "Fault rules (game days) in force now",
+                  registry=reg, multiprocess_mode="livemax")
+    return forced, rules
 
 
 def _replica_acks(registry: CollectorRegistry) -> Counter:

@@ -75,7 +75,7 @@ class RefusalFigures(Protocol):
 
     def count_requests(self, route: str, status: int, code: str, count: int) -> None: ...
 
-    def shed_requests(self, route_key: str, count: int) -> None: ...
+    def shed_requests(self, route: str, count: int) -> None: ...
 
     def breaker_rejected(self, backend: str, count: int = 1) -> None: ...
 
@@ -213,7 +213,7 @@ class Arrivals:
             policy = self._policies[route]
             self._metrics.count_requests(route, _STATUSES[code], code, count)
             if code == OVERLOADED.code:
-                self._metrics.shed_requests(policy.route_key, count)
+                self._metrics.shed_requests(policy.path, count)
             elif code == CIRCUIT_OPEN.code:
                 self._metrics.breaker_rejected(policy.backend, count)
 

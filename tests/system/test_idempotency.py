@@ -310,7 +310,7 @@ async def test_decisions_are_counted_and_replays_marked_in_the_access_log(
         text = await resp.text()
     for event in ("claimed", "replayed"):
         assert (f'gateway_idempotency_events_total{{event="{event}",'
-                f'route="POST /v1/payments"}}') in text
+                f'route="/v1/payments"}}') in text
     rid = replay.headers["X-Request-ID"]
     for _ in range(40):
         lines = [line for line in gw.proc.log_text().splitlines() if rid in line]

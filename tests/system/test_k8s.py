@@ -214,9 +214,16 @@ def test_the_monitoring_kustomization_lists_its_files() -> None:
 def test_alert_rules_cover_the_incidents_the_issue_names() -> None:
     names = {r["alert"] for r in _alert_rules()}
     assert {"OrderGatewayBreakerOpen", "OrderGatewayShedding", "OrderGatewayRedisUnavailable",
-            "OrderGatewayErrorRate", "OrderGatewayLatencyP99"} <= names
+            "OrderGatewayBackendErrors", "OrderGatewayLatencyP99",
+            "OrderGatewayPaymentOutcomeUnknown", "OrderGatewayReplicaAcksMissing",
+            "OrderGatewayWaitingRoomStalled"} <= names
+    runbooks = {re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                for line in (K8S.parent / "docs" / "operations.md").read_text().splitlines()
+                if line.startswith("#")}
     for rule in _alert_rules():
         assert rule["for"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "docs/operations.md" and anchor in runbooks, rule["alert"]
 
 
 def test_every_alert_and_panel_names_a_metric_the_gateway_exports(
