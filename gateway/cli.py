@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="simulators + gateway, in memory, nothing to set up")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--access-log", action="store_true",
+                      help="print a line per request (off, so that the banner stays in view)")
 
     serve = commands.add_parser("serve", help="production mode")
     serve.add_argument("--config", help="YAML settings file (also GATEWAY_CONFIG)")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.demo import run_demo
 
-        return run_demo(args.port)
+        return run_demo(args.port, access_log=args.access_log)
     return _serve(args)
 
 

@@ -110,6 +110,15 @@ async def test_sign_in_and_force_the_payment_breaker_open(
     assert any(e.get("actor") == "sre-li" and e.get("action") == "breaker.open" for e in events)
 
 
+async def test_the_demos_link_signs_in_and_leaves_no_token_in_the_address(
+        page: Page, console_gateway: Gateway) -> None:
+    await page.goto("about:blank")  # a fresh load, as a click on the demo's link is
+    await page.goto(console_gateway.url + "/admin/console#token=" + ADMIN_TOKEN)
+    await page.wait_for_selector('[data-breaker="payment"]')
+    assert "token" not in page.url and not await page.evaluate("location.hash")
+    assert await page.evaluate("sessionStorage.getItem('og-token')") == ADMIN_TOKEN
+
+
 async def test_the_forms_offer_what_the_gateway_describes(page: Page) -> None:
     """The backends, routes and breaker settings come from the gateway (its /openapi.json),
     not from the page's script: the forms offer exactly the route table's."""

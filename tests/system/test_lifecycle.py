@@ -41,7 +41,10 @@ async def test_demo_serves_a_real_order_and_stops_cleanly(log_dir: Path,
         demo.wait_http(f"http://127.0.0.1:{port}/readyz")
         text = demo.log_text()
         assert f"http://127.0.0.1:{port}" in text
-        assert re.search(r"admin token: \S{16,}", text)
+        token = re.search(r"admin token: (\S{16,})", text)
+        assert token is not None
+        # The console's address, signed in through the fragment (never sent to a server).
+        assert f"http://127.0.0.1:{port}/admin/console#token={token.group(1)}" in text
         base = f"http://127.0.0.1:{port}"
         async with http.get(base + "/v1/availability",
                             params={"address": GOOD_ORDER["address"], "product": "fiber"}) as r:
@@ -56,6 +59,7 @@ async def test_demo_serves_a_real_order_and_stops_cleanly(log_dir: Path,
                              headers={"Idempotency-Key": str(uuid.uuid4())}) as r:
             assert r.status == 201
             assert (await r.json())["order_id"] == order["order_id"]
+        assert '"route"' not in demo.log_text(), "no access log over the banner by default"
         demo.signal(signal.SIGTERM)
         assert demo.wait(timeout=15) == 0
     finally:

@@ -353,5 +353,11 @@ document.addEventListener("DOMContentLoaded", async () => {
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
   wire(await described());
   $("#login-form").addEventListener("submit", signIn);
+  // The demo prints a link with the token in the fragment, which no request carries: it is
+  // kept for this tab and taken out of the address bar at once.
+  if (location.hash.startsWith("#token=")) {
+    sessionStorage.setItem("og-token", decodeURIComponent(location.hash.slice(7)));
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
   if (sessionStorage.getItem("og-token")) start();
 });
