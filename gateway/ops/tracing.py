@@ -36,6 +36,21 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# The API (light) is imported here; the SDK and its exporters (heavy) only when tracing is
+# on, so that a process without tracing never loads them.
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    set_span_in_context,
+)
+
 from gateway.contract.forwarded import trace_parent
 from gateway.contract.settings import TracingSettings
 
@@ -43,13 +58,13 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("gateway")
 
 _LOW_64 = (1 << 64) - 1
 # Names of idempotency events as the span says them: the outcome, not the counter.
 _OUTCOMES = {"reconciled_found": "reconciled", "reconciled_absent": "reconciled"}
+_ERROR = Status(StatusCode.ERROR)
 _CLIENT_GONE = 499  # the status a span ends with when the client left before the answer
 LOG_EVERY_S = 60.0
 
@@ -117,10 +132,8 @@ class _Attempt:
 
     def end(self, error: str | None) -> None:
         if error is not None:
-            from opentelemetry.trace import Status, StatusCode
-
             self._span.set_attribute("error.type", error)
-            self._span.set_status(Status(StatusCode.ERROR))
+            self._span.set_status(_ERROR)
         self._span.end()
 
 
@@ -153,9 +166,7 @@ class _Trace:
         if code != "none":
             span.set_attribute("gateway.error.code", code)
         if status >= 500:
-            from opentelemetry.trace import Status, StatusCode
-
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_status(_ERROR)
         span.end()
 
     def client_gone(self) -> None:
@@ -182,8 +193,6 @@ class BackendTracing:
             return None
         if trace.unrecorded is not None:
             return trace.unrecorded
-        from opentelemetry.trace import SpanKind
-
         attributes: dict[str, Any] = {"http.request.method": method, **self._address}
         if lookup:
             attributes["gateway.lookup"] = True
@@ -266,15 +275,6 @@ class Tracing:
 
     def _recorded(self, method: str, route: str, rid: str, trace_id: int,
                   parent: tuple[int, int, int] | None, tracestate: str | None) -> _Trace:
-        from opentelemetry.trace import (
-            NonRecordingSpan,
-            SpanContext,
-            SpanKind,
-            TraceFlags,
-            TraceState,
-            set_span_in_context,
-        )
-
         context = None
         if parent is not None:
             state = TraceState.from_header([tracestate]) if tracestate else None

@@ -210,7 +210,6 @@ EMPTY_BECAUSE = {
     "gateway_bulkhead_rejected_calls_total": "no bulkhead was full (test_overload.py)",
     "gateway_replica_acks_total": "no Redis replica to acknowledge (test_replica_acks.py)",
 }
-AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 AVAILABILITY = "/v1/availability?address=Beijing&product=fiber-500"
 
 
