@@ -8,7 +8,7 @@ Strict validation (which must still refuse `true` and `"59"`) would refuse
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
@@ -19,6 +19,14 @@ def _whole(value: Any) -> Any:
     return value  # anything else goes to the strict integer check as it came
 
 
+# Every integer a client, an SRE or a file gives: one policy for all of them (the published
+# document says so), so that no field refuses `59.0` while another accepts it.
+WHOLE_NUMBERS_RULE = ("Integer fields accept a whole number written with a decimal point "
+                      "(`59.0` is 59); a fraction, a string or a boolean is refused.")
+
 # Placed after the type's constraints (`Annotated[int, Field(gt=0), ACCEPT_WHOLE_FLOATS]`),
 # so that they still appear in the published schema.
 ACCEPT_WHOLE_FLOATS = BeforeValidator(_whole)
+
+# An integer field read with that policy; its constraints go in `Field(...)` as usual.
+WholeInt = Annotated[int, ACCEPT_WHOLE_FLOATS]

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from gateway.contract import redis_sentinel, scopes
-from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS
+from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS, WholeInt
 from gateway.contract.routes import IDEMPOTENT_BACKENDS, Backend
 
 
@@ -56,25 +56,25 @@ class BreakerSettings(_Model):
 class RetrySettings(_Model):
     """Retries of safe calls (see gateway/backends/retry.py)."""
 
-    max_retries: int = Field(2, ge=0, le=10)
-    base_backoff_ms: int = Field(25, ge=0, le=10_000)
-    max_backoff_ms: int = Field(250, ge=0, le=60_000)
+    max_retries: WholeInt = Field(2, ge=0, le=10)
+    base_backoff_ms: WholeInt = Field(25, ge=0, le=10_000)
+    max_backoff_ms: WholeInt = Field(250, ge=0, le=60_000)
     # Retries may add at most this share of the calls of the last ten seconds...
     budget_ratio: float = Field(0.2, ge=0, le=1)
     # ... or this many per second, whichever is more.
     min_retries_per_s: float = Field(3.0, ge=0, le=1000)
     # No retry starts with less than this left of the request's deadline.
-    min_time_left_ms: int = Field(50, ge=0, le=60_000)
+    min_time_left_ms: WholeInt = Field(50, ge=0, le=60_000)
 
 
 class UpstreamSettings(_Model):
     url: str
     connect_timeout_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(5.0, gt=0, le=300)
-    pool_size: int = Field(100, ge=1, le=10_000)
+    pool_size: WholeInt = Field(100, ge=1, le=10_000)
     # Bulkhead: calls in flight to this backend, and calls waiting for a slot.
-    max_concurrent: int = Field(100, ge=1, le=10_000)
-    max_queue: int = Field(50, ge=0, le=100_000)
+    max_concurrent: WholeInt = Field(100, ge=1, le=10_000)
+    max_queue: WholeInt = Field(50, ge=0, le=100_000)
     # Connections idle this long are closed; below the backends' own keep-alive
     # timeout, so the gateway never reuses a connection the backend is closing.
     keepalive_s: float = Field(15.0, gt=0)
@@ -165,13 +165,13 @@ class ServerSettings(_Model):
             return [ipaddress.ip_network(str(item), strict=False) for item in value]
         except ValueError:
             raise ValueError("must be addresses or networks, e.g. 10.0.0.0/8 or ::1") from None
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    port: WholeInt = Field(8080, ge=0, le=65535)
+    workers: WholeInt = Field(1, ge=1, le=64)
     # Connections the kernel completes and queues for the gateway to accept. Too short a
     # queue under a connection storm drops SYNs, and clients retry after 1, 3, 7... s:
     # seconds of latency the gateway never sees. The kernel caps it at net.core.somaxconn.
-    listen_backlog: int = Field(4096, ge=16, le=65_535)
-    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    listen_backlog: WholeInt = Field(4096, ge=16, le=65_535)
+    max_body_bytes: WholeInt = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # After SIGTERM the gateway keeps serving with /readyz at 503 for this long,
     # so load balancers stop routing to it before it closes its listener.
     drain_delay_s: float = Field(0.0, ge=0, le=120)
@@ -186,13 +186,13 @@ class ServerSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Hostile-input limits (docs/security.md says why these values). A request over
     # one is refused by the HTTP parser, before routing, as problem+json.
-    max_url_bytes: int = Field(4096, ge=256, le=65_536)
-    max_header_bytes: int = Field(8190, ge=1024, le=65_536)  # one header line, name and value
-    max_headers: int = Field(64, ge=16, le=1000)
+    max_url_bytes: WholeInt = Field(4096, ge=256, le=65_536)
+    max_header_bytes: WholeInt = Field(8190, ge=1024, le=65_536)  # one header line, name and value
+    max_headers: WholeInt = Field(64, ge=16, le=1000)
     # Bytes of unfinished request heads a process holds across all its connections; past
     # it, a head still arriving is refused with 503 OVERLOADED (the parser's copies make
     # the memory about twice this: docs/security.md).
-    max_buffered_head_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024**3)
+    max_buffered_head_bytes: WholeInt = Field(64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024**3)
     # A request head (line and headers) must arrive within this, counted from its
     # first byte (or from the connection's opening): slowloris is cut off with 408.
     header_timeout_s: float = Field(10.0, gt=0, le=300)
@@ -219,13 +219,13 @@ class AdminSettings(_Model):
     previous_token: str | None = Field(None, min_length=1)
     # A port of its own for /admin/* (on `host`), so a Service or firewall can expose
     # only the public port; then the public port answers /admin/* with 404.
-    port: int | None = Field(None, ge=0, le=65535)
+    port: WholeInt | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"
     # Per remote address, two buckets of these figures: one for failed secret checks (the
     # admin token, X-Maintenance-Bypass, client API keys: slows guessing), one for admin
     # requests with the right token (bounds an SRE's script); neither spends the other.
     rate_per_s: float = Field(50.0, gt=0, le=10_000)
-    burst: int = Field(200, ge=1, le=100_000)
+    burst: WholeInt = Field(200, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _previous_needs_current(self) -> AdminSettings:
@@ -276,7 +276,7 @@ class CorsSettings(_Model):
     expose_headers: list[str] = ["X-Request-ID", "Retry-After", "Idempotent-Replayed",
                                  "X-Gateway-Stale", "Content-Language", "X-Queue-Pass",
                                  "X-Queue-Ticket"]
-    max_age_s: int = Field(600, ge=0, le=86_400)
+    max_age_s: WholeInt = Field(600, ge=0, le=86_400)
 
     @field_validator("allow_origins")
     @classmethod
@@ -292,7 +292,7 @@ class CorsSettings(_Model):
 class SecurityHeadersSettings(_Model):
     # Strict-Transport-Security on every answer; turn on where TLS ends in front of
     # the gateway and every client reaches it over HTTPS only.
-    hsts_max_age_s: int = Field(0, ge=0, le=2 * 365 * 86_400)
+    hsts_max_age_s: WholeInt = Field(0, ge=0, le=2 * 365 * 86_400)
 
 
 MAX_REPLICA_ACKS = 5
@@ -308,7 +308,7 @@ class RedisSettings(_Model):
     # answer before the client gets it (Redis WAIT). "auto": 1 with a redis+sentinel:// URL
     # or while the master reports a connected replica, else 0. An integer fixes it, so an
     # operator can demand a replica and fail closed without one (docs/deploy.md).
-    min_replica_acks: Literal["auto"] | int = "auto"
+    min_replica_acks: Literal["auto"] | WholeInt = "auto"
     # How long a write waits for those replicas; a claim not held by then is withdrawn
     # and answered 503 STATE_UNAVAILABLE with nothing forwarded.
     replica_ack_timeout_ms: Annotated[int, Field(ge=1, le=5000), ACCEPT_WHOLE_FLOATS] = 200
@@ -341,30 +341,30 @@ class IdempotencySettings(_Model):
     # of idempotency and for emergencies; logged as a warning at start.
     enabled: bool = True
     # How long a key's record (and its stored answer) is kept after first use.
-    ttl_s: int = Field(24 * 3600, ge=1, le=30 * 24 * 3600)
+    ttl_s: WholeInt = Field(24 * 3600, ge=1, le=30 * 24 * 3600)
     # A record whose answer is a 4xx (refused: nothing made, nothing charged) is kept this
     # long from its answer (never longer than ttl_s): a flood of refused submissions must
     # not fill the store that every client's payments need.
-    ttl_4xx_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
+    ttl_4xx_s: WholeInt = Field(3600, ge=1, le=30 * 24 * 3600)
     # At most this many such records per client scope, and per client address (behind
     # server.trusted_proxies), in any ttl_4xx_s (a bucket refilled at that rate); past
     # either, that scope's or address's keyed POSTs get 429 RATE_LIMITED, nothing stored
     # or forwarded. Answers that made something (2xx) never count.
-    max_4xx_per_scope: int = Field(1000, ge=1, le=10_000_000)
-    max_4xx_per_address: int = Field(1000, ge=1, le=10_000_000)
+    max_4xx_per_scope: WholeInt = Field(1000, ge=1, le=10_000_000)
+    max_4xx_per_address: WholeInt = Field(1000, ge=1, le=10_000_000)
     # How long a claim protects a request in flight. If the claiming process
     # dies, another takes the key over only after this, and asks the backend
     # first. Must outlast the longest a claim is held (see Settings below).
     lease_s: float = Field(30.0, gt=0, le=3600)
     # 0: a duplicate of a request still in flight is answered 409 at once; else
     # it waits up to this long for the first to finish and returns its answer.
-    wait_for_in_flight_ms: int = Field(0, ge=0, le=60_000)
+    wait_for_in_flight_ms: WholeInt = Field(0, ge=0, le=60_000)
     # With the shared store down, payments are always refused (503); orders are
     # too unless this is true, when they are forwarded without a record and
     # only the order backend's own key deduplication protects them.
     orders_fail_open: bool = False
     # Bound of the in-memory store (single process); the oldest records go first.
-    memory_max_records: int = Field(100_000, ge=100)
+    memory_max_records: WholeInt = Field(100_000, ge=100)
 
 
 DEFAULT_MIN_IN_FLIGHT = 64
@@ -377,9 +377,9 @@ class OverloadSettings(_Model):
     # Proxied requests one process takes on at once, counted from when their head
     # is read, all routes together. The limit moves between these two with the
     # measured queueing delay (see admission.py).
-    max_in_flight: int = Field(1000, ge=1, le=1_000_000)
+    max_in_flight: WholeInt = Field(1000, ge=1, le=1_000_000)
     # Unset: 64, or max_in_flight if that is lower.
-    min_in_flight: int | None = Field(None, ge=1, le=1_000_000)
+    min_in_flight: WholeInt | None = Field(None, ge=1, le=1_000_000)
     # Share of the limit each priority may fill; writes may fill all of it, so
     # browsing is refused first, then reads, then order and payment submissions.
     browse_share: float = Field(0.7, gt=0, le=1)
@@ -415,7 +415,7 @@ class OverloadSettings(_Model):
 
 class TierSettings(_Model):
     rate_per_s: float = Field(gt=0, le=1_000_000)
-    burst: int = Field(20, ge=1, le=1_000_000)
+    burst: WholeInt = Field(20, ge=1, le=1_000_000)
 
 
 class RateLimitSettings(_Model):
@@ -423,11 +423,11 @@ class RateLimitSettings(_Model):
     # share one): a token bucket refilled at rate_per_s up to burst. None: the
     # default tier is not limited.
     rate_per_s: float | None = Field(None, gt=0, le=1_000_000)
-    burst: int = Field(20, ge=1, le=1_000_000)
+    burst: WholeInt = Field(20, ge=1, le=1_000_000)
     # Named tiers for API keys (`auth.api_keys[].tier`); a key without one is `default`.
     tiers: dict[str, TierSettings] = {}
     # Bound of the in-memory buckets (no Redis); least recently used go first.
-    memory_max_clients: int = Field(100_000, ge=100)
+    memory_max_clients: WholeInt = Field(100_000, ge=100)
 
     @property
     def tier_names(self) -> tuple[str, ...]:
@@ -439,7 +439,7 @@ class StaleCacheSettings(_Model):
     # A kept availability answer older than this is never served in place of an error.
     max_age_s: float = Field(60.0, ge=0, le=3600)
     # Bound of the cache per process (about 1 KiB each); least recently stored go first.
-    max_entries: int = Field(10_000, ge=0, le=1_000_000)
+    max_entries: WholeInt = Field(10_000, ge=0, le=1_000_000)
 
 
 class MaintenanceMessage(_Model):
@@ -508,7 +508,7 @@ class WaitingRoomSettings(_Model):
     routes: list[Annotated[str, AfterValidator(scopes.check),
                            Field(json_schema_extra=scopes.publish_choices)]] = Field(
         ["POST /v1/orders"], min_length=1, max_length=50)
-    admit_per_s: int = Field(50, ge=1, le=100_000)
+    admit_per_s: WholeInt = Field(50, ge=1, le=100_000)
     queue_all: StrictBool = False
     pass_ttl_s: float = Field(900.0, ge=1, le=86_400)
     # Covered submissions (distinct Idempotency-Keys) one pass lets through: one pass must
@@ -546,7 +546,7 @@ class TracingSettings(_Model):
     sampler: Sampler = "parentbased_traceidratio"
     # The ratio of the `traceidratio` samplers: 0.01 by default, as the contract says.
     sampler_arg: float = Field(DEFAULT_SAMPLE_RATIO, ge=0, le=1)
-    schedule_delay_ms: int = Field(5000, ge=1, le=600_000)
+    schedule_delay_ms: WholeInt = Field(5000, ge=1, le=600_000)
 
     @property
     def enabled(self) -> bool:

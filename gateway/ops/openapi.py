@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.backends.faults import FaultRuleSettings
 from gateway.contract import errors
+from gateway.contract.json_types import WHOLE_NUMBERS_RULE
 from gateway.contract.routes import BACKENDS, ROUTES, RoutePolicy
 from gateway.contract.schemas import (
     ID_PATTERN,
@@ -412,7 +413,8 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "order-gateway", "version": "0.1.0",
                  "description": "Resilient self-service order gateway. Every gateway-made "
-                                "error is application/problem+json with a stable `code`."},
+                                "error is application/problem+json with a stable `code`. "
+                                + WHOLE_NUMBERS_RULE},
         "paths": paths | _admin_paths(tiers),
         "components": {
             "schemas": defs["$defs"],

@@ -269,6 +269,11 @@ async def test_admin_shows_and_changes_settings_never_the_secret(
                           {"admit_per_s": 7, "routes": ["order", "GET /v1/availability"]})
     assert changed.status == 200
     assert (changed.json["admit_per_s"], changed.json["queue_all"]) == (7, False)
+    # A whole number written with a point, as every integer field reads it (the OpenAPI
+    # document says so).
+    whole = await admin(http, gw, "PUT", "/admin/waiting-room", {"admit_per_s": 237.0})
+    assert (whole.status, whole.json["admit_per_s"]) == (200, 237)
+    changed = await admin(http, gw, "PUT", "/admin/waiting-room", {"admit_per_s": 7})
     assert "secret" not in changed.json
     assert (await admin(http, gw, "GET", "/admin/waiting-room")).json["settings"] == changed.json
     # In force before the answer: availability is covered now.
