@@ -25,7 +25,7 @@ This module imports nothing of the gateway, so every layer may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 TYPE_BASE = "https://errors.order-gateway.dev/"
@@ -346,6 +346,20 @@ NOT_FOUND = _spec(
           "请对照 /openapi.json 检查请求路径。",
           "請對照 /openapi.json 檢查請求路徑。"),
 )
+# NOT_FOUND as a waiting customer's app meets it (a ticket this client does not hold: never
+# issued, forged, or another client's): the same code and status, words that say so
+# rather than send a mobile developer to the API description.
+TICKET_NOT_HELD = replace(
+    NOT_FOUND,
+    detail=Text("This ticket is not one this client holds.",
+                "此排队凭证不属于当前客户端。",
+                "此排隊憑證不屬於目前的用戶端。"),
+    hint=Text("Poll the ticket your own 429 QUEUED answer gave, as the same client (the same "
+              "X-Client-ID or API key); your next request takes a new place otherwise.",
+              "请使用本客户端（相同的 X-Client-ID 或 API 密钥）收到的 429 QUEUED 应答中的凭证查询；"
+              "否则下次请求会重新排队。",
+              "請以同一用戶端（相同的 X-Client-ID 或 API 金鑰）查詢自己的 "
+              "429 QUEUED 回應所給的憑證；否則下次請求會重新排隊。"))
 METHOD_NOT_ALLOWED = _spec(
     "METHOD_NOT_ALLOWED", 405, False,
     title=("Method not allowed",

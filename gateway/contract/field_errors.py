@@ -9,7 +9,7 @@ catalog.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -34,6 +34,13 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "less_than_equal": "不能大于 {le}",
         "literal_error": "必须是以下之一：{expected}",
         "int_from_float": "必须是整数",
+        "future_required": "必须是将来的时间",
+        "too_many_rules": "同时生效的故障规则最多 {limit} 条；请先结束一条",
+        "object_required": "必须是非空的 JSON 对象",
+        "out_of_range": "必须在 {low} 到 {high} 之间",
+        "unknown_choice": "必须是以下之一：{expected}",
+        "set_elsewhere": "只能在配置文件或环境变量中设置",
+        "redis_required": "多个进程共用等候室时需要 Redis（redis.url）",
     },
     "zh-Hant": {
         "missing": "缺少必填欄位",
@@ -50,6 +57,13 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "less_than_equal": "不得大於 {le}",
         "literal_error": "必須是下列其中之一：{expected}",
         "int_from_float": "必須是整數",
+        "future_required": "必須是未來的時間",
+        "too_many_rules": "同時生效的故障規則最多 {limit} 條；請先結束一條",
+        "object_required": "必須是非空的 JSON 物件",
+        "out_of_range": "必須介於 {low} 到 {high} 之間",
+        "unknown_choice": "必須是下列其中之一：{expected}",
+        "set_elsewhere": "只能在設定檔或環境變數中設定",
+        "redis_required": "多個程序共用等候室時需要 Redis（redis.url）",
     },
 }
 # Our own checks' messages (schemas.py), English as raised, in the other languages.
@@ -113,9 +127,17 @@ def failed(items: list[dict[str, Any]]) -> GatewayError:
                         extra={"errors": items})
 
 
-def invalid_field(field: str, message: str) -> GatewayError:
-    """A validation failure of one field the schema does not cover (a header, a path id)."""
-    return failed([{"field": field, "message": message, "type": "string_pattern_mismatch",
-                     "_ctx": {}}])
+# The rules the gateway checks beyond a schema, by the `type` their field errors carry.
+Rule = Literal["string_pattern_mismatch", "future_required", "too_many_rules",
+               "object_required", "out_of_range", "unknown_choice", "redis_required",
+               "set_elsewhere"]
+
+
+def invalid_field(field: str, message: str, rule: Rule = "string_pattern_mismatch",
+                  **figures: object) -> GatewayError:
+    """A validation failure of one field the schema does not cover (a header, a path id, a
+    rule across fields), its `type` naming the rule broken; `figures` fill the message's
+    translations."""
+    return failed([{"field": field, "message": message, "type": rule, "_ctx": figures}])
 
 

@@ -207,7 +207,8 @@ async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise GatewayError(errors.MALFORMED_JSON, params={"reason": str(exc)}) from None
     if not isinstance(data, dict) or not data:
-        raise field_errors.invalid_field("body", f"must be a non-empty JSON object of {what}")
+        raise field_errors.invalid_field("body", f"must be a non-empty JSON object of {what}",
+                                         "object_required")
     return data
 
 
@@ -254,7 +255,7 @@ async def set_window(request: web.Request) -> web.Response:
     given = _strict(MaintenanceWindowSettings, data)
     maintenance = request.app[MAINTENANCE]
     if given.ends_at is not None and given.ends_at.timestamp() <= maintenance.now():
-        raise field_errors.invalid_field("ends_at", "must be in the future")
+        raise field_errors.invalid_field("ends_at", "must be in the future", "future_required")
     window = await maintenance.put(given)
     shown = window.public(maintenance.now())
     _audit(request, "maintenance.set", None, shown)
@@ -302,7 +303,8 @@ async def add_api_key(request: web.Request) -> web.Response:
         raise field_errors.failed(field_errors.from_pydantic(exc)) from None
     tiers = request.app[_TIERS]
     if given.tier not in tiers:
-        raise field_errors.invalid_field("tier", f"must be one of: {', '.join(tiers)}")
+        raise field_errors.invalid_field("tier", f"must be one of: {', '.join(tiers)}",
+                                         "unknown_choice", expected=", ".join(tiers))
     client = await request.app[CLIENT_KEYS].add(given)
     _audit(request, "api_key.add", None, client.public())
     shown: dict[str, Any] = client.public()
@@ -348,7 +350,8 @@ async def add_fault(request: web.Request) -> web.Response:
     rule = await request.app[FAULTS].add(given)
     if rule is None:
         raise field_errors.invalid_field(
-            "body", f"at most {MAX_RULES} fault rules at once; end one first")
+            "body", f"at most {MAX_RULES} fault rules at once; end one first",
+            "too_many_rules", limit=MAX_RULES)
     _audit(request, "fault.add", None, rule.public())
     return json_response(rule.public())
 
@@ -387,7 +390,8 @@ async def show_timeline(request: web.Request) -> web.Response:
     limit = DEFAULT_LIMIT
     if sent is not None:
         if not sent.isdigit() or not 1 <= int(sent) <= KEEP:
-            raise field_errors.invalid_field("limit", f"must be a whole number from 1 to {KEEP}")
+            raise field_errors.invalid_field("limit", f"must be a whole number from 1 to {KEEP}",
+                                             "out_of_range", low=1, high=KEEP)
         limit = int(sent)
     return json_response({"events": await request.app[TIMELINE].recent(limit)})
 

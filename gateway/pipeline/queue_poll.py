@@ -37,5 +37,6 @@ def _wait_s(sent: str | None) -> float:
         wait_s = -1.0
     if not 0 <= wait_s <= HOLD_POLL_S:  # NaN fails this too
         raise field_errors.invalid_field(WAIT_PARAM, f"must be a number of seconds from 0 to "
-                                                     f"{HOLD_POLL_S:g}")
+                                                     f"{HOLD_POLL_S:g}", "out_of_range",
+                                         low=0, high=f"{HOLD_POLL_S:g}")
     return wait_s

@@ -198,13 +198,14 @@ class WaitingRoom:
         """The settings with `changes` applied, or VALIDATION_FAILED with field errors."""
         if "secret" in changes:
             raise field_errors.invalid_field("secret", "is set in the config file or "
-                                             "GATEWAY_QUEUE_SECRET only, never here")
+                                             "GATEWAY_QUEUE_SECRET only, never here",
+                                             "set_elsewhere")
         try:
             settings = self._merged(self._overrides | changes)
         except ValidationError as exc:
             raise field_errors.failed(field_errors.from_pydantic(exc)) from None
         if settings.enabled and self._workers > 1 and not self._shared:
-            raise field_errors.invalid_field("enabled", ROOM_NEEDS_REDIS)
+            raise field_errors.invalid_field("enabled", ROOM_NEEDS_REDIS, "redis_required")
         return settings
 
     async def change(self, changes: dict[str, Any]) -> WaitingRoomSettings:
@@ -326,7 +327,7 @@ class WaitingRoom:
             raise GatewayError(errors.STATE_UNAVAILABLE)
         number = tokens.ticket_number(token, scope)
         if number is None:
-            raise GatewayError(errors.NOT_FOUND, params={"path": "/v1/queue/{ticket}"})
+            raise GatewayError(errors.TICKET_NOT_HELD)
         settings = self.settings
         try:
             ticket = await self._queue.poll(number, settings.ticket_idle_s)

@@ -154,6 +154,7 @@ async def test_at_most_twenty_rules_and_unknown_ids_are_404(
         assert (await _admin(http, gw.url, "PUT", "/admin/faults", rule))[0] == 200
     status, answer = await _admin(http, gw.url, "PUT", "/admin/faults", rule)
     assert status == 422 and answer["code"] == "VALIDATION_FAILED"
+    assert [(e["field"], e["type"]) for e in answer["errors"]] == [("body", "too_many_rules")]
     status, answer = await _admin(http, gw.url, "DELETE", "/admin/faults/flt-nothere")
     assert (status, answer["code"]) == (404, "NOT_FOUND")
 

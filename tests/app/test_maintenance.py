@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from loadtest.harness import Upstreams
-from tests.clients import AVAILABILITY, Admin, request, soon
+from tests.clients import AUTH, AVAILABILITY, Admin, request, soon
 from tests.conftest import InProcess, StartApp
 
 
@@ -40,17 +40,24 @@ async def test_admin_maintenance_needs_the_token(admin: Admin) -> None:
 
 
 @pytest.mark.parametrize(("window", "fields"), [
-    ({"scope": "nowhere"}, {"scope"}),
-    ({"scope": "all", "ends_at": "2001-01-01T00:00:00Z"}, {"ends_at"}),
-    ({"scope": "all", "starts_at": "soon", "read_only": "yes"}, {"starts_at", "read_only"}),
-    ({"scope": "all", "message": {"en": ""}}, {"message.en"}),
-    ({}, {"body"}),
+    ({"scope": "nowhere"}, {"scope": "value_error"}),
+    ({"scope": "all", "ends_at": "2001-01-01T00:00:00Z"}, {"ends_at": "future_required"}),
+    ({"scope": "all", "starts_at": "soon", "read_only": "yes"},
+     {"starts_at": "datetime_parsing", "read_only": "bool_type"}),
+    ({"scope": "all", "message": {"en": ""}}, {"message.en": "string_too_short"}),
+    ({}, {"body": "object_required"}),
 ])
-async def test_bad_windows_get_field_errors(admin: Admin, window: dict[str, Any],
-                                            fields: set[str]) -> None:
+async def test_bad_windows_get_field_errors_naming_the_rule(
+        admin: Admin, window: dict[str, Any], fields: dict[str, str]) -> None:
     status, body = await admin.call("PUT", "/admin/maintenance", window)
     assert (status, body["code"]) == (422, "VALIDATION_FAILED")
-    assert {e["field"] for e in body["errors"]} == fields
+    assert {e["field"]: e["type"] for e in body["errors"]} == fields
+
+
+async def test_a_rule_of_the_gateways_own_reads_in_chinese_too(admin: Admin) -> None:
+    status, body = await admin.call("PUT", "/admin/maintenance", {
+        "scope": "all", "ends_at": "2001-01-01T00:00:00Z"}, {**AUTH, "Accept-Language": "zh-TW"})
+    assert status == 422 and body["errors"][0]["message"] == "必須是未來的時間"
 
 
 async def test_set_list_end_one_and_end_all(admin: Admin) -> None:

@@ -167,7 +167,11 @@ async def test_forged_and_foreign_tickets_and_passes_count_as_none(
     for forged in (f"{int(number) + 1}.{signature}", number + ".AAAA", "x" * 500, "%00",
                    "1.2.3", "-1.x"):
         assert (await poll(http, gw, forged)).code == "NOT_FOUND"
-    assert (await poll(http, gw, ticket, client="other-app")).code == "NOT_FOUND"
+    foreign = await poll(http, gw, ticket, client="other-app")
+    assert (foreign.status, foreign.code) == (404, "NOT_FOUND")
+    # Said for a waiting customer's app, not as a path to check against /openapi.json.
+    assert "same client" in foreign.json["hint"] and "openapi" not in foreign.json["hint"]
+    assert foreign.json["detail"] == "This ticket is not one this client holds."
     # Another client's (or a forged) ticket on a request: a new customer, a new ticket.
     other = assert_queued(await order(http, gw, client="other-app", X_Queue_Ticket=ticket))
     assert other["ticket"] != ticket

@@ -130,3 +130,12 @@ def test_chinese_rendering_and_field_errors() -> None:
 def test_unknown_placeholder_does_not_break_rendering() -> None:
     body, _ = _body(GatewayError(errors.UPSTREAM_UNAVAILABLE))
     assert "{backend}" in str(body["detail"])
+
+
+def test_every_rule_of_the_gateways_own_reads_in_both_chinese_scripts() -> None:
+    from typing import get_args
+
+    from gateway.contract.field_errors import _MESSAGES, Rule
+
+    for rule in get_args(Rule):
+        assert rule in _MESSAGES["zh-CN"] and rule in _MESSAGES["zh-Hant"], rule
