@@ -50,6 +50,8 @@ BOARD = web.AppKey("breaker_board", BreakerBoard)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)
 CLIENT_KEYS = web.AppKey("client_keys", ClientKeys)
 WAITING_ROOM = web.AppKey("waiting_room", WaitingRoom)
+# On a settings change: the stored settings that another one keeps from acting.
+OVERRIDDEN_HEADER = "Settings-Overridden"
 FAULTS = web.AppKey("faults", Faults)
 TIMELINE = web.AppKey("timeline", Timeline)
 TRAFFIC = web.AppKey("traffic", Traffic)
@@ -335,7 +337,10 @@ async def change_waiting_room(request: web.Request) -> web.Response:
     await room.change(changes)
     after = room.public_settings()
     _audit(request, "waiting_room.settings", before, after)
-    return json_response(after)
+    response = json_response(after)
+    if overridden := room.overridden():
+        response.headers[OVERRIDDEN_HEADER] = ", ".join(overridden)
+    return response
 
 
 async def list_faults(request: web.Request) -> web.Response:

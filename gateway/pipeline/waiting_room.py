@@ -221,6 +221,14 @@ class WaitingRoom:
     def public_settings(self) -> dict[str, Any]:
         return self.settings.model_dump(exclude={"secret"})
 
+    def overridden(self) -> list[str]:
+        """Stored settings another one keeps from acting, each with what holds it: said with
+        a change, so that an SRE who turns the room off knows what comes back with it."""
+        settings = self.settings
+        if not settings.enabled and settings.queue_all:
+            return ["queue_all (no effect while enabled is false)"]
+        return []
+
     # -- the request path --------------------------------------------------------
 
     async def let_in(self, scope: str, headers: Mapping[str, str],

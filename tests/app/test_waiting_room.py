@@ -277,6 +277,13 @@ async def test_admin_shows_and_changes_settings_never_the_secret(
     # document says so).
     whole = await admin(http, gw, "PUT", "/admin/waiting-room", {"admit_per_s": 237.0})
     assert (whole.status, whole.json["admit_per_s"]) == (200, 237)
+    assert "Settings-Overridden" not in whole.headers
+    # Turned off with queue_all still stored: the answer says what comes back with it.
+    await admin(http, gw, "PUT", "/admin/waiting-room", {"queue_all": True})
+    off = await admin(http, gw, "PUT", "/admin/waiting-room", {"enabled": False})
+    assert off.json["queue_all"] is True
+    assert off.headers["Settings-Overridden"] == "queue_all (no effect while enabled is false)"
+    await admin(http, gw, "PUT", "/admin/waiting-room", {"enabled": True, "queue_all": False})
     changed = await admin(http, gw, "PUT", "/admin/waiting-room", {"admit_per_s": 7})
     assert "secret" not in changed.json
     assert (await admin(http, gw, "GET", "/admin/waiting-room")).json["settings"] == changed.json
