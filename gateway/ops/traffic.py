@@ -5,6 +5,9 @@ timer samples the cumulative backend-call histogram (`Metrics.upstream_seconds`)
 twice a second, and the figures are the difference between the newest sample
 and the one about `WINDOW_S` before it. The p99 is the upper bound of the
 histogram bucket it falls in. Figures are this process's.
+
+It also keeps calls/s second by second for the last `RECENT` seconds, so that a console
+opened now draws the last minute at once rather than a line that starts empty.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from gateway.contract.observability import Metrics
 from gateway.contract.routes import BACKENDS
 
 WINDOW_S = 10.0
+RECENT = 60  # seconds of calls/s kept for the console's sparklines
+_RECENT_STEP_S = 1.0
 
 
 @dataclass(slots=True)
@@ -35,15 +40,33 @@ class Traffic:
         # Nothing was called before the process started: its first sample.
         self._samples: deque[tuple[float, dict[str, _Counts]]] = deque(
             [(clock.monotonic(), {})])
+        self._recent: dict[str, deque[float]] = {
+            backend: deque([0.0] * RECENT, maxlen=RECENT) for backend in BACKENDS}
+        self._stepped: tuple[float, dict[str, _Counts]] = self._samples[0]
 
     def sample(self) -> None:
         now = self._clock.monotonic()
-        self._samples.append((now, self._read()))
+        counts = self._read()
+        self._samples.append((now, counts))
+        self._step_recent(now, counts)
         # Keep the newest sample at least WINDOW_S old, and everything after it.
         while len(self._samples) > 2 and self._samples[1][0] <= now - WINDOW_S:
             self._samples.popleft()
 
+    def _step_recent(self, now: float, counts: dict[str, _Counts]) -> None:
+        then, before = self._stepped
+        if now - then < _RECENT_STEP_S:
+            return
+        for backend, recent in self._recent.items():
+            calls = counts.get(backend, _Counts()).calls - before.get(backend, _Counts()).calls
+            recent.append(round(max(calls, 0.0) / (now - then), 2))
+        self._stepped = (now, counts)
+
     def figures(self) -> dict[str, dict[str, Any]]:
+        return {backend: {**figures, "recent_calls_per_s": list(self._recent[backend])}
+                for backend, figures in self._window().items()}
+
+    def _window(self) -> dict[str, dict[str, Any]]:
         zero = {"calls_per_s": 0.0, "failure_rate": 0.0, "p99_ms": 0.0}
         if len(self._samples) < 2:
             return {backend: dict(zero) for backend in BACKENDS}

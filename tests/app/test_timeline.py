@@ -96,8 +96,11 @@ async def test_the_event_stream_sends_a_snapshot_every_second_with_traffic(
     traffic = second["traffic"]["availability"]
     assert traffic["calls_per_s"] > 0 and traffic["failure_rate"] == 0
     assert traffic["p99_ms"] > 0
+    # The last minute second by second, for a sparkline drawn whole from the first snapshot.
+    recent = traffic.pop("recent_calls_per_s")
+    assert len(recent) == 60 and sum(recent) > 0
     assert second["traffic"]["order"] == {"calls_per_s": 0.0, "failure_rate": 0.0,
-                                          "p99_ms": 0.0}
+                                          "p99_ms": 0.0, "recent_calls_per_s": [0.0] * 60}
     async with http.get(gw.url + "/admin/events") as resp:
         assert resp.status == 401
 

@@ -4,13 +4,14 @@ One gateway process with its admin token, the suite's simulators. The page is
 used as an SRE would: sign in, force a breaker open, add a fault and see
 requests fail, end it with the kill switch, open a maintenance window and see
 /v1/status show it; no JavaScript error on the way. Screenshots are kept in
-`artifacts/console/` (one of them is docs/console.png).
+`artifacts/console/`; docs/console.png is `console-1280-screen.png` from there.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +41,32 @@ def console_gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
         yield gw
 
 
+@asynccontextmanager
+async def _opened(url: str, locale: str = "en-US", width: int = 1280,
+                  height: int = 1400) -> AsyncIterator[Page]:
+    """The console at `url` in a fresh Chromium, failing on any script error."""
+    errors: list[str] = []
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        context = await browser.new_context(locale=locale,
+                                            viewport={"width": width, "height": height})
+        opened = await context.new_page()
+        opened.on("pageerror", lambda exc: errors.append(str(exc)))
+        # Chromium logs every 4xx answer as a console error; a 422 is the API refusing
+        # a form on purpose (shown next to its field), anything else counts.
+        opened.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+                  and "status of 422" not in msg.text else None)
+        await opened.goto(url)
+        yield opened
+        await browser.close()
+    assert errors == [], errors
+
+
 @pytest.fixture
 async def page(console_gateway: Gateway, upstreams: Upstreams) -> AsyncIterator[Page]:
-    errors: list[str] = []
     with healed(upstreams, console_gateway):
-        async with async_playwright() as driver:
-            browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
-            context = await browser.new_context(locale="en-US",
-                                                viewport={"width": 1280, "height": 1400})
-            opened = await context.new_page()
-            opened.on("pageerror", lambda exc: errors.append(str(exc)))
-            # Chromium logs every 4xx answer as a console error; a 422 is the API refusing
-            # a form on purpose (shown next to its field), anything else counts.
-            opened.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-                      and "status of 422" not in msg.text else None)
-            await opened.goto(console_gateway.url + "/admin/console")
+        async with _opened(console_gateway.url + "/admin/console") as opened:
             yield opened
-            await browser.close()
-    assert errors == [], errors
 
 
 async def _sign_in(page: Page) -> None:
@@ -212,12 +221,7 @@ async def test_a_taiwanese_sre_announces_in_traditional_and_mainland_customers_r
     """The console in zh-TW sends the Chinese text as zh-Hant; the gateway converts it once,
     and the status page speaks each reader's script."""
     with healed(upstreams, console_gateway):
-        async with async_playwright() as driver:
-            browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
-            context = await browser.new_context(locale="zh-TW",
-                                                viewport={"width": 1280, "height": 1400})
-            page = await context.new_page()
-            await page.goto(console_gateway.url + "/admin/console")
+        async with _opened(console_gateway.url + "/admin/console", "zh-TW") as page:
             await _sign_in(page)
             assert await page.text_content('[data-i18n="maintenance"]') == "維護時段"
             await _open_window(page, "payment", "Payment network upgrade", "付款網路升級")
@@ -235,4 +239,78 @@ async def test_a_taiwanese_sre_announces_in_traditional_and_mainland_customers_r
             await page.locator("#windows li[data-window] button").first.click()
             await page.wait_for_selector("#windows li[data-window]", state="detached",
                                          timeout=5000)
-            await browser.close()
+
+
+# Every box of the layout that must not overlap another, and the page's width: measured
+# in the browser, at each width, after the state below is in place.
+_LAYOUT = """() => {
+  const boxes = (selector) => [...document.querySelectorAll(selector)]
+    .map((node) => node.getBoundingClientRect());
+  const overlap = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 0.5
+    && Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 0.5;
+  const clashes = [];
+  for (const row of document.querySelectorAll("#timeline li, .tile h3")) {
+    const parts = [...row.children].map((child) => child.getBoundingClientRect());
+    parts.forEach((a, i) => parts.slice(i + 1).forEach((b) => {
+      if (overlap(a, b)) clashes.push(row.textContent.slice(0, 60));
+    }));
+  }
+  const tiles = boxes(".tile");
+  tiles.forEach((a, i) => tiles.slice(i + 1).forEach((b) => {
+    if (overlap(a, b)) clashes.push("tiles");
+  }));
+  return { clashes, scroll: document.documentElement.scrollWidth, width: innerWidth };
+}"""
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)],
+                         ids=["desktop", "phone"])
+async def test_the_console_shows_planned_and_forced_states_and_fits_each_width(
+        console_gateway: Gateway, upstreams: Upstreams, width: int, height: int) -> None:
+    gw = console_gateway
+    with healed(upstreams, gw):
+        gw.admin("PUT", "/admin/maintenance", ADMIN_TOKEN, {
+            "scope": "GET /v1/orders/{order_id}", "message": {"en": "Order lookups paused"}})
+        gw.admin("POST", "/admin/breakers/payment/open", ADMIN_TOKEN)
+        gw.admin("PUT", "/admin/faults", ADMIN_TOKEN, {
+            "scope": "availability", "delay": {"percent": 100, "ms": 1}, "ttl_s": 300})
+        gw.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN,
+                 {"enabled": True, "admit_per_s": 237, "queue_all": True})
+        for _ in range(20):
+            await _get(gw, AVAILABILITY)
+        try:
+            async with _opened(gw.url + "/admin/console#token=" + ADMIN_TOKEN, "en-US",
+                               width, height) as page:
+                await page.wait_for_selector('[data-breaker="order"][data-maintenance]')
+                await page.wait_for_selector('[data-breaker="payment"][data-forced="open"]')
+                await page.wait_for_selector("#timeline li")
+                await page.wait_for_selector("#faults time")
+                await _shot(page, f"console-{width}")
+                # What fits one screen, as docs/console.png shows it (copied from here).
+                await page.screenshot(path=str(ARTIFACTS / f"console-{width}-screen.png"))
+                layout = await page.evaluate(_LAYOUT)
+                assert layout["clashes"] == [], layout
+                assert layout["scroll"] <= layout["width"], "no sideways scrolling"
+                colours = {name: await page.eval_on_selector(
+                    f'[data-breaker="{name}"]', "e => getComputedStyle(e).backgroundColor")
+                    for name in ("order", "payment", "availability")}
+                assert len(set(colours.values())) == 3, colours  # planned, open, closed
+                # The room's form shows the settings in force; its summary has no stray mark.
+                assert await page.is_checked("#room-form input[name=enabled]")
+                assert await page.input_value("#room-form input[name=admit_per_s]") == "237"
+                summary = await page.text_content("#room") or ""
+                assert summary.startswith("Enabled · ") and "- ·" not in summary
+                # Times in the reader's clock, the ISO value on hover.
+                stamp = page.locator("#timeline time").first
+                assert "Z" in (await stamp.get_attribute("title") or "")
+                assert "Z" not in (await stamp.text_content() or "")
+                assert "until ended" in (await page.text_content("#windows") or "")
+                # The sparkline is the server's last minute, drawn whole at once.
+                points = await page.get_attribute('[data-breaker="availability"] polyline',
+                                                  "points")
+                assert len((points or "").split()) == 60
+        finally:
+            gw.admin("DELETE", "/admin/maintenance", ADMIN_TOKEN)
+            gw.admin("DELETE", "/admin/faults", ADMIN_TOKEN)
+            gw.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN,
+                     {"enabled": False, "queue_all": False, "admit_per_s": 50})

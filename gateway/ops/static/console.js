@@ -21,7 +21,9 @@ const TEXT = {
     slow: "slow calls", p99: "p99 ms", none: "none", waiting: "waiting",
     admitted: "admitted", failed: "Failed:", api_keys: "Client API keys",
     client_id: "Client id", role: "Role", tier: "Tier", add_key: "Add key",
-    revoke: "Revoke", new_key: "New key (shown once):",
+    revoke: "Revoke", new_key: "New key (shown once):", disabled: "Off", until: "until",
+    until_ended: "until ended", from: "from", under_maintenance: "maintenance",
+    forced: "forced",
   },
   "zh-CN": {
     title: "order-gateway 控制台", offline: "离线", live: "实时", token: "管理令牌",
@@ -38,6 +40,8 @@ const TEXT = {
     none: "无", waiting: "等待中", admitted: "已放行", failed: "失败：",
     api_keys: "客户端 API 密钥", client_id: "客户端 ID", role: "角色", tier: "等级",
     add_key: "添加密钥", revoke: "吊销", new_key: "新密钥（仅显示一次）：",
+    disabled: "未启用", until: "至", until_ended: "直到手动结束", from: "开始于",
+    under_maintenance: "维护中", forced: "人工设定",
   },
   "zh-Hant": {
     title: "order-gateway 控制台", offline: "離線", live: "即時", token: "管理權杖",
@@ -55,6 +59,8 @@ const TEXT = {
     admitted: "已放行", failed: "失敗：", api_keys: "用戶端 API 金鑰",
     client_id: "用戶端 ID", role: "角色", tier: "等級", add_key: "新增金鑰",
     revoke: "撤銷", new_key: "新金鑰（僅顯示一次）：",
+    disabled: "未啟用", until: "至", until_ended: "直到手動結束", from: "開始於",
+    under_maintenance: "維護中", forced: "人工設定",
   },
 };
 // The browser's languages in its order, as the gateway negotiates Accept-Language: English;
@@ -80,14 +86,30 @@ async function described() {
     for (const [method, operation] of Object.entries(operations)) {
       const backend = (operation.tags || [])[0];
       if (!path.startsWith("/v1/") || !backend) continue;
-      routes.push(method.toUpperCase() + " " + path);
+      const route = method.toUpperCase() + " " + path;
+      routes.push(route);
+      ROUTE_BACKEND[route] = backend;
       if (!backends.includes(backend)) backends.push(backend);
     }
   }
   const settings = Object.keys(doc.components.schemas.BreakerSettings.properties);
   return { backends, scopes: ["all", ...backends, ...routes], settings };
 }
-const history = {};  // backend -> the last 60 calls/s figures, for the sparkline
+const ROUTE_BACKEND = {};  // "GET /v1/orders/{order_id}" -> "order", from /openapi.json
+
+// A moment as the reader's local clock shows it; the exact ISO value on hover.
+function when(iso) {
+  const moment = new Date(iso);
+  const sameDay = moment.toDateString() === new Date().toDateString();
+  const text = sameDay ? moment.toLocaleTimeString(LANG) : moment.toLocaleString(LANG);
+  return el("time", { datetime: iso, title: iso, text });
+}
+
+// Whether a current maintenance window covers this backend (all, the backend, or a route).
+function maintained(backend, windows) {
+  return windows.some((w) => w.state === "current" && (w.scope === "all" || w.scope === backend
+    || ROUTE_BACKEND[w.scope] === backend));
+}
 
 const $ = (selector) => document.querySelector(selector);
 function el(tag, attrs = {}, ...children) {
@@ -221,6 +243,7 @@ function wire({ backends, scopes, settings }) {
 // -- what is shown -----------------------------------------------------------------------------
 
 function sparkline(values) {
+  values = values.length ? values : [0];
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", "0 0 60 32");
   svg.setAttribute("preserveAspectRatio", "none");
@@ -232,21 +255,23 @@ function sparkline(values) {
   return svg;
 }
 
-function tile(breaker, traffic) {
+function tile(breaker, traffic, underMaintenance) {
   const figures = traffic || { calls_per_s: 0, failure_rate: 0, p99_ms: 0 };
-  const seen = (history[breaker.name] = history[breaker.name] || []);
-  seen.push(figures.calls_per_s);
-  if (seen.length > 60) seen.shift();
-  const box = el("div", { class: "tile", "data-breaker": breaker.name, "data-state": breaker.state });
-  box.append(el("h3", {}, el("span", { text: breaker.name }),
-    el("span", { text: breaker.state + (breaker.forced ? " (forced)" : "") })));
+  const attrs = { class: "tile", "data-breaker": breaker.name, "data-state": breaker.state };
+  if (breaker.forced) attrs["data-forced"] = breaker.forced;
+  if (underMaintenance) attrs["data-maintenance"] = "current";
+  const box = el("div", attrs);
+  const state = [breaker.state, breaker.forced ? t("forced") : "",
+    underMaintenance ? t("under_maintenance") : ""].filter(Boolean).join(" · ");
+  box.append(el("h3", {}, el("span", { text: breaker.name }), el("span", { text: state })));
   const dl = el("dl");
   const row = (label, value) => dl.append(el("dt", { text: label }), el("dd", { text: value }));
   row(t("calls"), figures.calls_per_s.toFixed(1));
   row(t("failures"), (100 * figures.failure_rate).toFixed(1) + " %");
   row(t("slow"), (100 * breaker.window.slow_call_rate).toFixed(1) + " %");
   row(t("p99"), figures.p99_ms === null ? "-" : String(Math.round(figures.p99_ms)));
-  box.append(dl, sparkline(seen));
+  // The server's last minute, second by second: whole from the first snapshot.
+  box.append(dl, sparkline(figures.recent_calls_per_s || [figures.calls_per_s]));
   for (const action of ["open", "close", "reset"]) {
     const button = el("button", { type: "button", "data-action": action, text: t(action) });
     button.addEventListener("click", async () => {
@@ -264,20 +289,40 @@ function endButton(path, label) {
 }
 
 function render(snapshot) {
-  $("#tiles").replaceChildren(...snapshot.breakers.map(
-    (b) => tile(b, snapshot.traffic[b.name])));
+  $("#tiles").replaceChildren(...snapshot.breakers.map((b) => tile(
+    b, snapshot.traffic[b.name], maintained(b.name, snapshot.maintenance))));
   $("#faults").replaceChildren(...(snapshot.faults.length ? snapshot.faults.map((f) => el("li",
     { "data-fault": f.id }, `${f.id} ${f.scope} ${f.abort ? "abort " + f.abort.percent + "% " + f.abort.status : ""}`
-    + ` ${f.delay ? "delay " + f.delay.percent + "% " + f.delay.ms + "ms" : ""} → ${f.expires_at} `,
-    endButton("/admin/faults/" + f.id))) : [el("li", { text: t("none") })]));
+    + ` ${f.delay ? "delay " + f.delay.percent + "% " + f.delay.ms + "ms" : ""} · ${t("until")} `,
+    when(f.expires_at), " ", endButton("/admin/faults/" + f.id))) : [el("li", { text: t("none") })]));
   $("#windows").replaceChildren(...(snapshot.maintenance.length ? snapshot.maintenance.map((w) => el("li",
-    { "data-window": w.id }, `${w.id} ${w.scope} ${w.read_only ? "read-only" : ""} `
-    + `${w.message ? w.message[LANG] || w.message.en : ""} `, endButton("/admin/maintenance/" + w.id)))
-    : [el("li", { text: t("none") })]));
-  const room = snapshot.waiting_room;
+    { "data-window": w.id, "data-state": w.state }, `${w.id} ${w.scope} ${w.read_only ? "read-only" : ""} `
+    + `${w.message ? w.message[LANG] || w.message.en : ""} · `, ...period(w), " ",
+    endButton("/admin/maintenance/" + w.id))) : [el("li", { text: t("none") })]));
+  showRoom(snapshot.waiting_room);
+}
+
+// When a window acts: from its start if it is still to come, to its end or until ended.
+function period(w) {
+  const parts = [];
+  if (w.state !== "current" && w.starts_at) parts.push(t("from") + " ", when(w.starts_at), " ");
+  if (w.ends_at) parts.push(t("until") + " ", when(w.ends_at));
+  else parts.push(t("until_ended"));
+  return parts;
+}
+
+function showRoom(room) {
   const settings = room.settings || {};
-  $("#room").textContent = `${settings.enabled ? t("enabled") : "-"} · ${t("admit_per_s")} `
-    + `${settings.admit_per_s} · ${t("waiting")} ${room.waiting} · ${t("admitted")} ${room.admitted_total}`;
+  $("#room").textContent = [settings.enabled ? t("enabled") : t("disabled"),
+    `${t("admit_per_s")} ${settings.admit_per_s}`, settings.queue_all ? t("queue_all") : "",
+    `${t("waiting")} ${room.waiting}`, `${t("admitted")} ${room.admitted_total}`]
+    .filter(Boolean).join(" · ");
+  // The form shows the settings in force, unless the SRE is editing it.
+  const form = $("#room-form");
+  if (form.contains(document.activeElement)) return;
+  form.elements.enabled.checked = Boolean(settings.enabled);
+  form.elements.queue_all.checked = Boolean(settings.queue_all);
+  form.elements.admit_per_s.value = settings.admit_per_s ?? "";
 }
 
 async function refresh() {
@@ -290,8 +335,9 @@ async function refresh() {
   const answer = await api("GET", "/admin/timeline?limit=50");
   if (answer.status !== 200) return;
   $("#timeline").replaceChildren(...answer.data.events.map((e) => el("li", {},
-    el("span", { class: "kind", text: e.kind }), `${e.at} ${e.summary}`
-    + (e.actor ? ` (${e.actor})` : "") + ` · ${e.process}`)));
+    when(e.at), el("span", { class: "kind", text: e.kind }),
+    el("span", { class: "summary", text: e.summary + (e.actor ? ` (${e.actor})` : "")
+      + ` · ${e.process}` }))));
 }
 
 // -- the live stream ---------------------------------------------------------------------------
