@@ -281,12 +281,22 @@ class CorsSettings(_Model):
     @field_validator("allow_origins")
     @classmethod
     def _origins(cls, values: list[str]) -> list[str]:
-        for value in values:
-            parts = urlsplit(value)
-            if (parts.scheme not in ("http", "https") or not parts.hostname
-                    or parts.path or parts.query or parts.fragment or value != value.strip()):
-                raise ValueError(f"{value!r} is not an origin like https://shop.example.com")
-        return [value.lower() for value in values]
+        return origins(values)
+
+
+# What an origin looks like, as the published schema says it; `origins` checks the rest.
+ORIGIN_PATTERN = (r"^https?://[A-Za-z0-9.-]+(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}"
+                  r"|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$")
+
+
+def origins(values: list[str]) -> list[str]:
+    """Exact origins (scheme://host[:port]), lower-cased; anything else refused."""
+    for value in values:
+        parts = urlsplit(value)
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.path or parts.query or parts.fragment or value != value.strip()):
+            raise ValueError(f"{value!r} is not an origin like https://shop.example.com")
+    return [value.lower() for value in values]
 
 
 class SecurityHeadersSettings(_Model):
@@ -521,7 +531,16 @@ class WaitingRoomSettings(_Model):
                                            ACCEPT_WHOLE_FLOATS] = 600
     # At least three poll intervals of a second, so one lost poll never costs a place.
     ticket_idle_s: float = Field(60.0, ge=3, le=3600)
+    # Where the waiting page may send an admitted customer back to (`?return_to=`): exact
+    # origins; a URL of any other origin is never redirected to.
+    return_origins: list[Annotated[str, Field(pattern=ORIGIN_PATTERN, max_length=300)]] = Field(
+        [], max_length=50)
     secret: str | None = Field(None, min_length=16, max_length=256, repr=False)
+
+    @field_validator("return_origins")
+    @classmethod
+    def _return_origins(cls, values: list[str]) -> list[str]:
+        return origins(values)
 
 
 # The samplers the OpenTelemetry specification names for OTEL_TRACES_SAMPLER.

@@ -178,11 +178,20 @@ def _queue_path() -> dict[str, Any]:
                         "description": "from the front of the line, hold the answer up to "
                                        "this long for the admission",
                         "schema": {"type": "number", "minimum": 0,
-                                   "maximum": waiting_room.HOLD_POLL_S}}],
+                                   "maximum": waiting_room.HOLD_POLL_S}},
+                       {"name": "return_to", "in": "query", "required": False,
+                        "description": "the waiting page (Accept: text/html): where to send "
+                                       "the customer once admitted (303, with queue_pass "
+                                       "added), if its origin is in "
+                                       "waiting_room.return_origins",
+                        "schema": {"type": "string", "maxLength": 2048}}],
         "security": [{}, {"apiKey": []}],
         "responses": {"200": {"description": "Waiting (place, ETA, when to poll) or admitted "
                               "(a pass for X-Queue-Pass)",
-                              "content": {"application/json": {"schema": _ref(QueueState)}}},
+                              "content": {"application/json": {"schema": _ref(QueueState)},
+                                          "text/html": {"schema": {"type": "string"}}}},
+                      "303": {"description": "The waiting page, admitted: back to return_to "
+                                             "with queue_pass"},
                       **_problems(("NOT_FOUND", "QUEUE_TICKET_EXPIRED", "STATE_UNAVAILABLE",
                                    "VALIDATION_FAILED", *_EDGE_ERRORS))}}}
 

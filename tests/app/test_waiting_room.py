@@ -268,7 +268,7 @@ async def test_admin_shows_and_changes_settings_never_the_secret(
     assert shown.json["settings"] == {
         "enabled": True, "routes": ["POST /v1/orders"], "admit_per_s": 50, "queue_all": False,
         "pass_ttl_s": 900.0, "pass_submissions": 5, "tickets_per_address_per_min": 600,
-        "ticket_idle_s": 60.0}
+        "ticket_idle_s": 60.0, "return_origins": []}
     changed = await admin(http, gw, "PUT", "/admin/waiting-room",
                           {"admit_per_s": 7, "routes": ["order", "GET /v1/availability"]})
     assert changed.status == 200
