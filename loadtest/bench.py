@@ -53,6 +53,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +89,8 @@ HELD_SLOTS = 5  # browse slots of the refusing gateway held by hung requests
 TARGET_GET_RATIO = 1.0  # gateway / bare proxy, CPU per request
 TARGET_POST_RATIO = 1.0  # gateway / bare proxy + one Redis SET NX
 TARGET_REFUSAL_RATIO = 1.2  # a refusal / the same server's /healthz
+TARGET_POLL_RATIO = 1.2  # a waiting ticket's poll / the same server's /healthz
+LINE_AHEAD = 300  # tickets taken before the polled one, so that it waits all the run
 TARGET_FAULT_RULE_RATIO = 1.05  # a rule that matches nothing: within the machine's noise
 # (also the bound on how much more a Traditional refusal costs now than a Chinese one before)
 TARGET_ADDED_P50_MS = 1.0  # at half saturation, over direct
@@ -191,8 +195,9 @@ def refusing_config() -> dict[str, Any]:
     payment is under maintenance, and every new customer submitting one is queued."""
     return {
         "maintenance": {"windows": [{"scope": "GET /v1/payments/{payment_id}"}]},
+        # Tickets kept an hour: the ticket-poll target's place must outlast every round.
         "waiting_room": {"enabled": True, "routes": ["POST /v1/payments"], "queue_all": True,
-                         "admit_per_s": 1},
+                         "admit_per_s": 1, "ticket_idle_s": 3600},
         # Refusals answered at once: wrk never honours Retry-After, and what is
         # measured here is what a refusal costs, not how long a client is held.
         # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
@@ -351,7 +356,26 @@ def processes(log_dir: Path, before: Path | None, acks_before: Path | None = Non
                 Target("refusals", "queued" + tag, Load(
                     refuser.url + "/v1/payments", method="POST", body=PAYMENT, keyed=True),
                        pid, refusal=True)]
+        refuser = gateways[0][2]
+        targets.append(Target("refusals", "ticket poll", Load(
+            refuser.url + "/v1/queue/" + waiting_ticket(refuser.url)), refuser.proc.pid))
         yield targets
+
+
+def waiting_ticket(url: str) -> str:
+    """A ticket far enough back in the refusing gateway's line to wait all the run."""
+    ticket = ""
+    for n in range(LINE_AHEAD + 1):
+        request = urllib.request.Request(url + "/v1/payments", data=PAYMENT.encode(),
+                                         method="POST", headers={
+                                             "Content-Type": "application/json",
+                                             "Idempotency-Key": f"line-{n}"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as refused:
+            ticket = refused.headers["X-Queue-Ticket"]
+            refused.close()
+    return ticket
 
 
 # --- the rounds ----------------------------------------------------------------------------
@@ -447,6 +471,9 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
             *((f"refusal CPU, {name}{tag} / /healthz{tag}",
                cpu_ratio("refusals", name + tag, "/healthz" + tag), TARGET_REFUSAL_RATIO, "x")
               for name in ("breaker open", "shed", "maintenance", "queued")),
+            (f"a waiting ticket's poll CPU{tag} / /healthz{tag}",
+             cpu_ratio("refusals", "ticket poll" + tag, "/healthz" + tag), TARGET_POLL_RATIO,
+             "x"),
             (f"added p50 at half saturation: gateway{tag} - direct (ms)",
              added_p50("gateway" + tag), TARGET_ADDED_P50_MS, "ms")]
     checks += [
