@@ -196,8 +196,11 @@ def refusing_config() -> dict[str, Any]:
     return {
         "maintenance": {"windows": [{"scope": "GET /v1/payments/{payment_id}"}]},
         # Tickets kept an hour: the ticket-poll target's place must outlast every round.
+        # No per-address bound on new tickets: wrk is one address, and past the bound its
+        # customers would be refused RATE_LIMITED instead of QUEUED.
         "waiting_room": {"enabled": True, "routes": ["POST /v1/payments"], "queue_all": True,
-                         "admit_per_s": 1, "ticket_idle_s": 3600},
+                         "admit_per_s": 1, "ticket_idle_s": 3600,
+                         "tickets_per_address_per_min": 1_000_000},
         # Refusals answered at once: wrk never honours Retry-After, and what is
         # measured here is what a refusal costs, not how long a client is held.
         # A fixed limit (floor = ceiling) whose read share leaves the 32 connections
