@@ -105,6 +105,26 @@ async def test_an_idle_ticket_loses_its_place_and_takes_no_admission(
     assert (await queue.poll(123_456, idle_s)).state is TicketState.GONE
 
 
+async def test_idleness_follows_the_last_poll_not_the_ticket_number(
+        queue: TicketQueue) -> None:
+    """The first ticket, kept alive, does not shield a later one that lapses: each step
+    finds idle tickets by when they were last seen (the memory line keeps them in that
+    order, so that a step never reads the whole line)."""
+    idle_s = 0.4
+    kept, lapsing = (await queue.enter(1, True)).ticket, (await queue.enter(1, True)).ticket
+    last = (await queue.enter(1, True)).ticket
+    assert kept is not None and lapsing is not None and last is not None
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert (await queue.poll(kept, idle_s)).state is TicketState.WAITING
+        assert (await queue.poll(last, idle_s)).state is TicketState.WAITING
+    tick = await queue.tick(1, idle_s, 0)
+    assert tick.expired == 1
+    assert (await queue.poll(lapsing, idle_s)).state is TicketState.GONE
+    assert (await queue.poll(kept, idle_s)).state is TicketState.ADMITTED
+    assert (await queue.poll(last, idle_s)).position == 1, "the lapsed place is closed up"
+
+
 async def test_a_hold_pauses_admissions_and_queues_everyone_until_it_lapses(
         queue: TicketQueue) -> None:
     waiting = (await queue.enter(10, True)).ticket
