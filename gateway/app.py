@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +26,7 @@ from gateway.backends.stale_cache import StaleCache
 from gateway.backends.timer_wheel import TimerWheel
 from gateway.backends.upstream import HeadLimits, Upstream
 from gateway.contract import chinese_script
-from gateway.contract.clock import Clock, SystemClock
+from gateway.contract.clock import Clock, SystemClock, iso_utc
 from gateway.contract.observability import METRICS_CONTENT_TYPE, AccessLog, Metrics
 from gateway.contract.problem import json_response, negotiate_language
 from gateway.contract.routes import BACKENDS, ROUTES, RoutePolicy
@@ -133,7 +134,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
     app[MAINTENANCE] = maintenance
     room = WaitingRoom(settings.waiting_room, stores.queue, stores.room, breakers, clock,
                        metrics, shared=stores.shared, workers=settings.server.workers,
-                       buckets=stores.buckets)
+                       buckets=stores.buckets, drawn=_draw_noted(timeline))
     app[admin.WAITING_ROOM] = room
     app[STATUS] = StatusPage(upstreams, maintenance, room, clock)
     failed = FailedChecks(settings.admin.rate_per_s, settings.admin.burst, clock)
@@ -173,6 +174,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> web.Application
                        poll_route(room, keys if keys.enabled else None, failed))
     _own_routes(app, settings)
     return app
+
+
+def _draw_noted(timeline: Timeline) -> Callable[[int, datetime], None]:
+    def drawn(tickets: int, starts_at: datetime) -> None:
+        timeline.note("waiting_room", f"sale drawn: {tickets} pre-queue tickets put in "
+                      "random order", action="sale_drawn", tickets=tickets,
+                      sale_starts_at=iso_utc(starts_at.timestamp()))
+    return drawn
 
 
 def _backends(settings: Settings, clock: Clock, metrics: Metrics, stores: Stores,

@@ -8,6 +8,7 @@ Strict validation (which must still refuse `true` and `"59"`) would refuse
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -30,3 +31,21 @@ ACCEPT_WHOLE_FLOATS = BeforeValidator(_whole)
 
 # An integer field read with that policy; its constraints go in `Field(...)` as usual.
 WholeInt = Annotated[int, ACCEPT_WHOLE_FLOATS]
+
+
+def _instant(value: Any) -> Any:
+    """ISO-8601 text to a time in UTC (one without an offset is taken as UTC); a time
+    given already (a YAML timestamp) as it is; anything else refused."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO-8601 time, like 2026-12-04T20:00:00Z") from None
+    if not isinstance(value, datetime):
+        raise ValueError("must be an ISO-8601 time, like 2026-12-04T20:00:00Z")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# A point in time as JSON writes it: text, even under strict validation (which would take
+# only a datetime object, and no JSON has one).
+Instant = Annotated[datetime, BeforeValidator(_instant)]

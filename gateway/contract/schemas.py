@@ -197,11 +197,14 @@ class FieldError(BaseModel):
 
 
 class QueuePlace(BaseModel):
-    """A waiting ticket's place: `position` 1 is next in; `eta_s` null while paused."""
+    """A waiting ticket's place: `position` 1 is next in; `eta_s` null while paused. In a
+    scheduled sale's pre-queue, `position` and `eta_s` are null and `starts_in_s` says
+    when the draw gives everyone a place."""
 
     ticket: str | None = None  # in a 429 QUEUED; a poll already names it
-    position: int = Field(ge=1)
+    position: int | None = Field(ge=1)
     eta_s: int | None = Field(ge=0)
+    starts_in_s: int | None = Field(None, ge=1)  # only in a pre-queue
     poll_after_s: int = Field(ge=1)
 
 
@@ -209,8 +212,9 @@ class QueueState(BaseModel):
     """`GET /v1/queue/{ticket}`: still waiting, or admitted with a pass."""
 
     state: Literal["waiting", "admitted"]
-    position: int | None = Field(None, ge=1)
+    position: int | None = Field(None, ge=1)  # null in a sale's pre-queue
     eta_s: int | None = Field(None, ge=0)
+    starts_in_s: int | None = Field(None, ge=1)  # only in a sale's pre-queue
     poll_after_s: int | None = Field(None, ge=1)
     # `pass` is a Python keyword; the field is named so on the wire.
     pass_: str | None = Field(None, alias="pass")
@@ -221,7 +225,8 @@ class WaitingRoomStatus(BaseModel):
     enabled: bool
     queueing: bool
     waiting: int = Field(ge=0)
-    eta_s: int | None = Field(ge=0)  # 0 when not queueing, null while paused
+    eta_s: int | None = Field(ge=0)  # 0 when not queueing, null while paused or before a sale
+    sale_starts_at: datetime | None  # a scheduled sale's start, or null
 
 
 class Problem(BaseModel):

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from gateway.contract import redis_sentinel, scopes
-from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS, WholeInt
+from gateway.contract.json_types import ACCEPT_WHOLE_FLOATS, Instant, WholeInt
 from gateway.contract.routes import IDEMPOTENT_BACKENDS, Backend
 
 
@@ -535,6 +535,10 @@ class WaitingRoomSettings(_Model):
     # origins; a URL of any other origin is never redirected to.
     return_origins: list[Annotated[str, Field(pattern=ORIGIN_PATTERN, max_length=300)]] = Field(
         [], max_length=50)
+    # A flash sale's start (ISO-8601; without an offset, UTC): until then every new customer
+    # takes a pre-queue ticket and nobody is let in; at the start the pre-queue is drawn
+    # by lot (docs/operations.md, "Scheduled sales").
+    sale_starts_at: Instant | None = None
     secret: str | None = Field(None, min_length=16, max_length=256, repr=False)
 
     @field_validator("return_origins")

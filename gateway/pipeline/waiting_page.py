@@ -57,7 +57,7 @@ TEXT: dict[str, dict[str, str]] = {
         "wait": "预计等待：{eta}。",
         "paused": "入场暂时暂停，您的位置会保留。",
         "keep": "请保持此页面打开，它会每{poll}自动刷新。",
-        "starts": "抢购将在 {starts}后开始。开始前到达的所有人会在开始时随机排序，无需抢先。",
+        "starts": "抢购将在{starts}后开始。开始前到达的所有人会在开始时随机排序，无需抢先。",
         "in_title": "轮到您了！",
         "in_body": "请返回商店继续下单。",
         "gone_title": "您的排队位置已失效",
@@ -71,7 +71,7 @@ TEXT: dict[str, dict[str, str]] = {
         "wait": "預計等待：{eta}。",
         "paused": "入場暫時暫停，您的位置會保留。",
         "keep": "請保持此頁面開啟，它會每{poll}自動更新。",
-        "starts": "搶購將在 {starts}後開始。開始前到達的所有人會在開始時隨機排序，無需搶先。",
+        "starts": "搶購將在{starts}後開始。開始前到達的所有人會在開始時隨機排序，無需搶先。",
         "in_title": "輪到您了！",
         "in_body": "請返回商店繼續下單。",
         "gone_title": "您的排隊位置已失效",
@@ -141,8 +141,8 @@ def waiting(lang: str, state: Mapping[str, Any]) -> web.Response:
     poll = int(state["poll_after_s"])
     lines = [f"<h1>{text['title']}</h1>"]
     if state.get("starts_in_s") is not None:
-        lines.append(f"<p>{_fill(text['starts'], starts=_duration(lang, state['starts_in_s']))}"
-                     "</p>")
+        starts = _countdown(lang, int(state["starts_in_s"]))
+        lines.append(f"<p>{_fill(text['starts'], starts=starts)}</p>")
     elif state.get("position") is not None:
         lines += [f"<p>{text['place']}</p>", f'<p class="place">{int(state["position"])}</p>']
         if state.get("eta_s") is None:
@@ -176,6 +176,13 @@ def _duration(lang: str, seconds: float) -> str:
         return text["soon"]
     minutes = round(seconds / 60)
     return text["minute"] if minutes == 1 else _fill(text["minutes"], n=str(minutes))
+
+
+def _countdown(lang: str, seconds: int) -> str:
+    """The time to a sale's start: to the second in its last minute, as a countdown is."""
+    if seconds >= 60:
+        return _duration(lang, seconds)
+    return TEXT[lang]["seconds"].format(n=seconds)
 
 
 def _fill(template: str, **values: str) -> str:

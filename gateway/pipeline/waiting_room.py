@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from gateway.backends.breaker import Breaker
 from gateway.contract import errors, field_errors, scopes
-from gateway.contract.clock import Clock, seconds_left
+from gateway.contract.clock import Clock, iso_utc, seconds_left
 from gateway.contract.errors import GatewayError
 from gateway.contract.routes import RoutePolicy
 from gateway.contract.settings import ROOM_NEEDS_REDIS, WaitingRoomSettings
@@ -51,7 +51,7 @@ from gateway.pipeline.queue_tokens import QueueTokens
 from gateway.state.bucket_store import TokenBuckets
 from gateway.state.common import StoreUnavailable
 from gateway.state.room_store import RoomControl
-from gateway.state.ticket_store import TicketQueue, TicketState
+from gateway.state.ticket_store import Sale, TicketQueue, TicketState
 
 log = logging.getLogger("gateway.waiting_room")
 
@@ -87,6 +87,11 @@ class RoomFigures(Protocol):
     def room_tick(self, expired: int, waits: Sequence[float], waiting: int) -> None: ...
 
 
+# Told once for the fleet when a sale's pre-queue is drawn: how many tickets it held, and
+# the sale's start (the timeline implements it).
+SaleDrawn = Callable[[int, datetime], None]
+
+
 @dataclass(slots=True)
 class RouteGate:
     """Whether the room covers one route: read per request, rebuilt when settings change."""
@@ -101,6 +106,7 @@ class RoomView:
     waiting: int = 0
     queueing: bool = False
     paused: bool = False
+    starts_in_s: float = 0.0  # > 0: a sale's pre-queue, its draw this far off
 
 
 def poll_after_s(eta: int | None, idle_s: float) -> int:
@@ -132,7 +138,8 @@ def eta_s(position: int, admit_per_s: int, due_s: float = 0.0) -> int:
 class WaitingRoom:
     def __init__(self, settings: WaitingRoomSettings, queue: TicketQueue, control: RoomControl,
                  breakers: Mapping[str, Breaker], clock: Clock, metrics: RoomFigures, *,
-                 shared: bool, workers: int, buckets: TokenBuckets) -> None:
+                 shared: bool, workers: int, buckets: TokenBuckets,
+                 drawn: SaleDrawn | None = None) -> None:
         self._base = settings
         self._queue = queue
         self._buckets = buckets
@@ -140,6 +147,7 @@ class WaitingRoom:
         self._breakers = breakers
         self._clock = clock
         self._metrics = metrics
+        self._drawn = drawn
         self._shared = shared
         self._workers = workers
         self._gates: list[tuple[RoutePolicy, RouteGate]] = []
@@ -216,18 +224,30 @@ class WaitingRoom:
         if version > self._version:
             self._version, self._overrides = version, overrides
             self._apply(settings)
+        # A sale scheduled (or moved) is in the line before the answer: from then on no
+        # process lets anyone in before its start, whatever settings it holds yet.
+        await self.step()
         return self.settings
 
     def public_settings(self) -> dict[str, Any]:
-        return self.settings.model_dump(exclude={"secret"})
+        shown = self.settings.model_dump(exclude={"secret"})
+        shown["sale_starts_at"] = self._sale_shown()
+        return shown
+
+    def _sale_shown(self) -> str | None:
+        starts_at = self.settings.sale_starts_at
+        return None if starts_at is None else iso_utc(starts_at.timestamp())
 
     def overridden(self) -> list[str]:
         """Stored settings another one keeps from acting, each with what holds it: said with
         a change, so that an SRE who turns the room off knows what comes back with it."""
         settings = self.settings
-        if not settings.enabled and settings.queue_all:
-            return ["queue_all (no effect while enabled is false)"]
-        return []
+        if settings.enabled:
+            return []
+        held = [name for name, value in (("queue_all", settings.queue_all),
+                                         ("sale_starts_at", settings.sale_starts_at))
+                if value]
+        return [f"{name} (no effect while enabled is false)" for name in held]
 
     # -- the request path --------------------------------------------------------
 
@@ -256,9 +276,9 @@ class WaitingRoom:
                     return tokens.make_pass(pass_expiry(ticket.admitted_at, settings), scope)
                 if ticket.state is TicketState.WAITING:
                     raise self._queued(tokens, number, scope, ticket.position, ticket.paused,
-                                       ticket.due_s)
+                                       ticket.due_s, ticket.starts_in_s)
                 raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
-            if self.view.queueing or settings.queue_all:
+            if self.view.queueing or settings.queue_all or self._before_sale(now):
                 await self._ticket_allowed(address)
             entry = await self._queue.enter(settings.admit_per_s, settings.queue_all)
         except StoreUnavailable:
@@ -266,9 +286,10 @@ class WaitingRoom:
         if entry.ticket is None:
             return tokens.make_pass(pass_expiry(now, settings), scope)
         # The status page shows the queue at once, not at the next admission step.
-        self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused)
+        self.view = RoomView(max(self.view.waiting, entry.position), True, entry.paused,
+                             entry.starts_in_s)
         raise self._queued(tokens, entry.ticket, scope, entry.position, entry.paused,
-                           entry.due_s)
+                           entry.due_s, entry.starts_in_s)
 
     async def _ticket_allowed(self, address: str) -> None:
         """At most `tickets_per_address_per_min` new tickets per client address (a bucket
@@ -314,15 +335,21 @@ class WaitingRoom:
             await self._clock.sleep(wait)
 
     def _queued(self, tokens: QueueTokens, number: int, scope: str, position: int,
-                paused: bool, due_s: float) -> GatewayError:
+                paused: bool, due_s: float, starts_in_s: float) -> GatewayError:
         ticket = tokens.ticket(number, scope)
-        queue = self._waiting_body(position, paused, due_s)
+        queue = self._waiting_body(position, paused, due_s, starts_in_s)
         return GatewayError(errors.QUEUED, extra={"queue": {"ticket": ticket, **queue}},
                             retry_after_s=queue["poll_after_s"],
                             headers={TICKET_HEADER: ticket})
 
-    def _waiting_body(self, position: int, paused: bool, due_s: float) -> dict[str, Any]:
+    def _waiting_body(self, position: int, paused: bool, due_s: float,
+                      starts_in_s: float) -> dict[str, Any]:
         settings = self.settings
+        if starts_in_s > 0:
+            # Polls keep their usual pace through the countdown, not one at the start: the
+            # customers' phases spread the first polls after the draw over a poll interval.
+            return {"position": None, "eta_s": None, "starts_in_s": math.ceil(starts_in_s),
+                    "poll_after_s": poll_after_s(None, settings.ticket_idle_s)}
         eta = None if paused else eta_s(position, settings.admit_per_s, due_s)
         return {"position": position, "eta_s": eta,
                 "poll_after_s": poll_after_s(eta, settings.ticket_idle_s)}
@@ -344,7 +371,7 @@ class WaitingRoom:
             # pace they were admitted, not bunched at their poll times.
             held_until = self._clock.monotonic() + wait_s
             while (ticket.state is TicketState.WAITING and not ticket.paused
-                   and ticket.position <= settings.admit_per_s
+                   and 0 < ticket.position <= settings.admit_per_s
                    and (left := held_until - self._clock.monotonic()) > 0):
                 # Asleep until the admission is due, then a look every HOLD_CHECK_S.
                 due = expected_wait_s(ticket.position, settings.admit_per_s, ticket.due_s)
@@ -353,8 +380,8 @@ class WaitingRoom:
         except StoreUnavailable:
             raise GatewayError(errors.STATE_UNAVAILABLE) from None
         if ticket.state is TicketState.WAITING:
-            return {"state": "waiting",
-                    **self._waiting_body(ticket.position, ticket.paused, ticket.due_s)}
+            return {"state": "waiting", **self._waiting_body(
+                ticket.position, ticket.paused, ticket.due_s, ticket.starts_in_s)}
         if ticket.state is TicketState.GONE:
             raise GatewayError(errors.QUEUE_TICKET_EXPIRED)
         # Shown to the millisecond (admission time plus pass_ttl_s); the pass itself lasts
@@ -372,26 +399,44 @@ class WaitingRoom:
             self.view = RoomView()
             return
         hold = PAUSE_HOLD_S if any(b.holds_back() for b in self._held_by) else 0.0
-        tick = await self._queue.tick(settings.admit_per_s, settings.ticket_idle_s, hold)
+        tick = await self._queue.tick(settings.admit_per_s, settings.ticket_idle_s, hold,
+                                      self._sale())
         self._metrics.room_tick(tick.expired, tick.waits, tick.waiting)
+        if tick.drawn is not None and settings.sale_starts_at is not None:
+            log.info("sale of %s: %d pre-queue tickets drawn by lot",
+                     settings.sale_starts_at.isoformat(), tick.drawn)
+            if self._drawn is not None:
+                self._drawn(tick.drawn, settings.sale_starts_at)
         queueing = (tick.paused or tick.waiting > 0 or settings.queue_all
-                    or tick.recent >= settings.admit_per_s)
-        self.view = RoomView(tick.waiting, queueing, tick.paused)
+                    or tick.recent >= settings.admit_per_s or tick.starts_in_s > 0)
+        self.view = RoomView(tick.waiting, queueing, tick.paused, tick.starts_in_s)
+
+    def _sale(self) -> Sale:
+        starts_at = self.settings.sale_starts_at
+        return Sale(None if starts_at is None else starts_at.timestamp(), self._version)
+
+    def _before_sale(self, now: float) -> bool:
+        """Whether this process's settings put `now` (Unix time) before a sale's start."""
+        starts_at = self.settings.sale_starts_at
+        return starts_at is not None and now < starts_at.timestamp()
 
     # -- figures -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """For `GET /v1/status`: `eta_s` is the wait of a customer arriving now."""
         settings, view = self.settings, self.view
+        shown = self._sale_shown()
         if not settings.enabled:
-            return {"enabled": False, "queueing": False, "waiting": 0, "eta_s": 0}
+            return {"enabled": False, "queueing": False, "waiting": 0, "eta_s": 0,
+                    "sale_starts_at": shown}
         eta: int | None = 0
-        if view.paused:
-            eta = None
+        before_sale = self._before_sale(self._clock.wall())
+        if view.paused or before_sale:
+            eta = None  # no place is known before the draw
         elif view.queueing:
             eta = eta_s(view.waiting + 1, settings.admit_per_s)
-        return {"enabled": True, "queueing": view.queueing, "waiting": view.waiting,
-                "eta_s": eta}
+        return {"enabled": True, "queueing": view.queueing or before_sale,
+                "waiting": view.waiting, "eta_s": eta, "sale_starts_at": shown}
 
     async def figures(self) -> dict[str, Any]:
         """For `GET /admin/waiting-room`: fleet-wide with Redis."""

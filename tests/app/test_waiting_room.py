@@ -95,7 +95,8 @@ async def test_a_disabled_room_changes_nothing(
     assert answer.status == 201 and "X-Queue-Pass" not in answer.headers
     async with http.get(gw.url + "/v1/status") as resp:
         assert (await resp.json())["waiting_room"] == {
-            "enabled": False, "queueing": False, "waiting": 0, "eta_s": 0}
+            "enabled": False, "queueing": False, "waiting": 0, "eta_s": 0,
+            "sale_starts_at": None}
 
 
 async def test_customers_beyond_the_rate_queue_with_place_and_eta_and_get_in_in_turn(
@@ -268,7 +269,7 @@ async def test_admin_shows_and_changes_settings_never_the_secret(
     assert shown.json["settings"] == {
         "enabled": True, "routes": ["POST /v1/orders"], "admit_per_s": 50, "queue_all": False,
         "pass_ttl_s": 900.0, "pass_submissions": 5, "tickets_per_address_per_min": 600,
-        "ticket_idle_s": 60.0, "return_origins": []}
+        "ticket_idle_s": 60.0, "return_origins": [], "sale_starts_at": None}
     changed = await admin(http, gw, "PUT", "/admin/waiting-room",
                           {"admit_per_s": 7, "routes": ["order", "GET /v1/availability"]})
     assert changed.status == 200

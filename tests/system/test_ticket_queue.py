@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,13 @@ from gateway.pipeline.queue_tokens import QueueTokens
 from gateway.pipeline.waiting_room import MAX_POLL_S, poll_after_s
 from gateway.state.room_store import RoomControl
 from gateway.state.stores import Stores, redis_stores
-from gateway.state.ticket_store import MemoryTicketQueue, TicketQueue, TicketState
+from gateway.state.ticket_store import (
+    ROOM_KEYS,
+    MemoryTicketQueue,
+    Sale,
+    TicketQueue,
+    TicketState,
+)
 from loadtest.harness import RedisServer
 
 LONG_IDLE_S = 60.0
@@ -257,3 +264,154 @@ async def test_a_pass_lets_through_so_many_submissions_and_each_again(
     assert await queue.use_pass(pass_id, "k1", 3, expires_at), "a resubmission goes"
     assert not await queue.use_pass(pass_id, "k3", 3, expires_at), "a refused one stays so"
     assert await queue.use_pass(pass_id + "-other", "k9", 3, expires_at), "each pass its own"
+
+
+# -- a scheduled sale: the pre-queue and its draw -------------------------------------------
+
+def kendall_tau(order: list[int]) -> float:
+    """Kendall's rank correlation of `order` with its sorted self: 1 unchanged, -1 reversed,
+    near 0 for an order unrelated to it."""
+    n = len(order)
+    concordant = sum(1 if order[i] < order[j] else -1
+                     for i in range(n) for j in range(i + 1, n))
+    return concordant / (n * (n - 1) / 2)
+
+
+# How long the steps of `until_sale` pause admissions, so that the draw is seen before the
+# first admission from it.
+DRAW_HOLD_S = 0.3
+
+
+async def until_sale(queue: TicketQueue, sale: Sale, hold_s: float = DRAW_HOLD_S) -> int:
+    """Step the line (admissions paused) until the sale's start; how many tickets it drew."""
+    assert sale.starts_at is not None
+    while True:
+        tick = await queue.tick(1, LONG_IDLE_S, hold_s, sale)
+        if tick.drawn is not None:
+            assert not tick.starts_in_s
+            return tick.drawn
+        assert tick.starts_in_s > 0 and not tick.waits, "nobody is let in before the start"
+        await asyncio.sleep(0.02)
+
+
+async def places(queue: TicketQueue, numbers: list[int]) -> list[int]:
+    return [(await queue.poll(n, LONG_IDLE_S)).position for n in numbers]
+
+
+async def test_before_a_sale_everyone_takes_a_pre_queue_ticket_with_no_place(
+        queue: TicketQueue) -> None:
+    sale = Sale(time.time() + 30, version=1)
+    await queue.tick(100, LONG_IDLE_S, 0, sale)
+    entry = await queue.enter(100, False)  # room to spare, nobody waiting: still a ticket
+    assert entry.ticket is not None and entry.position == 0
+    assert 28 < entry.starts_in_s <= 30
+    ticket = await queue.poll(entry.ticket, LONG_IDLE_S)
+    assert (ticket.state, ticket.position) == (TicketState.WAITING, 0)
+    assert 28 < ticket.starts_in_s <= 30
+    tick = await queue.tick(100, LONG_IDLE_S, 0, sale)
+    assert not tick.waits and tick.waiting == 1 and tick.drawn is None
+    assert 28 < tick.starts_in_s <= 30
+
+
+async def test_at_the_start_the_pre_queue_is_drawn_once_at_random_and_later_ones_queue_behind(
+        queue: TicketQueue) -> None:
+    sale = Sale(time.time() + 1.0, version=1)
+    await queue.tick(1, LONG_IDLE_S, 0, sale)
+    early = [(await queue.enter(1, False)).ticket for _ in range(120)]
+    assert all(n is not None for n in early)
+    numbers = [n for n in early if n is not None]
+    assert await until_sale(queue, sale) == 120
+    # A second step, or a retry of the same one, finds it drawn: no second draw.
+    assert (await queue.tick(1, LONG_IDLE_S, 0, sale)).drawn is None
+    later = [(await queue.enter(1, False)).ticket for _ in range(3)]
+    drawn = await places(queue, numbers)
+    assert sorted(drawn) == list(range(1, 121)), "ranks of the draw, every ticket kept"
+    assert abs(kendall_tau(drawn)) < 0.3, "the draw is unrelated to the arrival order"
+    assert [e.position for e in [await queue.poll(n, LONG_IDLE_S) for n in later
+                                 if n is not None]] == [121, 122, 123]
+    # Admitted in the drawn order: the first in the draw goes first.
+    first = numbers[drawn.index(1)]
+    await asyncio.sleep(DRAW_HOLD_S + 0.05)
+    await queue.tick(1, LONG_IDLE_S, 0, sale)
+    assert (await queue.poll(first, LONG_IDLE_S)).state is TicketState.ADMITTED
+    assert sorted(await places(queue, [n for n in numbers if n != first])) == list(
+        range(1, 120))
+
+
+async def test_tickets_waiting_when_a_sale_is_scheduled_join_its_pre_queue(
+        queue: TicketQueue) -> None:
+    waiting = [(await queue.enter(1, True)).ticket for _ in range(60)]
+    numbers = [n for n in waiting if n is not None]
+    assert await places(queue, numbers) == list(range(1, 61))
+    sale = Sale(time.time() + 0.8, version=3)
+    tick = await queue.tick(1, LONG_IDLE_S, 0, sale)
+    assert not tick.waits and tick.starts_in_s > 0
+    assert await places(queue, numbers) == [0] * 60
+    assert await until_sale(queue, sale) == 60
+    drawn = await places(queue, numbers)
+    assert sorted(drawn) == list(range(1, 61)) and drawn != list(range(1, 61))
+
+
+async def test_the_draw_happens_at_the_start_even_while_admissions_are_paused(
+        queue: TicketQueue) -> None:
+    sale = Sale(time.time() + 0.6, version=1)
+    await queue.tick(5, LONG_IDLE_S, 0, sale)
+    numbers = [(await queue.enter(5, False)).ticket for _ in range(4)]
+    assert await until_sale(queue, sale, hold_s=1.0) == 4
+    tick = await queue.tick(5, LONG_IDLE_S, 1.0, sale)
+    assert tick.paused and not tick.waits, "admission in the drawn order waits for the pause"
+    assert sorted(await places(queue, [n for n in numbers if n is not None])) == [1, 2, 3, 4]
+
+
+async def test_an_older_settings_version_never_undoes_a_sale(queue: TicketQueue) -> None:
+    sale = Sale(time.time() + 30, version=5)
+    await queue.tick(10, LONG_IDLE_S, 0, sale)
+    # A process that has not yet seen version 5 (or has no sale in its config file).
+    for stale in (Sale(None, version=4), Sale(None, version=0), Sale(time.time(), 0)):
+        assert (await queue.tick(10, LONG_IDLE_S, 0, stale)).starts_in_s > 0
+    assert (await queue.enter(10, False)).starts_in_s > 0
+    # Called off by a newer version: the line admits again.
+    await queue.tick(10, LONG_IDLE_S, 0, Sale(None, version=6))
+    assert (await queue.enter(10, False)).starts_in_s == 0
+
+
+async def test_a_second_sale_draws_anew(queue: TicketQueue) -> None:
+    first = Sale(time.time() + 0.5, version=1)
+    await queue.tick(1, LONG_IDLE_S, 0, first)
+    numbers = [n for n in [(await queue.enter(1, False)).ticket for _ in range(80)]
+               if n is not None]
+    await until_sale(queue, first)
+    after_first = await places(queue, numbers)
+    second = Sale(time.time() + 0.5, version=2)
+    await queue.tick(1, LONG_IDLE_S, 0, second)
+    assert await places(queue, numbers) == [0] * 80
+    assert await until_sale(queue, second) == 80
+    after_second = await places(queue, numbers)
+    assert sorted(after_second) == list(range(1, 81)) and after_second != after_first
+
+
+async def test_one_draw_for_every_process_that_reaches_the_start(
+        redis_server: RedisServer) -> None:
+    """Two lines on one Redis (as two processes have) step at the start together: one of
+    them draws, and both then see the same order."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.delete(*ROOM_KEYS)
+    await client.aclose()
+    a, b = redis_stores(redis_server.url, timeout_s=1.0), redis_stores(redis_server.url,
+                                                                        timeout_s=1.0)
+    try:
+        sale = Sale(time.time() + 0.5, version=1)
+        await a.queue.tick(1, LONG_IDLE_S, 0, sale)
+        numbers = [n for n in [(await b.queue.enter(1, False)).ticket for _ in range(30)]
+                   if n is not None]
+        draws: list[int] = []
+        while not draws:
+            ticks = await asyncio.gather(*(q.tick(1, LONG_IDLE_S, 0, sale)
+                                           for q in (a.queue, b.queue) for _ in range(5)))
+            draws = [t.drawn for t in ticks if t.drawn is not None]
+            await asyncio.sleep(0.01)
+        assert draws == [30]
+        assert await places(a.queue, numbers) == await places(b.queue, numbers)
+    finally:
+        await a.close()
+        await b.close()

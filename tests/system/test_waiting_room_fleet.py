@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +178,42 @@ async def test_with_redis_down_new_customers_get_503_and_passes_keep_working(
                             headers={**headers, "X-Queue-Pass": granted}) as resp:
             assert resp.status == 200, "a pass is checked without Redis"
         assert (await poll(http, gw.url, "1.AAAAAAAAAAAAAAAAAAAAAA")).status == 404
+
+
+# On the shipped settings, and paused over the start (the order breaker forced open), where
+# every place stays still long enough to be compared between the processes.
+@pytest.mark.parametrize("paused", [False, True], ids=["defaults", "paused-over-the-start"])
+async def test_a_sale_scheduled_through_one_process_holds_both_and_is_drawn_once_for_both(
+        paused: bool, fleet_of: Any, http: aiohttp.ClientSession) -> None:
+    fleet = fleet_of({"enabled": True})
+    a, b = fleet.gateways
+    starts = datetime.now(UTC) + timedelta(seconds=3)
+    a.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN, {"sale_starts_at": starts.isoformat()})
+    before = fleet.sims.stats("order")["requests"]
+    # At once, on the other process too: it has not synced yet, but the line knows the sale.
+    tickets: list[str] = []
+    for i in range(30):
+        answer = await order(http, (a, b)[i % 2].url)
+        assert answer.status == 429 and answer.json["queue"]["position"] is None, answer
+        tickets.append(answer.json["queue"]["ticket"])
+    if paused:
+        b.admin("POST", "/admin/breakers/order/open", ADMIN_TOKEN)
+    assert fleet.sims.stats("order")["requests"] == before, "nobody let in before the start"
+    await asyncio.sleep(max(0.0, starts.timestamp() - time.time()) + 0.5)
+    events = a.admin("GET", "/admin/timeline", ADMIN_TOKEN)["events"]
+    draws = [e for e in events if e.get("action") == "sale_drawn"]
+    assert len(draws) == 1 and draws[0]["tickets"] == 30, draws
+    if not paused:
+        return  # let in at 50 a second: places move under the polls
+    seen = [[(await poll(http, gw.url, t)).json for t in tickets] for gw in (a, b)]
+    assert seen[0] == seen[1], "both processes see one draw"
+    places = [s["position"] for s in seen[0]]
+    assert sorted(places) == list(range(1, 31)) and places != sorted(places)
+    assert all(s["eta_s"] is None for s in seen[0]), "drawn while paused: no ETA yet"
+    # The pause ends: admission follows the draw.
+    b.admin("POST", "/admin/breakers/order/reset", ADMIN_TOKEN)
+    first = tickets[places.index(1)]
+    deadline = time.monotonic() + 5
+    while (await poll(http, a.url, first)).json["state"] != "admitted":
+        assert time.monotonic() < deadline, "admissions never resumed"
+        await asyncio.sleep(0.05)
