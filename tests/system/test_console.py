@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,12 @@ def console_gateway(log_dir: Path, upstreams: Upstreams) -> Iterator[Gateway]:
 
 @asynccontextmanager
 async def _opened(url: str, locale: str = "en-US", width: int = 1280,
-                  height: int = 1400) -> AsyncIterator[Page]:
+                  height: int = 1400, timezone: str | None = None) -> AsyncIterator[Page]:
     """The console at `url` in a fresh Chromium, failing on any script error."""
     errors: list[str] = []
     async with async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
-        context = await browser.new_context(locale=locale,
+        context = await browser.new_context(locale=locale, timezone_id=timezone,
                                             viewport={"width": width, "height": height})
         opened = await context.new_page()
         opened.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -314,3 +315,42 @@ async def test_the_console_shows_planned_and_forced_states_and_fits_each_width(
             gw.admin("DELETE", "/admin/faults", ADMIN_TOKEN)
             gw.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN,
                      {"enabled": False, "queue_all": False, "admit_per_s": 50})
+
+
+async def test_a_sale_scheduled_from_the_form_counts_down_in_local_time_and_draws(
+        console_gateway: Gateway, upstreams: Upstreams) -> None:
+    """An SRE in Shanghai types the start in local time; the gateway holds it in UTC, the
+    console counts down to the second, and the draw lands on the timeline."""
+    gw = console_gateway
+    gw.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN, {"enabled": True})
+    try:
+        async with _opened(gw.url + "/admin/console#token=" + ADMIN_TOKEN, "zh-CN", 1280, 1000,
+                           timezone="Asia/Shanghai") as page:
+            await page.wait_for_selector("#room-form input[name=sale_starts_at]")
+            starts = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
+            local = starts.astimezone(timezone(timedelta(hours=8)))
+            await page.fill("#room-form input[name=sale_starts_at]",
+                            local.strftime("%Y-%m-%dT%H:%M:%S"))
+            await page.click("#room-form button[type=submit]")
+            await page.wait_for_selector('#sale[data-sale="scheduled"] .countdown')
+            held = gw.admin("GET", "/admin/waiting-room", ADMIN_TOKEN)["settings"]
+            assert held["sale_starts_at"] == starts.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z")
+            first = await page.text_content("#sale .countdown") or ""
+            await page.wait_for_timeout(1500)
+            second = await page.text_content("#sale .countdown") or ""
+            assert first.startswith("0:0") and second < first, (first, second)
+            assert "距抢购开始" in (await page.text_content("#sale") or "")
+            await _shot(page, "console-sale-countdown")
+            await page.wait_for_selector('#sale[data-sale="started"]', timeout=10_000)
+            await page.wait_for_function(
+                "() => document.querySelector('#timeline').textContent.includes('sale drawn')",
+                timeout=10_000)
+            await _shot(page, "console-sale-drawn")
+            await page.click("#sale-off")
+            await page.wait_for_selector('#sale[data-sale="none"]', state="attached")
+            assert gw.admin("GET", "/admin/waiting-room", ADMIN_TOKEN)["settings"][
+                "sale_starts_at"] is None
+    finally:
+        gw.admin("PUT", "/admin/waiting-room", ADMIN_TOKEN,
+                 {"enabled": False, "sale_starts_at": None})

@@ -23,7 +23,8 @@ const TEXT = {
     client_id: "Client id", role: "Role", tier: "Tier", add_key: "Add key",
     revoke: "Revoke", new_key: "New key (shown once):", disabled: "Off", until: "until",
     until_ended: "until ended", from: "from", under_maintenance: "maintenance",
-    forced: "forced",
+    forced: "forced", sale_starts_at: "Sale starts at (your time)", sale_in: "Sale starts in",
+    sale_started: "Sale started", sale_off: "Call off the sale",
   },
   "zh-CN": {
     title: "order-gateway 控制台", offline: "离线", live: "实时", token: "管理令牌",
@@ -41,7 +42,8 @@ const TEXT = {
     api_keys: "客户端 API 密钥", client_id: "客户端 ID", role: "角色", tier: "等级",
     add_key: "添加密钥", revoke: "吊销", new_key: "新密钥（仅显示一次）：",
     disabled: "未启用", until: "至", until_ended: "直到手动结束", from: "开始于",
-    under_maintenance: "维护中", forced: "人工设定",
+    under_maintenance: "维护中", forced: "人工设定", sale_starts_at: "抢购开始时间（本地）",
+    sale_in: "距抢购开始", sale_started: "抢购已开始", sale_off: "取消抢购",
   },
   "zh-Hant": {
     title: "order-gateway 控制台", offline: "離線", live: "即時", token: "管理權杖",
@@ -60,7 +62,8 @@ const TEXT = {
     client_id: "用戶端 ID", role: "角色", tier: "等級", add_key: "新增金鑰",
     revoke: "撤銷", new_key: "新金鑰（僅顯示一次）：",
     disabled: "未啟用", until: "至", until_ended: "直到手動結束", from: "開始於",
-    under_maintenance: "維護中", forced: "人工設定",
+    under_maintenance: "維護中", forced: "人工設定", sale_starts_at: "搶購開始時間（本地）",
+    sale_in: "距搶購開始", sale_started: "搶購已開始", sale_off: "取消搶購",
   },
 };
 // The browser's languages in its order, as the gateway negotiates Accept-Language: English;
@@ -236,8 +239,17 @@ function wire({ backends, scopes, settings }) {
     const body = { enabled: form.elements.enabled.checked, queue_all: form.elements.queue_all.checked };
     const rate = number(form.elements.admit_per_s.value);
     if (rate !== undefined) body.admit_per_s = rate;
+    // The reader's local time, sent as UTC; an empty field leaves the sale as it is.
+    const sale = form.elements.sale_starts_at.value;
+    if (sale) body.sale_starts_at = new Date(sale).toISOString();
     if (showErrors(form, await api("PUT", "/admin/waiting-room", body))) refresh();
   });
+  $("#sale-off").addEventListener("click", async () => {
+    $("#room-form").elements.sale_starts_at.value = "";
+    if (showErrors($("#room-form"), await api("PUT", "/admin/waiting-room",
+      { sale_starts_at: null }))) refresh();
+  });
+  setInterval(showSale, 1000);
 }
 
 // -- what is shown -----------------------------------------------------------------------------
@@ -317,12 +329,48 @@ function showRoom(room) {
     `${t("admit_per_s")} ${settings.admit_per_s}`, settings.queue_all ? t("queue_all") : "",
     `${t("waiting")} ${room.waiting}`, `${t("admitted")} ${room.admitted_total}`]
     .filter(Boolean).join(" · ");
+  saleStartsAt = settings.sale_starts_at || null;
+  showSale();
   // The form shows the settings in force, unless the SRE is editing it.
   const form = $("#room-form");
   if (form.contains(document.activeElement)) return;
   form.elements.enabled.checked = Boolean(settings.enabled);
   form.elements.queue_all.checked = Boolean(settings.queue_all);
   form.elements.admit_per_s.value = settings.admit_per_s ?? "";
+  form.elements.sale_starts_at.value = saleStartsAt ? localInput(new Date(saleStartsAt)) : "";
+}
+
+let saleStartsAt = null;  // the scheduled sale's start (ISO), as the last snapshot said
+
+// The countdown to the sale's start, to the second, then when it started.
+function showSale() {
+  const shown = $("#sale");
+  if (!saleStartsAt) {
+    shown.dataset.sale = "none";
+    shown.replaceChildren();
+    return;
+  }
+  const left = Math.ceil((new Date(saleStartsAt) - Date.now()) / 1000);
+  shown.dataset.sale = left > 0 ? "scheduled" : "started";
+  if (left > 0) {
+    shown.replaceChildren(`${t("sale_in")} `, el("strong", { class: "countdown",
+      text: clockTime(left) }), " · ", when(saleStartsAt));
+  } else {
+    shown.replaceChildren(`${t("sale_started")} `, when(saleStartsAt));
+  }
+}
+
+// Seconds as h:mm:ss (m:ss under an hour).
+function clockTime(seconds) {
+  const h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${m}:${two(s)}`;
+}
+
+// A moment as a datetime-local field holds it: the reader's local time, to the second.
+function localInput(moment) {
+  const local = new Date(moment.getTime() - moment.getTimezoneOffset() * 60000);
+  return local.toISOString().slice(0, 19);
 }
 
 async function refresh() {
