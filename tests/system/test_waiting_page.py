@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -119,3 +120,53 @@ def test_an_unknown_ticket_is_a_problem_even_for_a_browser(room_gateway: Gateway
     assert refused.value.headers["Content-Type"].startswith("application/problem+json")
     refused.value.close()
 
+
+
+async def test_before_a_sale_the_page_counts_down_then_shows_the_drawn_place(
+        log_dir: Path, upstreams: Upstreams, shop_port: int) -> None:
+    """A pre-queue ticket's page (Traditional Chinese, a phone's width): the countdown to the
+    draw, refreshed by the page itself, then a place in the drawn line that goes down, then
+    back at the shop."""
+    starts = datetime.now(UTC) + timedelta(seconds=7)
+    gw = Gateway(log_dir, upstreams.urls, config={"waiting_room": {
+        "enabled": True, "admit_per_s": 1, "ticket_idle_s": 6,
+        "sale_starts_at": starts.isoformat(),
+        "return_origins": [f"http://127.0.0.1:{shop_port}"]}})
+    shop = await _shop(shop_port)
+    try:
+        tickets = await _tickets(gw, 4)
+        back = f"http://127.0.0.1:{shop_port}/back"
+        url = f"{gw.url}/v1/queue/{tickets[-1]}?return_to={quote(back, safe='')}"
+        countdowns: set[str] = set()
+        places: list[int] = []
+        async with async_playwright() as driver:
+            browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+            context = await browser.new_context(
+                locale="zh-TW", viewport={"width": 390, "height": 844},
+                extra_http_headers={"X-Client-ID": CLIENT}, java_script_enabled=False)
+            page = await context.new_page()
+            await page.goto(url)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "pre-queue-390.png"), full_page=True)
+            deadline = time.monotonic() + 60
+            while not page.url.startswith(back) and time.monotonic() < deadline:
+                try:
+                    text = await page.text_content("main", timeout=500) or ""
+                    place = await page.query_selector(".place")
+                    shown = await place.text_content() if place else None
+                except PlaywrightError:  # between two loads, or the page moved on
+                    text, shown = "", None
+                if "搶購將在" in text:
+                    assert not places, "no countdown once a place is known"
+                    countdowns.add(text)
+                if shown and (not places or places[-1] != int(shown)):
+                    places.append(int(shown))
+                await asyncio.sleep(0.2)
+            landed = page.url
+            await browser.close()
+    finally:
+        await shop.cleanup()
+        gw.stop()
+    assert len(countdowns) >= 2, "the countdown page refreshed itself"
+    assert landed.startswith(back + "?queue_pass="), (landed, places)
+    assert places == sorted(places, reverse=True) and all(1 <= p <= 4 for p in places)
