@@ -10,6 +10,7 @@ share of all samples. The raw collapsed stacks are kept for flame graphs.
     python -m loadtest.profile --route post --seconds 20
     python -m loadtest.profile --route refuse --seconds 20   # order breaker forced open
     python -m loadtest.profile --route queued --seconds 20   # the waiting room queues all
+    python -m loadtest.profile --route poll --seconds 20     # a waiting ticket's poll
     python -m loadtest.profile --route get --bare            # the floor, to compare
     python -m loadtest.profile --route get --tracing all     # every request traced
 """
@@ -37,6 +38,7 @@ from loadtest.bench import (
     start_backends,
     start_bare,
     start_receiver,
+    waiting_ticket,
 )
 from loadtest.harness import Gateway, RedisServer, Upstreams
 from loadtest.loadgen import Load, generator
@@ -89,7 +91,7 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
     if args.bare:
         return start_bare(log_dir, sims, stack, "--redis", redis.url)
     config: dict[str, Any] = {"redis": {"url": redis.url}}
-    if args.route == "queued":
+    if args.route in ("queued", "poll"):
         config["waiting_room"] = refusing_config()["waiting_room"]
     if args.tracing != "off":
         config["tracing"] = {"exporter": "otlp", "endpoint": start_receiver(log_dir, stack),
@@ -107,7 +109,8 @@ def _start_measured(args: argparse.Namespace, log_dir: Path, sims: Upstreams,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=("get", "post", "refuse", "queued"), default="get")
+    parser.add_argument("--route", choices=("get", "post", "refuse", "queued", "poll"),
+                        default="get")
     parser.add_argument("--bare", action="store_true",
                         help="profile the bare proxy (+Redis on post) instead, to compare")
     parser.add_argument("--tracing", choices=("off", "default", "all"), default="off",
@@ -119,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy is not installed (pip install -e '.[load]')")
-    if args.bare and args.route in ("refuse", "queued"):
+    if args.bare and args.route in ("refuse", "queued", "poll"):
         raise SystemExit("the bare proxy never refuses")
     log_dir = Path(tempfile.mkdtemp(prefix="order-gateway-profile-"))
     out = log_dir / "profile.collapsed"
@@ -130,7 +133,7 @@ def main() -> None:
                 "post": Load(url + "/v1/orders", method="POST", body=ORDER, keyed=True),
                 "refuse": Load(url + "/v1/orders/ord_1"),
                 "queued": Load(url + "/v1/payments", method="POST", body=PAYMENT, keyed=True),
-                }[args.route]
+                }.get(args.route) or Load(url + "/v1/queue/" + waiting_ticket(url))
         gen = generator(args.connections, other_cpus())
         gen.run(load, 2.0)  # warm up
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(args.rate),

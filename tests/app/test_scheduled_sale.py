@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.contract.clock import iso_utc
+from loadtest.flash_sale import kendall_tau
 from loadtest.harness import Upstreams
 from tests.app.test_waiting_room import (
     Answer,
@@ -26,7 +27,6 @@ from tests.app.test_waiting_room import (
     room,
 )
 from tests.conftest import StartApp
-from tests.system.test_ticket_queue import kendall_tau
 
 PRE_QUEUE_KEYS = {"ticket", "position", "eta_s", "starts_in_s", "poll_after_s"}
 

@@ -3,6 +3,7 @@ its judge fed hand-made records, so a verdict that could not fail is caught."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from loadtest import flash_sale
 
-PROFILE = flash_sale.PROFILES["ci"]  # 20 admitted a second
+SALE = flash_sale.PROFILES["ci"]  # 20 admitted a second, a pre-queue before the start
+PROFILE = dataclasses.replace(SALE, pre_queue_s=0)  # the same without a scheduled start
 
 
 @pytest.mark.slow
@@ -20,6 +22,7 @@ def test_the_ci_flash_sale_passes_every_check(log_dir: Path) -> None:
     failed = "\n".join(f"{c.name}: {c.detail}" for c in verdict.checks if not c.passed)
     assert verdict.passed, f"checks failed:\n{failed}\n{verdict.figures}"
     assert verdict.figures["queued"] > PROFILE.customers / 2, "the room really held a crowd"
+    assert verdict.figures["admitted_from_pre_queue"] >= flash_sale.MIN_DRAWN
     assert (log_dir / "flash-sale" / "verdict.json").exists()
 
 
@@ -90,3 +93,60 @@ def test_a_5xx_or_a_lost_connection_fails(status: int) -> None:
 
 def test_a_double_order_fails() -> None:
     assert not _checks(_line(5), {"k": 2})["no double order"]
+
+
+# -- the pre-queue's checks ------------------------------------------------------------------
+
+START = 10.0
+
+
+def _sale(early: int, later: int) -> list[dict[str, Any]]:
+    """`early` customers arriving before START, admitted from it in an order unrelated to
+    their arrival (a fixed shuffle), then `later` ones after them in ticket order."""
+    shuffled = [(n * 37) % early for n in range(early)]  # 37 is prime to every early here
+    customers = []
+    for n, place in enumerate(shuffled):
+        c = _customer(n, ticket=n, admitted=START + place * 0.05, eta_s=None,
+                      ordered=START + place * 0.05 + 0.01)
+        c.update(arrived=n * 0.01, pre_queue=True)
+        customers.append(c)
+    for n in range(later):
+        at = START + early * 0.05 + n * 0.05
+        c = _customer(early + n, ticket=1000 + n, admitted=at, eta_s=round(at - START),
+                      ordered=at + 0.01)
+        c.update(arrived=START, ticketed=START)
+        customers.append(c)
+    return customers
+
+
+def _sale_checks(customers: list[dict[str, Any]]) -> dict[str, bool]:
+    verdict = flash_sale.judge(customers, {}, SALE, START)
+    return {c.name: c.passed for c in verdict.checks}
+
+
+def test_a_clean_drawn_sale_passes() -> None:
+    assert all(_sale_checks(_sale(80, 20)).values()), _sale_checks(_sale(80, 20))
+
+
+def test_an_admission_before_the_start_fails() -> None:
+    customers = _sale(80, 20)
+    customers[5]["admitted"] = START - 0.5
+    assert not _sale_checks(customers)["nobody let in before the start"]
+
+
+def test_a_pre_queue_let_in_by_arrival_fails() -> None:
+    customers = _sale(80, 20)
+    for n, c in enumerate(customers[:80]):
+        c["admitted"] = START + n * 0.05
+    assert not _sale_checks(customers)["the pre-queue was drawn by lot"]
+
+
+def test_a_later_arrival_ahead_of_the_pre_queue_fails() -> None:
+    customers = _sale(80, 20)
+    customers[85]["admitted"] = START + 0.01
+    assert not _sale_checks(customers)["later arrivals queued behind the pre-queue"]
+
+
+def test_a_sale_never_scheduled_fails() -> None:
+    verdict = flash_sale.judge(_line(40), {}, SALE, None)
+    assert not {c.name: c.passed for c in verdict.checks}["the sale was scheduled"]

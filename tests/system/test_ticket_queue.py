@@ -27,6 +27,7 @@ from gateway.state.ticket_store import (
     TicketQueue,
     TicketState,
 )
+from loadtest.flash_sale import kendall_tau
 from loadtest.harness import RedisServer
 
 LONG_IDLE_S = 60.0
@@ -267,15 +268,6 @@ async def test_a_pass_lets_through_so_many_submissions_and_each_again(
 
 
 # -- a scheduled sale: the pre-queue and its draw -------------------------------------------
-
-def kendall_tau(order: list[int]) -> float:
-    """Kendall's rank correlation of `order` with its sorted self: 1 unchanged, -1 reversed,
-    near 0 for an order unrelated to it."""
-    n = len(order)
-    concordant = sum(1 if order[i] < order[j] else -1
-                     for i in range(n) for j in range(i + 1, n))
-    return concordant / (n * (n - 1) / 2)
-
 
 # How long the steps of `until_sale` pause admissions, so that the draw is seen before the
 # first admission from it.
