@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ WAIT_PARAM = "wait_s"
 HOLD_CHECK_S = 0.02
 # Polls come at most this far apart, so a customer learns of the admission soon enough.
 MAX_POLL_S = 10
+# A sale's pre-queue polls again within this long after the draw (see `pre_queue_poll_s`).
+DRAW_SPREAD_S = 2
 # Covered submissions on their way to the backend: a token bucket per route (rate
 # `admit_per_s`, this burst), so the backend sees at most admit_per_s + 1 in any second.
 PACE_SCOPE = "room-pace:{route}"
@@ -116,6 +119,15 @@ def poll_after_s(eta: int | None, idle_s: float) -> int:
     if eta is None:
         return ceiling
     return max(1, min(ceiling, math.ceil(eta / 5)))
+
+
+def pre_queue_poll_s(starts_in_s: int, idle_s: float) -> int:
+    """A pre-queue ticket's next poll: as usual, but no later than just after the draw, so
+    that the first customers let in learn of it at once (ordering a few seconds late, they
+    would reach the backend in a lump). A random 0 to DRAW_SPREAD_S seconds after the start
+    spreads the crowd's first polls; it depends on nothing of the ticket's place, so it
+    tells nothing of it."""
+    return min(poll_after_s(None, idle_s), starts_in_s + random.randint(0, DRAW_SPREAD_S))
 
 
 def pass_expiry(admitted_at: float, settings: WaitingRoomSettings) -> int:
@@ -346,10 +358,9 @@ class WaitingRoom:
                       starts_in_s: float) -> dict[str, Any]:
         settings = self.settings
         if starts_in_s > 0:
-            # Polls keep their usual pace through the countdown, not one at the start: the
-            # customers' phases spread the first polls after the draw over a poll interval.
-            return {"position": None, "eta_s": None, "starts_in_s": math.ceil(starts_in_s),
-                    "poll_after_s": poll_after_s(None, settings.ticket_idle_s)}
+            starts_in = math.ceil(starts_in_s)
+            return {"position": None, "eta_s": None, "starts_in_s": starts_in,
+                    "poll_after_s": pre_queue_poll_s(starts_in, settings.ticket_idle_s)}
         eta = None if paused else eta_s(position, settings.admit_per_s, due_s)
         return {"position": position, "eta_s": eta,
                 "poll_after_s": poll_after_s(eta, settings.ticket_idle_s)}

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.contract.clock import iso_utc
+from gateway.pipeline.waiting_room import DRAW_SPREAD_S
 from loadtest.flash_sale import kendall_tau
 from loadtest.harness import Upstreams
 from tests.app.test_waiting_room import (
@@ -42,6 +43,8 @@ def assert_pre_queued(answer: Answer) -> dict[str, Any]:
     assert queue["position"] is None and queue["eta_s"] is None
     assert isinstance(queue["starts_in_s"], int) and queue["starts_in_s"] >= 1
     assert answer.headers["Retry-After"] == str(queue["poll_after_s"])
+    # The next poll comes by just after the draw at the latest, to learn the place at once.
+    assert 1 <= queue["poll_after_s"] <= queue["starts_in_s"] + DRAW_SPREAD_S
     return queue
 
 

@@ -17,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pipeline.queue_tokens import QueueTokens
-from gateway.pipeline.waiting_room import MAX_POLL_S, poll_after_s
+from gateway.pipeline.waiting_room import (
+    DRAW_SPREAD_S,
+    MAX_POLL_S,
+    poll_after_s,
+    pre_queue_poll_s,
+)
 from gateway.state.room_store import RoomControl
 from gateway.state.stores import Stores, redis_stores
 from gateway.state.ticket_store import (
@@ -190,6 +195,12 @@ def test_any_text_is_no_ticket_and_no_pass_and_never_an_error(junk: str, scope: 
     for odd in (valid + "é", "é" + valid, valid[:-1] + "é", "7.é", "7." + "\udcff"):
         assert tokens.ticket_number(odd, "shop-app") is None
         assert not tokens.pass_valid(odd, "shop-app", now=0)
+
+
+def test_a_pre_queue_polls_again_by_just_after_the_draw() -> None:
+    assert pre_queue_poll_s(3600, 60) == MAX_POLL_S, "the usual pace through a countdown"
+    firsts = {pre_queue_poll_s(3, 60) for _ in range(200)}
+    assert firsts == set(range(3, 3 + DRAW_SPREAD_S + 1)), "spread just after the start"
 
 
 def test_polls_come_often_enough_to_keep_a_place() -> None:
